@@ -1,0 +1,29 @@
+# The two commands of the README: `make run` and `make test`. Each bootstraps .venv by itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench check clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "exportgate needs Python 3.11 or newer (found %s); set PYTHON=python3.X" % sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,web,postgres]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	@$(BIN)/python -m exportgate.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/decide.py
+
+check: $(STAMP)
+	$(BIN)/exportgate check
+
+clean:
+	rm -rf $(VENV) build dist plugin/*.egg-info .pytest_cache .hypothesis

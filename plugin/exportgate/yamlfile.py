@@ -1,0 +1,232 @@
+"""Read the YAML files people write (config, policy packs, manifests) keeping line numbers.
+
+Every mapping and list comes back as a ``dict``/``list`` subclass that remembers the line of
+each key and item, so validation can say ``file:line: message``. Duplicate keys are an error:
+plain ``yaml.safe_load`` keeps the last one silently, which in a policy pack can turn a block
+into an allow without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+class Mapping(dict):  # type: ignore[type-arg]
+    """A YAML mapping with ``line`` (its own line) and ``key_lines`` (line of each key)."""
+
+    line: int = 0
+    file: str = ""
+    key_lines: dict[Any, int]
+
+    def line_of(self, key: Any) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class Sequence(list):  # type: ignore[type-arg]
+    """A YAML list with ``line`` and ``item_lines``."""
+
+    line: int = 0
+    file: str = ""
+    item_lines: list[int]
+
+    def line_of(self, index: int) -> int:
+        return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
+
+
+def _loader_for(file: str) -> type[yaml.SafeLoader]:
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Mapping:
+        loader.flatten_mapping(node)
+        result = Mapping()
+        result.line = node.start_mark.line + 1
+        result.file = file
+        result.key_lines = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:
+                raise ConfigError("a mapping key must be a plain value", file=file, line=line)
+            if key in result:
+                raise ConfigError(
+                    f"duplicate key {key!r} (first at line {result.key_lines[key]})",
+                    file=file,
+                    line=line,
+                )
+            result[key] = loader.construct_object(value_node, deep=True)
+            result.key_lines[key] = line
+        return result
+
+    def construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Sequence:
+        result = Sequence(loader.construct_object(child, deep=True) for child in node.value)
+        result.line = node.start_mark.line + 1
+        result.file = file
+        result.item_lines = [child.start_mark.line + 1 for child in node.value]
+        return result
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, construct_sequence)
+    return Loader
+
+
+def loads(text: str, file: str = "<string>") -> Any:
+    """Parse one YAML document; syntax errors become :class:`ConfigError` with file:line."""
+    try:
+        return yaml.load(text, Loader=_loader_for(file))  # noqa: S506 - SafeLoader subclass
+    except ConfigError:
+        raise
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(f"YAML syntax error: {problem}", file=file, line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML error: {exc}", file=file) from None
+
+
+def load(path: str | Path) -> Any:
+    """Read and parse a YAML file; an unreadable file is a :class:`ConfigError` naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, expected a YAML file", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason})", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    return loads(text, str(path))
+
+
+class Fields:
+    """Typed access to one YAML mapping that reports faults with file:line.
+
+    ``Fields(mapping, where="rule ir-allow")`` then ``f.str("id")``, ``f.opt_date("until")``…;
+    ``f.done()`` rejects keys nobody asked for (typos like ``efective`` must not pass silently).
+    """
+
+    def __init__(self, value: Any, *, file: str, what: str, line: int | None = None) -> None:
+        if not isinstance(value, dict):
+            where = getattr(value, "line", None) or line
+            raise ConfigError(f"{what} must be a mapping, got {_type_name(value)}", file=file, line=where)
+        self.map = value
+        self.file = file
+        self.what = what
+        self.seen: set[str] = set()
+
+    def line(self, key: str | None = None) -> int | None:
+        if isinstance(self.map, Mapping):
+            return self.map.line_of(key) if key is not None else self.map.line
+        return None
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return ConfigError(message, file=self.file, line=self.line(key))
+
+    def has(self, key: str) -> bool:
+        return key in self.map
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        self.seen.add(key)
+        return self.map.get(key, default)
+
+    def _get(self, key: str, required: bool) -> Any:
+        self.seen.add(key)
+        if key not in self.map or self.map[key] is None:
+            if required:
+                raise self.error(None, f"{self.what}: missing required key {key!r}")
+            return None
+        return self.map[key]
+
+    def str(self, key: str, *, required: bool = True, choices: tuple[str, ...] | None = None) -> Any:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise self.error(key, f"{self.what}: {key} must be text, got {_type_name(value)}")
+        if choices is not None and value not in choices:
+            raise self.error(key, f"{self.what}: {key} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def bool(self, key: str, *, required: bool = True) -> Any:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if not isinstance(value, bool):
+            raise self.error(key, f"{self.what}: {key} must be true or false, got {value!r}")
+        return value
+
+    def int(self, key: str, *, required: bool = True, minimum: int | None = None) -> Any:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"{self.what}: {key} must be a whole number, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"{self.what}: {key} must be at least {minimum}, got {value}")
+        return value
+
+    def date(self, key: str, *, required: bool = True) -> Any:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        return parse_date(value, where=f"{self.what}: {key}", file=self.file, line=self.line(key))
+
+    def list(self, key: str, *, required: bool = True) -> Any:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return [value]
+        if not isinstance(value, list):
+            raise self.error(key, f"{self.what}: {key} must be a list, got {_type_name(value)}")
+        return value
+
+    def mapping(self, key: str, *, required: bool = True) -> Any:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.error(key, f"{self.what}: {key} must be a mapping, got {_type_name(value)}")
+        return value
+
+    def done(self) -> None:
+        unknown = [k for k in self.map if k not in self.seen]
+        if unknown:
+            key = unknown[0]
+            known = ", ".join(sorted(self.seen))
+            raise self.error(key, f"{self.what}: unknown key {key!r} (known keys: {known})")
+
+
+def parse_date(value: Any, *, where: str, file: str, line: int | None) -> dt.date:
+    """A calendar date from YAML (``2010-03-08``, unquoted or quoted)."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"{where} must be a date like 2010-03-08, got {value!r}", file=file, line=line)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false", int: "a number",
+            float: "a number"}.get(type(value).__mro__[-2] if type(value) in (Mapping, Sequence) else type(value),
+                                   type(value).__name__)
