@@ -73,6 +73,15 @@ def _loader_for(file: str) -> type[yaml.SafeLoader]:
         result.item_lines = [child.start_mark.line + 1 for child in node.value]
         return result
 
+    def construct_timestamp(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        # 2030-13-01 looks like a date to the resolver but is not one: keep the text, so that validation
+        # reports it with its line instead of a bare ValueError from deep inside PyYAML.
+        try:
+            return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+        except ValueError:
+            return loader.construct_scalar(node)
+
+    Loader.add_constructor("tag:yaml.org,2002:timestamp", construct_timestamp)
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, construct_sequence)
     return Loader

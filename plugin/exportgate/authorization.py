@@ -1,0 +1,157 @@
+"""Authorizations on file: licenses and license exceptions that turn a "pending authorization" outcome into allow.
+
+Compliance records them with ``exportgate authorize add|import`` (e.g. a Commerce license for software to Cuba,
+or License Exception CCD for a donation programme). They live in the record store as append-only entries: adding
+one is an ``authorization`` record; withdrawing one is a ``revocation`` record that takes effect at its time, so
+decisions made before the revocation still show the authorization they relied on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import yamlfile
+from .classification import Classification
+from .conditions import Conditions, parse_conditions, parse_destinations
+from .errors import ConfigError
+from .location import Location
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Authorization:
+    id: str
+    """Your reference, e.g. the license number: quoted in every decision that relies on it."""
+    basis: str
+    """Legal basis, e.g. ``License Exception CCD, 15 CFR 740.19`` or a BIS license number."""
+    destinations: frozenset[str]
+    """ISO 3166-1 countries or ISO 3166-2 subdivisions it covers."""
+    when: Conditions
+    """Which artifacts it covers (same conditions as policy rules); empty covers every artifact."""
+    valid_from: dt.date
+    valid_until: dt.date | None = None
+    """Exclusive end date; ``None`` for no end."""
+    note: str = ""
+    revoked_at: dt.datetime | None = None
+    revoked_reason: str = ""
+
+    def valid_at(self, at: dt.datetime) -> bool:
+        day = at.astimezone(dt.UTC).date()
+        if day < self.valid_from or (self.valid_until is not None and day >= self.valid_until):
+            return False
+        return self.revoked_at is None or at < self.revoked_at
+
+    def covers(self, location: Location, classification: Classification, at: dt.datetime) -> bool:
+        if not location.known or not self.valid_at(at):
+            return False
+        if location.country not in self.destinations and location.subdivision not in self.destinations:
+            return False
+        return self.when.matches(classification, location)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "basis": self.basis,
+            "destinations": sorted(self.destinations),
+            "when": self.when.to_dict(),
+            "valid_from": self.valid_from.isoformat(),
+            "valid_until": self.valid_until.isoformat() if self.valid_until else None,
+            "note": self.note,
+        }
+
+    def status_at(self, at: dt.datetime) -> str:
+        if self.revoked_at is not None and at >= self.revoked_at:
+            return "revoked"
+        day = at.astimezone(dt.UTC).date()
+        if day < self.valid_from:
+            return "not yet valid"
+        if self.valid_until is not None and day >= self.valid_until:
+            return "expired"
+        return "valid"
+
+
+class AuthorizationBook:
+    """The authorizations on file, as rebuilt from the record store's append-only entries."""
+
+    def __init__(self, authorizations: Iterable[Authorization]) -> None:
+        self.all = tuple(authorizations)
+
+    def covering(self, location: Location, classification: Classification, at: dt.datetime) -> Authorization | None:
+        for auth in self.all:
+            if auth.covers(location, classification, at):
+                return auth
+        return None
+
+    def get(self, auth_id: str) -> Authorization | None:
+        for auth in self.all:
+            if auth.id == auth_id:
+                return auth
+        return None
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[tuple[str, str, Mapping[str, Any]]]) -> AuthorizationBook:
+        """Replay ``(kind, at, body)`` entries in order: ``authorization`` adds, ``revocation`` withdraws.
+
+        Re-adding an id that is already on file replaces it (a renewed license), keeping the history in the store.
+        """
+        by_id: dict[str, Authorization] = {}
+        for kind, at, body in entries:
+            if kind == "authorization":
+                auth = parse_authorization(body, file="<record store>", line=None)
+                by_id[auth.id] = auth
+            elif kind == "revocation":
+                auth_id = body.get("authorization")
+                if auth_id in by_id:
+                    by_id[auth_id] = replace(by_id[auth_id], revoked_at=parse_time(at),
+                                             revoked_reason=str(body.get("reason", "")))
+        return cls(by_id.values())
+
+
+def parse_time(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def parse_authorization(value: Any, *, file: str, line: int | None) -> Authorization:
+    f = yamlfile.Fields(value, file=file, what="authorization", line=line)
+    auth_id = f.str("id")
+    if not auth_id.strip() or len(auth_id) > 200:
+        raise f.error("id", "authorization id must be 1-200 characters")
+    destinations = parse_destinations(f.list("destinations"), file=file, line=f.line("destinations"),
+                                      what=f"authorization {auth_id}", allow_any=False)
+    valid_from = f.date("valid_from")
+    valid_until = f.date("valid_until", required=False)
+    if valid_until is not None and valid_until <= valid_from:
+        raise f.error("valid_until", f"authorization {auth_id}: valid_until {valid_until} is not after "
+                                     f"valid_from {valid_from}")
+    auth = Authorization(
+        id=auth_id,
+        basis=f.str("basis"),
+        destinations=destinations,
+        when=parse_conditions(f.raw("when"), file=file, line=f.line("when"), what=f"authorization {auth_id}"),
+        valid_from=valid_from,
+        valid_until=valid_until,
+        note=f.str("note", required=False) or "",
+    )
+    f.done()
+    return auth
+
+
+def load_authorization_file(path: str) -> list[Authorization]:
+    """An ``authorizations:`` list from YAML, for ``exportgate authorize import``; all-or-nothing."""
+    data = yamlfile.load(path)
+    top = yamlfile.Fields(data, file=path, what="authorization file")
+    items = top.list("authorizations")
+    top.done()
+    result = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        line = items.line_of(i) if isinstance(items, yamlfile.Sequence) else None
+        auth = parse_authorization(item, file=path, line=line)
+        if auth.id in seen:
+            raise ConfigError(f"duplicate authorization id {auth.id!r}", file=path, line=line)
+        seen.add(auth.id)
+        result.append(auth)
+    return result

@@ -1,0 +1,444 @@
+"""``exportgate …``: the command line ops, release engineers and compliance drive the gate with.
+
+Exit codes: 0 success; 1 a check failed (invalid config, a chain that does not verify); 2 usage errors (click).
+Errors in files people wrote print as ``file:line: message``, one per line, so CI logs and editors can jump to them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .authorization import Authorization, load_authorization_file, parse_authorization
+from .config import GateConfig, load_config
+from .decision import RequestFacts
+from .errors import ConfigError, ConfigErrors, ExportGateError
+from .gate import format_time
+from .policy import describe_pack
+
+
+def _fail(exc: BaseException) -> None:
+    if isinstance(exc, ConfigErrors):
+        for err in exc.errors:
+            click.echo(str(err), err=True)
+    else:
+        click.echo(f"error: {exc}", err=True)
+    sys.exit(1)
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ExportGateError, ValueError) as exc:
+            _fail(exc)
+
+    return wrapper
+
+
+def _config(ctx: click.Context) -> GateConfig:
+    cfg = ctx.obj.get("config")
+    if cfg is None:
+        cfg = ctx.obj["config"] = load_config(ctx.obj.get("config_path"))
+    return cfg
+
+
+def _parse_at(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (2010-03-08) or time (2010-03-08T12:00:00Z)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="EXPORTGATE_CONFIG",
+              help="gate.yaml (default: $EXPORTGATE_CONFIG, else embedded defaults).")
+@click.version_option(__version__, prog_name="exportgate")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """exportgate: apply US sanctions and export rules to every download from a mirror.
+
+    With no config file it runs on embedded defaults: registry geolocation data (iptocc), the shipped policy
+    packs, no classification manifest. The shipped packs are examples, not legal advice.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+
+
+# ------------------------------------------------------------------------------------------------- check
+
+
+@main.command()
+@click.option("--authorizations", "auth_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Also validate an authorization file meant for `authorize import`.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> None:
+    """Validate config, policy packs, manifest, geolocation data and authorizations.
+
+    Prints every problem as file:line: message and exits 1 if there is any.
+    """
+    from .runtime import open_catalog, open_locator, open_policies
+
+    errors: list[ConfigError] = []
+    try:
+        cfg = _config(ctx)
+    except ConfigError as exc:
+        _fail(ConfigErrors([exc]))
+    except ConfigErrors as exc:
+        _fail(exc)
+    summary: dict[str, Any] = {"config": cfg.file or "(embedded defaults)"}
+    for name, opener in (("geo", open_locator), ("catalog", open_catalog), ("policies", open_policies)):
+        try:
+            obj = opener(cfg)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        except ExportGateError as exc:
+            errors.append(exc if isinstance(exc, ConfigError) else ConfigError(str(exc)))
+            continue
+        if name == "geo":
+            summary["geo"] = obj.describe()
+        elif name == "catalog":
+            summary["catalog"] = getattr(obj, "describe", lambda: {})()
+        else:
+            summary["packs"] = [describe_pack(p) for p in obj.packs]
+    for f in auth_files:
+        try:
+            summary.setdefault("authorization_files", {})[f] = len(load_authorization_file(f))
+        except ConfigError as exc:
+            errors.append(exc)
+    if errors:
+        _fail(ConfigErrors(errors))
+    if as_json:
+        _emit(summary)
+        return
+    click.echo(f"config: {summary['config']}")
+    geo_info = summary.get("geo", {})
+    click.echo(f"geolocation: {geo_info.get('source', '?')}" + (" (STALE)" if geo_info.get("stale") else ""))
+    cat = summary.get("catalog") or {}
+    click.echo(f"manifest: {cat.get('manifest') or 'none (every artifact unclassified)'}"
+               + (f", {cat.get('rules')} rules" if cat.get("rules") is not None else ""))
+    for p in summary.get("packs", []):
+        until = p["effective"]["until"] or "open"
+        click.echo(f"pack: {p['id']} v{p['version']} {p['effective']['from']} .. {until} ({p['rules']} rules)")
+    click.echo("ok")
+
+
+# ------------------------------------------------------------------------------------------------ explain
+
+
+@main.command()
+@click.option("--ip", "ip", required=True, help="Client address, as the gate would see it.")
+@click.option("--path", "path", required=True, help="Artifact path on the mirror, e.g. /packages/x.whl.")
+@click.option("--at", "at", help="Decide as of this date or time (UTC), e.g. 2010-03-07. Default: now.")
+@click.option("--method", default="GET", show_default=True)
+@click.option("--host", default=None, help="Host header, for the record.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_guarded
+def explain(ctx: click.Context, ip: str, path: str, at: str | None, method: str, host: str | None,
+            as_json: bool) -> None:
+    """Show what the gate would decide for one request, and why. Records nothing."""
+    from .runtime import GateRuntime, authorization_book, existing_store
+
+    cfg = _config(ctx)
+    when = _parse_at(at)
+    with GateRuntime(cfg, record=False) as rt:
+        store = existing_store(cfg)
+        if store is not None:
+            try:
+                rt.gate.policies = rt.gate.policies.with_authorizations(authorization_book(store))
+            finally:
+                store.close()
+        decision = rt.gate.decide(RequestFacts(client=ip, path=path, method=method, host=host,
+                                               client_source="cli"), at=when)
+    data = decision.summary()
+    if as_json:
+        _emit(data)
+        return
+    loc = decision.location
+    where = loc.subdivision or loc.country or f"unknown ({loc.unknown_reason})"
+    c = decision.classification
+    what = (f"{c.category}, {c.eccn}, {c.price}, " + ("public" if c.publicly_available else "not public")
+            if c.classified else "unclassified")
+    click.echo(f"decision:       {decision.action.upper()}" + (" (dry-run: served)" if decision.mode == "dry-run"
+                                                                 else ""))
+    click.echo(f"rule:           {decision.rule}")
+    click.echo(f"citation:       {decision.citation}")
+    if decision.authorization:
+        click.echo(f"authorization:  {decision.authorization}")
+    click.echo(f"pack:           {decision.pack.id} v{decision.pack.version}")
+    click.echo(f"as of:          {format_time(decision.at)}")
+    click.echo(f"location:       {where} via {loc.source or 'n/a'}"
+               + (f" ({loc.form} {loc.address})" if loc.form != "plain" else ""))
+    if loc.anonymizer:
+        click.echo(f"anonymizer:     {', '.join(sorted(loc.anonymizer))}")
+    click.echo(f"classification: {what}" + (f"  [{c.rule}]" if c.rule else ""))
+    for reason in decision.reasons:
+        click.echo(f"because:        {reason}")
+
+
+# ----------------------------------------------------------------------------------------------- classify
+
+
+@main.command()
+@click.argument("path")
+@click.option("--explain", "show_explain", is_flag=True, help="Show every rule that matched and why one won.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_guarded
+def classify(ctx: click.Context, path: str, show_explain: bool, as_json: bool) -> None:
+    """Show the export classification of an artifact path, from the manifest."""
+    from .runtime import open_catalog
+
+    catalog = open_catalog(_config(ctx))
+    if show_explain:
+        explanation = catalog.explain(path)
+        if as_json:
+            _emit(explanation.to_dict())
+        else:
+            for line in explanation.lines():
+                click.echo(line)
+        return
+    c = catalog.classify(path)
+    if as_json:
+        _emit(c.to_dict())
+        return
+    if not c.classified:
+        click.echo(f"{path}: unclassified (no manifest rule matches)")
+        return
+    kinds = f" ({', '.join(c.kinds)})" if c.kinds else ""
+    click.echo(f"{path}: {c.category}{kinds}, eccn {c.eccn}, {c.price}, "
+               f"{'publicly available' if c.publicly_available else 'not publicly available'}")
+    click.echo(f"  rule: {c.rule}")
+    if c.note:
+        click.echo(f"  note: {c.note}")
+
+
+# ---------------------------------------------------------------------------------------------- authorize
+
+
+@main.group()
+def authorize() -> None:
+    """Authorizations on file (licenses, license exceptions): add, list, revoke, import.
+
+    Kept in the record store, append-only: revoking adds a revocation entry, it deletes nothing.
+    """
+
+
+def _recorder(cfg: GateConfig) -> tuple[Any, Any]:
+    from .records import Recorder
+    from .runtime import open_store
+
+    store = open_store(cfg)
+    return store, Recorder(store, instance=f"{cfg.instance}:cli")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@authorize.command("add")
+@click.option("--id", "auth_id", required=True, help="Your reference, e.g. the license number.")
+@click.option("--basis", required=True, help="Legal basis, e.g. 'License Exception CCD, 15 CFR 740.19'.")
+@click.option("--destination", "destinations", multiple=True, required=True,
+              help="ISO 3166-1 country or ISO 3166-2 subdivision (repeat for several).")
+@click.option("--class", "categories", multiple=True, help="Artifact class it covers (repeatable).")
+@click.option("--kind", "kinds", multiple=True, help="Personal-communications kind it covers (repeatable).")
+@click.option("--eccn", "eccns", multiple=True, help="ECCN it covers (repeatable).")
+@click.option("--price", "prices", multiple=True, help="no-cost or fee (repeatable).")
+@click.option("--valid-from", "valid_from", required=True, help="First day it is valid (YYYY-MM-DD).")
+@click.option("--valid-until", "valid_until", default=None, help="Day it stops being valid (exclusive).")
+@click.option("--note", default="")
+@click.pass_context
+@_guarded
+def authorize_add(ctx: click.Context, auth_id: str, basis: str, destinations: tuple[str, ...],
+                  categories: tuple[str, ...], kinds: tuple[str, ...], eccns: tuple[str, ...],
+                  prices: tuple[str, ...], valid_from: str, valid_until: str | None, note: str) -> None:
+    """Record a new authorization."""
+    when = {k: list(v) for k, v in (("class", categories), ("kinds", kinds), ("eccn", eccns),
+                                    ("price", prices)) if v}
+    body = {"id": auth_id, "basis": basis, "destinations": list(destinations), "when": when or None,
+            "valid_from": valid_from, "valid_until": valid_until, "note": note}
+    auth = parse_authorization(body, file="command line", line=None)
+    _record_authorizations(_config(ctx), [auth])
+    click.echo(f"recorded authorization {auth.id}")
+
+
+def _record_authorizations(cfg: GateConfig, auths: list[Authorization]) -> None:
+    store, recorder = _recorder(cfg)
+    try:
+        at = format_time(_now())
+        for auth in auths:
+            recorder.record("authorization", f"authorization:{auth.id}:{at}", at, auth.to_dict())
+    finally:
+        recorder.close()
+        store.close()
+
+
+@authorize.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.pass_context
+@_guarded
+def authorize_import(ctx: click.Context, file: str) -> None:
+    """Record every authorization of a YAML file (`authorizations:` list). All or nothing."""
+    auths = load_authorization_file(file)
+    _record_authorizations(_config(ctx), auths)
+    click.echo(f"recorded {len(auths)} authorization(s) from {file}")
+
+
+@authorize.command("revoke")
+@click.argument("auth_id")
+@click.option("--reason", required=True, help="Why it is withdrawn (kept in the record).")
+@click.pass_context
+@_guarded
+def authorize_revoke(ctx: click.Context, auth_id: str, reason: str) -> None:
+    """Withdraw an authorization from now on (decisions before stay as they were)."""
+    from .runtime import authorization_book
+
+    cfg = _config(ctx)
+    store, recorder = _recorder(cfg)
+    try:
+        book = authorization_book(store)
+        auth = book.get(auth_id)
+        if auth is None:
+            raise ExportGateError(f"no authorization {auth_id!r} on file")
+        if auth.revoked_at is not None:
+            raise ExportGateError(f"authorization {auth_id!r} was already revoked at {format_time(auth.revoked_at)}")
+        at = format_time(_now())
+        recorder.record("revocation", f"revocation:{auth_id}:{at}", at, {"authorization": auth_id, "reason": reason})
+    finally:
+        recorder.close()
+        store.close()
+    click.echo(f"revoked authorization {auth_id}")
+
+
+@authorize.command("list")
+@click.option("--at", "at", help="Status as of this date (default: now).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_guarded
+def authorize_list(ctx: click.Context, at: str | None, as_json: bool) -> None:
+    """List authorizations on file with their status (valid, expired, revoked, not yet valid)."""
+    from .runtime import authorization_book, open_store
+
+    when = _parse_at(at) or _now()
+    store = open_store(_config(ctx))
+    try:
+        book = authorization_book(store)
+    finally:
+        store.close()
+    rows = []
+    for auth in sorted(book.all, key=lambda a: a.id):
+        row = auth.to_dict()
+        row["status"] = auth.status_at(when)
+        row["revoked_at"] = format_time(auth.revoked_at) if auth.revoked_at else None
+        row["revoked_reason"] = auth.revoked_reason or None
+        rows.append(row)
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        click.echo("no authorizations on file")
+    for row in rows:
+        until = row["valid_until"] or "no end"
+        click.echo(f"{row['id']}: {row['status']}; {', '.join(row['destinations'])}; "
+                   f"{row['valid_from']} .. {until}; {row['basis']}")
+
+
+# -------------------------------------------------------------------------------------------------- audit
+
+
+@main.group()
+def audit() -> None:
+    """Decision records: verify the hash chains."""
+
+
+@audit.command("verify")
+@click.option("--heads", "heads_file", type=click.Path(dir_okay=False),
+              help="Chain heads saved earlier (--save-heads): also detects records cut from a chain's end.")
+@click.option("--save-heads", "save_heads", type=click.Path(dir_okay=False),
+              help="Write the current chain heads to this file, for a later --heads.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_guarded
+def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | None, as_json: bool) -> None:
+    """Check every hash chain; name each altered, deleted, inserted or reordered record. Exit 1 if any."""
+    from .records import chain_heads, verify
+    from .runtime import open_store
+
+    store = open_store(_config(ctx))
+    try:
+        expected = None
+        if heads_file:
+            try:
+                raw = json.loads(Path(heads_file).read_text(encoding="utf-8"))
+                expected = {k: (int(v[0]), str(v[1])) for k, v in raw.items()}
+            except (OSError, ValueError, TypeError, IndexError, AttributeError) as exc:
+                raise ExportGateError(f"{heads_file}: not a chain-heads file written by --save-heads ({exc})")
+        report = verify(store, expected_heads=expected)
+        if save_heads:
+            heads = chain_heads(store)
+            Path(save_heads).write_text(json.dumps({k: list(v) for k, v in heads.items()}, indent=2),
+                                        encoding="utf-8")
+    finally:
+        store.close()
+    if as_json:
+        _emit(report.to_dict())
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if not report.ok:
+        sys.exit(1)
+
+
+# -------------------------------------------------------------------------------------------------- packs
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_guarded
+def packs(ctx: click.Context, as_json: bool) -> None:
+    """List the policy packs loaded, their dates and settings."""
+    from .runtime import open_policies
+
+    policy_set = open_policies(_config(ctx))
+    data = []
+    for p in policy_set.packs:
+        d = describe_pack(p)
+        d["settings"] = {name: {"choices": list(s.choices), "default": s.default, "description": s.description}
+                         for name, s in p.settings.items()}
+        data.append(d)
+    if as_json:
+        _emit(data)
+        return
+    for d in data:
+        until = d["effective"]["until"] or "open"
+        click.echo(f"{d['id']} v{d['version']}  {d['effective']['from']} .. {until}  {d['title']}")
+        click.echo(f"  {d['file']}")
+        for name, s in d["settings"].items():
+            click.echo(f"  setting {name}: {' | '.join(s['choices'])} (default {s['default']})")
+        click.echo(f"  {d['disclaimer']}")
+
+
+if __name__ == "__main__":
+    main()

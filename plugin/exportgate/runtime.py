@@ -1,0 +1,127 @@
+"""Open what a running gate needs, once, from a :class:`~exportgate.config.GateConfig`.
+
+The geolocation reader, the manifest, the policy packs, the record store and its writer are long-lived: opened
+here, reused for every request, closed by :meth:`GateRuntime.close` (or the ``with`` block). Commands that only
+evaluate (``explain``, ``classify``, ``check``) open no store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from . import catalog as catalog_mod
+from . import geo
+from .authorization import AuthorizationBook
+from .config import GateConfig
+from .errors import ConfigError, ConfigErrors, ExportGateError
+from .gate import Gate
+from .policy import PolicySet, load_packs, shipped_pack_paths
+
+
+def open_locator(config: GateConfig) -> Any:
+    return geo.build_locator(
+        database=config.geo.database,
+        anonymous_ip_database=config.geo.anonymous_ip_database,
+        overrides=config.geo.overrides,
+        max_age_days=config.geo.max_age_days,
+    )
+
+
+def open_catalog(config: GateConfig) -> Any:
+    if config.catalog is None:
+        return catalog_mod.Catalog.empty()
+    return catalog_mod.load_catalog(config.catalog, case_sensitive=not config.case_insensitive_paths)
+
+
+def open_policies(config: GateConfig, authorizations: AuthorizationBook | None = None) -> PolicySet:
+    paths: list[str | Path] = list(config.policies) or [*shipped_pack_paths()]
+    return load_packs(paths, config.policy_settings, authorizations)
+
+
+def open_store(config: GateConfig) -> Any:
+    from .records import open_store as _open_store
+
+    return _open_store(config.records)
+
+
+def authorization_book(store: Any) -> AuthorizationBook:
+    """Replay authorization and revocation entries from every chain in time order."""
+    entries = [(r.kind, r.at, r.body) for kind in ("authorization", "revocation") for r in store.iter_records(kind)]
+    entries.sort(key=lambda e: (e[1], e[0] == "revocation"))
+    return AuthorizationBook.from_entries(entries)
+
+
+class GateRuntime:
+    """A gate with its resources open; ``with GateRuntime(config, record=True) as rt: rt.gate.decide(...)``."""
+
+    def __init__(self, config: GateConfig, *, record: bool = True, clock: Any = None) -> None:
+        self.config = config
+        self.store: Any = None
+        self.recorder: Any = None
+        errors: list[ConfigError] = []
+        locator = catalog = None
+        try:
+            locator = open_locator(config)
+        except ConfigError as exc:
+            errors.append(exc)
+        try:
+            catalog = open_catalog(config)
+        except ConfigError as exc:
+            errors.append(exc)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+        book = None
+        if record:
+            from .records import JsonLinesSink, Recorder
+
+            self.store = open_store(config)
+            book = authorization_book(self.store)
+            sinks = [JsonLinesSink(config.record_log)] if config.record_log else []
+            self.recorder = Recorder(self.store, instance=config.instance, sinks=sinks)
+        try:
+            policies = open_policies(config, book)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+        if errors:
+            self.close()
+            raise ConfigErrors(errors)
+        kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
+        self.gate = Gate(locator=locator, catalog=catalog, policies=policies, recorder=self.recorder,
+                         instance=config.instance, **kwargs)
+
+    def reload_authorizations(self) -> None:
+        if self.store is None:
+            raise ExportGateError("no record store open")
+        self.gate.policies = self.gate.policies.with_authorizations(authorization_book(self.store))
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def __enter__(self) -> GateRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def existing_store(config: GateConfig) -> Any:
+    """The record store if it already exists (for read-only uses like ``explain``), else ``None``."""
+    url = config.records
+    if url.startswith("sqlite://") and not url.startswith("sqlite://:"):
+        if not Path(url[len("sqlite://"):]).exists():
+            return None
+    try:
+        return open_store(config)
+    except ExportGateError:
+        return None

@@ -1,0 +1,301 @@
+"""Policy packs: the shipped packs decide the seed scenarios; bad packs are rejected with file:line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from exportgate.authorization import AuthorizationBook, parse_authorization
+from exportgate.classification import UNCLASSIFIED, Classification
+from exportgate.errors import ConfigError, ConfigErrors, NoPackInForce
+from exportgate.location import Location, unknown
+from exportgate.policy import SHIPPED_DIR, load_packs
+
+BEFORE = dt.datetime(2010, 3, 7, 23, 59, tzinfo=dt.UTC)
+AFTER = dt.datetime(2010, 3, 8, 0, 0, tzinfo=dt.UTC)
+TODAY = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+
+
+def art(category: str = "personal-communications", eccn: str = "EAR99", price: str = "no-cost",
+        public: bool = True, kinds: tuple[str, ...] = ("instant-messaging",)) -> Classification:
+    return Classification(classified=True, category=category, eccn=eccn, price=price, publicly_available=public,
+                          kinds=kinds if category == "personal-communications" else ())
+
+
+FREE_EAR99 = art()
+FREE_5D992 = art(eccn="5D992.c")
+FREE_NOT_SUBJECT = art(eccn="not-subject-to-ear")
+FEE = art(price="fee")
+NOT_PUBLIC = art(public=False)
+STRONG_CRYPTO = art(category="other", eccn="5D002")
+
+
+def at(country: str, subdivision: str | None = None) -> Location:
+    return Location(address="192.0.2.1", country=country, subdivision=subdivision, source="test")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_packs([SHIPPED_DIR])
+
+
+SCENARIOS = [
+    # destination, artifact, time, action, rule
+    pytest.param("IR", FREE_EAR99, AFTER, "allow", "ir-personal-comms-software", id="IR free EAR99 after"),
+    pytest.param("IR", FREE_EAR99, BEFORE, "block", "ir-embargo", id="IR free EAR99 before"),
+    pytest.param("IR", FREE_5D992, AFTER, "allow", "ir-personal-comms-software", id="IR free 5D992 after"),
+    pytest.param("IR", FREE_NOT_SUBJECT, AFTER, "allow", "ir-personal-comms-software", id="IR not subject after"),
+    pytest.param("IR", FEE, AFTER, "block", "ir-other-software", id="IR fee after"),
+    pytest.param("IR", NOT_PUBLIC, AFTER, "block", "ir-other-software", id="IR not public after"),
+    pytest.param("IR", STRONG_CRYPTO, AFTER, "block", "ir-other-software", id="IR 5D002 after"),
+    pytest.param("IR", UNCLASSIFIED, AFTER, "block", "unclassified-to-sanctioned", id="IR unclassified after"),
+    pytest.param("IR", UNCLASSIFIED, BEFORE, "block", "unclassified-to-sanctioned", id="IR unclassified before"),
+    pytest.param("SD", FREE_EAR99, AFTER, "allow", "sd-personal-comms-software", id="SD free EAR99 after"),
+    pytest.param("SD", FREE_EAR99, BEFORE, "block", "sd-embargo", id="SD free EAR99 before"),
+    pytest.param("SD", FREE_5D992, AFTER, "flag", "sd-personal-comms-5d992", id="SD free 5D992 after"),
+    pytest.param("SD", FEE, AFTER, "block", "sd-other-software", id="SD fee after"),
+    pytest.param("SD", STRONG_CRYPTO, AFTER, "block", "sd-other-software", id="SD 5D002 after"),
+    pytest.param("SD", UNCLASSIFIED, AFTER, "block", "unclassified-to-sanctioned", id="SD unclassified"),
+    pytest.param("CU", FREE_EAR99, AFTER, "block", "cu-software-pending-commerce", id="CU free EAR99 after"),
+    pytest.param("CU", FREE_EAR99, BEFORE, "block", "cu-embargo", id="CU free EAR99 before"),
+    pytest.param("CU", FEE, AFTER, "block", "cu-software-pending-commerce", id="CU fee after"),
+    pytest.param("CU", STRONG_CRYPTO, AFTER, "block", "cu-software-pending-commerce", id="CU 5D002 after"),
+    pytest.param("CU", FREE_NOT_SUBJECT, AFTER, "allow", "cu-not-subject-to-ear", id="CU not subject after"),
+    pytest.param("CU", UNCLASSIFIED, AFTER, "block", "unclassified-to-sanctioned", id="CU unclassified"),
+    pytest.param("US", STRONG_CRYPTO, AFTER, "allow", "not-a-sanctioned-destination", id="US 5D002"),
+    pytest.param("US", UNCLASSIFIED, BEFORE, "allow", "not-a-sanctioned-destination", id="US unclassified before"),
+    pytest.param("DE", FEE, TODAY, "allow", "not-a-sanctioned-destination", id="DE fee today"),
+    pytest.param("IR", FREE_EAR99, TODAY, "allow", "ir-personal-comms-software", id="IR free EAR99 today"),
+]
+
+
+@pytest.mark.parametrize(("country", "artifact", "when", "action", "rule"), SCENARIOS)
+def test_seed_scenarios(shipped, country, artifact, when, action, rule):
+    outcome = shipped.evaluate(at(country), artifact, when)
+    assert (outcome.action, outcome.rule) == (action, rule)
+    assert outcome.citation
+    assert outcome.mode == "enforce"
+
+
+def test_pack_changes_at_midnight_utc(shipped):
+    assert shipped.pack_at(BEFORE).id == "us-pre-2010-baseline"
+    assert shipped.pack_at(AFTER).id == "us-2010-03-08-internet-comms"
+
+
+def test_citations_name_the_regulation(shipped):
+    assert "560.540" in shipped.evaluate(at("IR"), FREE_EAR99, AFTER).citation
+    assert "538.533" in shipped.evaluate(at("SD"), FREE_EAR99, AFTER).citation
+    cuba = shipped.evaluate(at("CU"), FREE_EAR99, AFTER).citation
+    assert "515.578" in cuba and "746.2" in cuba and "740.19" in cuba
+    unclassified = shipped.evaluate(at("IR"), UNCLASSIFIED, AFTER).citation
+    assert "31 CFR part 560" in unclassified
+
+
+@pytest.mark.parametrize("reason", ["private", "not-found", "unparseable", "no-country", "loopback"])
+def test_unknown_location_is_flagged_never_allowed(shipped, reason):
+    for artifact in (FREE_EAR99, STRONG_CRYPTO, UNCLASSIFIED):
+        outcome = shipped.evaluate(unknown(reason), artifact, AFTER)
+        assert (outcome.action, outcome.rule) == ("flag", "unknown-location")
+        assert reason in outcome.reasons[0]
+
+
+def test_time_before_every_pack_is_an_error(shipped):
+    with pytest.raises(NoPackInForce):
+        shipped.evaluate(at("US"), FREE_EAR99, dt.datetime(1999, 12, 31, tzinfo=dt.UTC))
+
+
+def test_cuba_setting_switches_to_flag():
+    packs = load_packs([SHIPPED_DIR], {"cuba_software": "flag"})
+    outcome = packs.evaluate(at("CU"), FREE_EAR99, AFTER)
+    assert (outcome.action, outcome.rule) == ("flag", "cu-software-pending-commerce")
+    # The setting does not touch the baseline pack, nor other destinations.
+    assert packs.evaluate(at("CU"), FREE_EAR99, BEFORE).action == "block"
+    assert packs.evaluate(at("IR"), FEE, AFTER).action == "block"
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    pytest.param({"cuba_software": "allow"}, "must be one of block, flag", id="choice not offered"),
+    pytest.param({"cuba_sofware": "flag"}, "unknown policy setting 'cuba_sofware'", id="misspelt setting"),
+])
+def test_bad_settings_are_rejected(settings, message):
+    with pytest.raises(ConfigErrors, match=message):
+        load_packs([SHIPPED_DIR], settings)
+
+
+# ---------------------------------------------------------------------------------------- authorizations
+
+
+def authorization(**overrides):
+    body = {"id": "BIS-CU-2010-001", "basis": "BIS license D123456", "destinations": ["CU"],
+            "when": {"class": ["personal-communications"]}, "valid_from": "2010-06-01",
+            "valid_until": "2011-06-01", "note": "test"}
+    body.update(overrides)
+    return parse_authorization(body, file="test", line=None)
+
+
+@pytest.mark.parametrize(("auth", "when", "action", "auth_id"), [
+    pytest.param(authorization(), dt.datetime(2010, 7, 1, tzinfo=dt.UTC), "allow", "BIS-CU-2010-001", id="valid"),
+    pytest.param(authorization(), dt.datetime(2011, 6, 1, tzinfo=dt.UTC), "block", None, id="expired"),
+    pytest.param(authorization(), dt.datetime(2010, 5, 31, tzinfo=dt.UTC), "block", None, id="not yet valid"),
+    pytest.param(authorization(destinations=["IR"]), dt.datetime(2010, 7, 1, tzinfo=dt.UTC), "block", None,
+                 id="other destination"),
+    pytest.param(authorization(when={"eccn": ["5D002"]}), dt.datetime(2010, 7, 1, tzinfo=dt.UTC), "block", None,
+                 id="other artifact"),
+])
+def test_authorization_turns_pending_into_allow(auth, when, action, auth_id):
+    packs = load_packs([SHIPPED_DIR], authorizations=AuthorizationBook([auth]))
+    outcome = packs.evaluate(at("CU"), FREE_EAR99, when)
+    assert (outcome.action, outcome.authorization) == (action, auth_id)
+    if auth_id:
+        assert "BIS license D123456" in outcome.citation and auth_id in outcome.citation
+
+
+def test_revoked_authorization_stops_at_its_time():
+    entries = [
+        ("authorization", "2010-06-01T00:00:00.000000Z", authorization().to_dict()),
+        ("revocation", "2010-08-01T00:00:00.000000Z", {"authorization": "BIS-CU-2010-001", "reason": "withdrawn"}),
+    ]
+    packs = load_packs([SHIPPED_DIR], authorizations=AuthorizationBook.from_entries(entries))
+    assert packs.evaluate(at("CU"), FREE_EAR99, dt.datetime(2010, 7, 31, tzinfo=dt.UTC)).action == "allow"
+    assert packs.evaluate(at("CU"), FREE_EAR99, dt.datetime(2010, 8, 1, tzinfo=dt.UTC)).action == "block"
+
+
+def test_authorization_never_applies_where_no_rule_asks_for_one():
+    # An authorization for Iran must not override the Iranian block: that rule does not require authorization.
+    auth = authorization(destinations=["IR"], when=None)
+    packs = load_packs([SHIPPED_DIR], authorizations=AuthorizationBook([auth]))
+    assert packs.evaluate(at("IR"), FEE, dt.datetime(2010, 7, 1, tzinfo=dt.UTC)).action == "block"
+
+
+# ------------------------------------------------------------------------------------------ pack errors
+
+GOOD = """\
+pack: test-pack
+version: 1
+effective: {from: 2030-01-01, until: null}
+sources: ["test"]
+disclaimer: "Example, not legal advice."
+jurisdictions:
+  KP:
+    name: North Korea
+    program: "test program"
+    otherwise: {id: kp-block, action: block, citation: "c"}
+  UA-43:
+    name: Crimea
+    program: "test program"
+    otherwise: {id: crimea-block, action: block, citation: "c"}
+rules:
+  - id: kp-free
+    destinations: [KP]
+    when: {price: no-cost}
+    action: flag
+    citation: "c"
+  - id: tor
+    destinations: ["*"]
+    when: {anonymizer: [tor-exit-node]}
+    action: flag
+    citation: "c"
+    mode: dry-run
+defaults:
+  unknown_location: {action: flag, citation: "c"}
+  unclassified: {action: block, citation: "c"}
+  other_destinations: {action: allow, citation: "c"}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "pack.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_a_valid_custom_pack_with_subdivision_and_anonymizer_rules(tmp_path):
+    packs = load_packs([write(tmp_path, GOOD)])
+    when = dt.datetime(2030, 6, 1, tzinfo=dt.UTC)
+    crimea = Location(address="x", country="UA", subdivision="UA-43", source="t")
+    assert packs.evaluate(crimea, FREE_EAR99, when).rule == "crimea-block"
+    assert packs.evaluate(at("UA", "UA-63"), FREE_EAR99, when).action == "allow"
+    tor = Location(address="x", country="DE", source="t", anonymizer=frozenset({"tor-exit-node"}))
+    outcome = packs.evaluate(tor, UNCLASSIFIED, when)
+    assert (outcome.rule, outcome.action, outcome.mode) == ("tor", "flag", "dry-run")
+
+
+BAD_PACKS = [
+    pytest.param(GOOD.replace("version: 1\n", "version: 1\nversoin: 2\n"), 3, "unknown key 'versoin'",
+                 id="unknown key"),
+    pytest.param(GOOD.replace("action: flag\n    citation", "action: permit\n    citation"), 19,
+                 "action must be one of", id="unknown action"),
+    pytest.param(GOOD.replace("destinations: [KP]", "destinations: [IRN]"), 17, "alpha-3", id="alpha-3 code"),
+    pytest.param(GOOD.replace("destinations: [KP]", "destinations: [XX]"), 17, "unknown country", id="unknown code"),
+    pytest.param(GOOD.replace("destinations: [KP]", "destinations: [kp]"), 17, "upper case", id="lower case code"),
+    pytest.param(GOOD.replace("{from: 2030-01-01, until: null}", "{from: 2030-01-01, until: 2020-01-01}"), 3,
+                 "out of order", id="dates out of order"),
+    pytest.param(GOOD.replace("{from: 2030-01-01, until: null}", "{from: 2030-13-01, until: null}"), 3,
+                 "must be a date", id="bad date"),
+    pytest.param(GOOD.replace("  unclassified: {action: block, citation: \"c\"}\n", ""), 28,
+                 "missing required key 'unclassified'", id="missing default"),
+    pytest.param(GOOD.replace('disclaimer: "Example, not legal advice."', 'disclaimer: "Example."'), 5,
+                 "not legal advice", id="no disclaimer"),
+    pytest.param(GOOD.replace("when: {price: no-cost}", "when: {price: free}"), 18, "price 'free'",
+                 id="unknown price"),
+    pytest.param(GOOD.replace("when: {price: no-cost}", "when: {eccn: [5X99]}"), 18, "is not an ECCN",
+                 id="bad eccn"),
+    pytest.param(GOOD.replace("when: {price: no-cost}", "when: {price: []}"), 18, "empty list",
+                 id="empty condition list"),
+    pytest.param(GOOD.replace("    when: {price: no-cost}\n    action: flag", "    action: flag")
+                 .replace("destinations: [\"*\"]", "destinations: [KP]"), 20, "never reached",
+                 id="shadowed rule"),
+    pytest.param(GOOD + "rules: []\n", 31, "duplicate key 'rules'", id="rules key repeated"),
+    pytest.param(GOOD.replace("  - id: tor\n", "  - id: kp-free\n"), 21, "duplicate rule id", id="duplicate id"),
+    pytest.param(GOOD.replace("version: 1\n", "version: [1]\n"), 2, "must be text", id="wrong type"),
+    pytest.param(GOOD.replace("rules:\n", "rules:\n  - [\n"), None, "YAML syntax error", id="syntax error"),
+    pytest.param(GOOD.replace("citation: \"c\"\n  - id: tor", "\n  - id: tor"), 16, "missing required key 'citation'",
+                 id="rule without citation"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), BAD_PACKS)
+def test_bad_pack_is_rejected_with_file_and_line(tmp_path, text, line, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigErrors) as info:
+        load_packs([path])
+    errors = info.value.errors
+    assert any(re.search(message, str(e)) for e in errors), [str(e) for e in errors]
+    first = errors[0]
+    assert first.file == str(path)
+    if line is not None:
+        assert first.line == line, str(first)
+
+
+def test_overlapping_packs_are_rejected(tmp_path):
+    write(tmp_path, GOOD, "a.yaml")
+    write(tmp_path, GOOD.replace("pack: test-pack", "pack: other").replace("2030-01-01", "2031-01-01"), "b.yaml")
+    with pytest.raises(ConfigErrors, match="overlaps pack 'test-pack'"):
+        load_packs([tmp_path])
+
+
+def test_duplicate_keys_are_an_error_not_last_wins(tmp_path):
+    text = GOOD.replace("    action: flag\n    citation: \"c\"\n  - id: tor",
+                        "    action: flag\n    action: allow\n    citation: \"c\"\n  - id: tor")
+    with pytest.raises(ConfigErrors, match="duplicate key 'action'"):
+        load_packs([write(tmp_path, text)])
+
+
+def test_empty_directory_and_missing_file(tmp_path):
+    with pytest.raises(ConfigErrors, match="no policy pack"):
+        load_packs([tmp_path])
+    with pytest.raises(ConfigErrors, match="file not found"):
+        load_packs([tmp_path / "nope.yaml"])
+
+
+def test_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigErrors, match="must be a mapping"):
+        load_packs([write(tmp_path, "- just\n- a list\n")])
+
+
+def test_config_error_str_has_file_and_line():
+    assert str(ConfigError("bad", file="a.yaml", line=3)) == "a.yaml:3: bad"
