@@ -28,8 +28,9 @@ ENV_PREFIX = "EXPORTGATE_"
 ENV_NOT_SETTINGS = {"EXPORTGATE_CONFIG"}
 
 
-def default_records_url() -> str:
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+def default_records_url(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return f"sqlite://{Path(state) / 'exportgate' / 'records.db'}"
 
 
@@ -86,11 +87,20 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         data = loaded
         base = Path(path).resolve().parent
     data = _apply_env(data, env)
-    return _parse(data, file=file or "<defaults>", base=base)
+    return _parse(data, file=file or "<defaults>", base=base, env=env)
+
+
+def _copy(value: Any) -> dict[str, Any]:
+    """A shallow copy that keeps the line numbers of a :class:`yamlfile.Mapping`."""
+    if isinstance(value, yamlfile.Mapping):
+        copy = yamlfile.Mapping(value)
+        copy.line, copy.file, copy.key_lines = value.line, value.file, dict(value.key_lines)
+        return copy
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    merged: dict[str, Any] = dict(data)
+    merged: dict[str, Any] = _copy(data)
     for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name in ENV_NOT_SETTINGS:
             continue
@@ -103,15 +113,14 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             raise ConfigError(f"environment variable {name}: unknown setting {keys[0]!r}")
         target = merged
         for key in keys[:-1]:
-            child = target.get(key)
-            child = dict(child) if isinstance(child, dict) else {}
+            child = _copy(target.get(key))
             target[key] = child
             target = child
         target[keys[-1]] = value
     return merged
 
 
-def _parse(data: dict[str, Any], *, file: str, base: Path) -> GateConfig:
+def _parse(data: dict[str, Any], *, file: str, base: Path, env: Mapping[str, str]) -> GateConfig:
     f = yamlfile.Fields(data, file=file, what="config")
 
     def path_of(value: str | None) -> str | None:
@@ -147,16 +156,14 @@ def _parse(data: dict[str, Any], *, file: str, base: Path) -> GateConfig:
     for k, v in settings.items():
         if not isinstance(v, str):
             raise f.error("policy_settings", f"config: policy_settings.{k} must be text, got {v!r}")
-    records = f.str("records", required=False) or default_records_url()
-    if records.startswith("sqlite:") and not records.startswith("sqlite:///") and not records.startswith("sqlite://:"):
+    records = f.str("records", required=False) or default_records_url(env)
+    if records.startswith("sqlite:") and not records.startswith("sqlite://"):
         # sqlite:relative/path.db is relative to the config file, like every other path in it.
-        rel = records[len("sqlite:"):].lstrip("/") if records.startswith("sqlite://") else records[len("sqlite:"):]
-        if not records.startswith("sqlite://"):
-            records = f"sqlite://{path_of(rel)}"
+        records = f"sqlite://{path_of(records[len('sqlite:'):])}"
     record_log = f.str("record_log", required=False)
     config = GateConfig(
         file=None if file == "<defaults>" else file,
-        instance=f.str("instance", required=False) or socket.gethostname(),
+        instance=f.str("instance", required=False) or socket.gethostname(),  # noqa: E501
         operator=f.str("operator", required=False) or "the operator of this mirror",
         geo=geo,
         catalog=path_of(f.str("catalog", required=False)),

@@ -24,6 +24,10 @@ class Mapping(dict):  # type: ignore[type-arg]
     file: str = ""
     key_lines: dict[Any, int]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_lines = {}
+
     def line_of(self, key: Any) -> int:
         return self.key_lines.get(key, self.line)
 
@@ -34,6 +38,10 @@ class Sequence(list):  # type: ignore[type-arg]
     line: int = 0
     file: str = ""
     item_lines: list[int]
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.item_lines = []
 
     def line_of(self, index: int) -> int:
         return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line

@@ -1,0 +1,93 @@
+"""gate.yaml: defaults, file, environment overrides, and errors with file:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exportgate.config import load_config
+from exportgate.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gate.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_no_file_means_embedded_defaults(tmp_path):
+    cfg = load_config(None, env={"XDG_STATE_HOME": str(tmp_path)})
+    assert cfg.file is None
+    assert cfg.geo.database is None and cfg.catalog is None and cfg.policies == ()
+    assert cfg.records == f"sqlite://{tmp_path}/exportgate/records.db"
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path):
+    path = write(tmp_path, "geo: {database: geo/x.mmdb}\ncatalog: catalog.yaml\npolicies: [packs]\n"
+                           "records: sqlite:var/records.db\nrecord_log: log/decisions.jsonl\n")
+    cfg = load_config(path, env={})
+    assert cfg.geo.database == str(tmp_path / "geo/x.mmdb")
+    assert cfg.catalog == str(tmp_path / "catalog.yaml")
+    assert cfg.policies == (str(tmp_path / "packs"),)
+    assert cfg.records == f"sqlite://{tmp_path}/var/records.db"
+    assert cfg.record_log == str(tmp_path / "log/decisions.jsonl")
+
+
+def test_environment_overrides_file(tmp_path):
+    path = write(tmp_path, "geo: {max_age_days: 10}\npolicy_settings: {cuba_software: block}\n")
+    cfg = load_config(path, env={"EXPORTGATE_GEO__MAX_AGE_DAYS": "20",
+                                 "EXPORTGATE_POLICY_SETTINGS__CUBA_SOFTWARE": "flag",
+                                 "EXPORTGATE_RECORDS": "sqlite:///tmp/x.db",
+                                 "EXPORTGATE_CONFIG": str(path)})
+    assert cfg.geo.max_age_days == 20
+    assert cfg.policy_settings == {"cuba_software": "flag"}
+    assert cfg.records == "sqlite:///tmp/x.db"
+
+
+def test_config_path_from_environment(tmp_path):
+    path = write(tmp_path, "instance: mirror-1\n")
+    assert load_config(None, env={"EXPORTGATE_CONFIG": str(path)}).instance == "mirror-1"
+
+
+def test_overrides_shorthand_mapping(tmp_path):
+    cfg = load_config(write(tmp_path, "geo:\n  overrides: {10.0.0.0/8: US}\n"), env={})
+    assert cfg.geo.overrides == ({"network": "10.0.0.0/8", "country": "US"},)
+
+
+BAD = [
+    pytest.param("recrods: sqlite:x.db\n", 1, "unknown key 'recrods'", id="typo top-level key"),
+    pytest.param("geo:\n  databse: x.mmdb\n", 2, "unknown key 'databse'", id="typo nested key"),
+    pytest.param("geo:\n  max_age_days: soon\n", 2, "whole number", id="wrong type"),
+    pytest.param("geo:\n  max_age_days: 0\n", 2, "at least 1", id="out of range"),
+    pytest.param("geo: [a]\n", 1, "must be a mapping", id="geo not a mapping"),
+    pytest.param("policies: [1]\n", 1, r"policies\[0\]", id="policy path not text"),
+    pytest.param("- a\n- b\n", 1, "must be a mapping", id="list instead of mapping"),
+    pytest.param("geo: {database: a\n", 2, "YAML syntax error", id="syntax error"),
+    pytest.param("instance: a\ninstance: b\n", 2, "duplicate key", id="duplicate key"),
+    pytest.param("case_insensitive_paths: maybe\n", 1, "true or false", id="bool wrong"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), BAD)
+def test_bad_config(tmp_path, text, line, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path, env={})
+    assert info.value.file == str(path)
+    assert info.value.line == line
+    assert str(info.value).startswith(f"{path}:{line}: ")
+
+
+def test_unknown_environment_setting_is_an_error():
+    with pytest.raises(ConfigError, match="EXPORTGATE_RECORD:"):
+        load_config(None, env={"EXPORTGATE_RECORD": "sqlite:///x"})
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml", env={})
+
+
+def test_empty_file_is_defaults(tmp_path):
+    assert load_config(write(tmp_path, ""), env={}).catalog is None
