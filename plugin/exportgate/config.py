@@ -39,10 +39,46 @@ class GeoConfig:
     database: str | None = None
     """A MaxMind-format Country or City database; ``None`` uses the embedded registry data (iptocc)."""
     anonymous_ip_database: str | None = None
-    overrides: tuple[Mapping[str, Any], ...] = ()
-    """``{network, country, subdivision?}`` entries checked before any database."""
+    overrides: Any = ()
+    """``{network, country, subdivision?}`` entries (or a mapping network -> country) checked before any
+    database; passed to :class:`exportgate.geo.Overrides` as written, so its errors keep their file:line."""
     max_age_days: int = 35
     """A database older than this is stale (a warning; health checks report it)."""
+
+
+SERVE_MODES = ("forward-auth", "proxy", "static")
+DEFAULT_BIND = "127.0.0.1:8451"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """How ``exportgate serve`` runs (every key also a ``serve`` command-line option)."""
+
+    bind: str = DEFAULT_BIND
+    mode: str = "forward-auth"
+    """``forward-auth`` (behind nginx/Traefik/Caddy/Envoy), ``proxy`` (in front of an upstream) or ``static``."""
+    upstream: str | None = None
+    """Proxy mode: the mirror to forward allowed downloads to, e.g. ``http://127.0.0.1:8080``."""
+    root: str | None = None
+    """Static mode: the directory to serve."""
+    trust_proxy: tuple[str, ...] = ()
+    """CIDRs of proxies whose client-address headers are believed; empty = only the TCP peer counts."""
+    forwarded_header: str = "x-forwarded-for"
+    """``x-forwarded-for`` or ``forwarded`` (RFC 7239): which header trusted proxies set."""
+    workers: int = 2
+    threads: int = 16
+    """Threads per worker: concurrent requests share one group commit of their decision records."""
+    fail_open: bool = False
+    """Serve downloads when the record store cannot commit (logged and counted). Default: refuse (503)."""
+    block_status: str = "auto"
+    """Forward-auth status for a block: ``auto`` (403 for nginx ``X-Original-URI``, else 451), ``451`` or ``403``."""
+    gated: tuple[str, ...] = ()
+    """Proxy/static modes: path globs that are downloads to decide on; empty = every path. Index pages and
+    metadata outside them are served without a decision."""
+    upstream_timeout: float = 30.0
+    """Proxy mode: connect and read timeout in seconds."""
+    server: str = "gunicorn"
+    """``gunicorn`` or ``granian`` (if installed)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,10 +98,15 @@ class GateConfig:
     """A JSON-lines sink in addition to the store: a path, or ``-`` for stdout."""
     case_insensitive_paths: bool = False
     """Match manifest rules without regard to case (for case-insensitive origins)."""
+    contact: str | None = None
+    """Contact for questions and appeals, shown on the 451 page."""
+    policy_url: str | None = None
+    """URL of the operator's policy page, sent as ``Link: <…>; rel="blocked-by"`` (RFC 7725)."""
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 _TOP_KEYS = {"instance", "operator", "geo", "catalog", "policies", "policy_settings", "records", "record_log",
-             "case_insensitive_paths"}
+             "case_insensitive_paths", "contact", "policy_url", "serve"}
 _GEO_KEYS = {"database", "anonymous_ip_database", "overrides", "max_age_days"}
 
 
@@ -134,19 +175,13 @@ def _parse(data: dict[str, Any], *, file: str, base: Path, env: Mapping[str, str
     if raw_geo is not None:
         g = yamlfile.Fields(raw_geo, file=file, what="geo")
         overrides = g.raw("overrides")
-        if overrides is None:
-            overrides_t: tuple[Mapping[str, Any], ...] = ()
-        elif isinstance(overrides, dict):  # {"10.0.0.0/8": "US"} shorthand
-            overrides_t = tuple({"network": str(k), "country": v} for k, v in overrides.items())
-        elif isinstance(overrides, list):
-            overrides_t = tuple(overrides)
-        else:
+        if overrides is not None and not isinstance(overrides, (dict, list)):
             raise g.error("overrides", "geo: overrides must be a list of {network, country} or a mapping "
                                        "network -> country")
         max_age = g.int("max_age_days", required=False, minimum=1)
         geo = GeoConfig(database=path_of(g.str("database", required=False)),
                         anonymous_ip_database=path_of(g.str("anonymous_ip_database", required=False)),
-                        overrides=overrides_t, max_age_days=max_age if max_age is not None else 35)
+                        overrides=overrides if overrides is not None else (), max_age_days=max_age if max_age is not None else 35)
         g.done()
     policies = f.list("policies", required=False) or []
     for i, p in enumerate(policies):
@@ -161,6 +196,7 @@ def _parse(data: dict[str, Any], *, file: str, base: Path, env: Mapping[str, str
         # sqlite:relative/path.db is relative to the config file, like every other path in it.
         records = f"sqlite://{path_of(records[len('sqlite:'):])}"
     record_log = f.str("record_log", required=False)
+    serve = _parse_serve(f.mapping("serve", required=False), file=file, path_of=path_of)
     config = GateConfig(
         file=None if file == "<defaults>" else file,
         instance=f.str("instance", required=False) or socket.gethostname(),  # noqa: E501
@@ -172,6 +208,41 @@ def _parse(data: dict[str, Any], *, file: str, base: Path, env: Mapping[str, str
         records=records,
         record_log=record_log if record_log in (None, "-") else path_of(record_log),
         case_insensitive_paths=bool(f.bool("case_insensitive_paths", required=False)),
+        contact=f.str("contact", required=False),
+        policy_url=f.str("policy_url", required=False),
+        serve=serve,
     )
     f.done()
     return config
+
+
+def _parse_serve(raw: Any, *, file: str, path_of: Any) -> ServeConfig:
+    if raw is None:
+        return ServeConfig()
+    s = yamlfile.Fields(raw, file=file, what="serve")
+    defaults = ServeConfig()
+    trust = s.list("trust_proxy", required=False) or []
+    gated = s.list("gated", required=False) or []
+    timeout = s.raw("upstream_timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise s.error("upstream_timeout", f"serve: upstream_timeout must be a positive number of seconds, "
+                                          f"got {timeout!r}")
+    serve = ServeConfig(
+        bind=s.str("bind", required=False) or defaults.bind,
+        mode=s.str("mode", required=False, choices=SERVE_MODES) or defaults.mode,
+        upstream=s.str("upstream", required=False),
+        root=path_of(s.str("root", required=False)),
+        trust_proxy=tuple(str(t) for t in trust),
+        forwarded_header=s.str("forwarded_header", required=False, choices=("x-forwarded-for", "forwarded"))
+        or defaults.forwarded_header,
+        workers=s.int("workers", required=False, minimum=1) or defaults.workers,
+        threads=s.int("threads", required=False, minimum=1) or defaults.threads,
+        fail_open=bool(s.bool("fail_open", required=False)),
+        block_status=str(s.str("block_status", required=False, choices=("auto", "451", "403"))
+                         or defaults.block_status),
+        gated=tuple(str(g) for g in gated),
+        upstream_timeout=float(timeout) if timeout is not None else defaults.upstream_timeout,
+        server=s.str("server", required=False, choices=("gunicorn", "granian")) or defaults.server,
+    )
+    s.done()
+    return serve

@@ -52,7 +52,7 @@ def test_config_path_from_environment(tmp_path):
 
 def test_overrides_shorthand_mapping(tmp_path):
     cfg = load_config(write(tmp_path, "geo:\n  overrides: {10.0.0.0/8: US}\n"), env={})
-    assert cfg.geo.overrides == ({"network": "10.0.0.0/8", "country": "US"},)
+    assert cfg.geo.overrides == {"10.0.0.0/8": "US"}
 
 
 BAD = [
