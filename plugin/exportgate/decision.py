@@ -34,12 +34,16 @@ class RequestFacts:
     """Where ``client`` came from: ``peer`` (TCP peer), ``x-forwarded-for``, ``forwarded``, ``cli``…"""
     address_chain: tuple[str, ...] = ()
     """The whole forwarded-for chain, for the record, when proxies were involved."""
+    client_error: str | None = None
+    """Why no client address could be established (``obfuscated``, ``unparseable``, ``too-large``…); the location
+    is then unknown for that reason, without a lookup."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "client": self.client,
             "client_source": self.client_source,
             "address_chain": list(self.address_chain),
+            "client_error": self.client_error,
             "method": self.method,
             "host": self.host,
             "path": self.path,

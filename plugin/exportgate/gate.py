@@ -19,7 +19,7 @@ from typing import Protocol
 from .classification import Classification
 from .decision import Decision, RequestFacts
 from .errors import ExportGateError
-from .location import Location
+from .location import CLIENT_UNKNOWN, Location, unknown
 from .policy import PolicySet
 
 
@@ -71,7 +71,10 @@ class Gate:
     def decide(self, request: RequestFacts, *, at: dt.datetime | None = None) -> Decision:
         """Decide without recording. ``at`` defaults to now; a time before every pack raises NoPackInForce."""
         when = at if at is not None else self.clock()
-        location = self.locator.locate(request.client)
+        if request.client_error is not None:
+            location = unknown(CLIENT_UNKNOWN, source=f"client address: {request.client_error}")
+        else:
+            location = self.locator.locate(request.client)
         classification = self.catalog.classify(request.path)
         outcome = self.policies.evaluate(location, classification, when)
         return Decision(

@@ -20,10 +20,13 @@ UNSPECIFIED = "unspecified"
 NOT_FOUND = "not-found"
 NO_COUNTRY = "no-country"
 LOOKUP_FAILED = "lookup-failed"
+# The client address itself could not be established (behind trusted proxies): obfuscated identifier, an
+# unreadable or oversize forwarding header, no peer address.
+CLIENT_UNKNOWN = "client-address-unknown"
 
 UNKNOWN_REASONS = (
     UNPARSEABLE, PRIVATE, LOOPBACK, LINK_LOCAL, MULTICAST, RESERVED, UNSPECIFIED, NOT_FOUND,
-    NO_COUNTRY, LOOKUP_FAILED,
+    NO_COUNTRY, LOOKUP_FAILED, CLIENT_UNKNOWN,
 )
 
 # Anonymiser flags, as the GeoIP2 Anonymous-IP database names them (minus the ``is_`` prefix).
