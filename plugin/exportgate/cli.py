@@ -410,6 +410,49 @@ def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | N
         sys.exit(1)
 
 
+# -------------------------------------------------------------------------------------------------- serve
+
+
+@main.command()
+@click.option("--bind", help="Address to listen on, e.g. 127.0.0.1:8451 (default from config).")
+@click.option("--mode", type=click.Choice(["forward-auth", "proxy", "static"]), help="How the gate sits in front "
+              "of the mirror.")
+@click.option("--upstream", help="Proxy mode: the mirror to forward allowed downloads to.")
+@click.option("--root", type=click.Path(file_okay=False), help="Static mode: the directory to serve.")
+@click.option("--trust-proxy", "trust_proxy", multiple=True, help="CIDR of a proxy whose X-Forwarded-For is "
+              "believed (repeatable). Default: none, only the TCP peer counts.")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads per worker.")
+@click.option("--fail-open", "fail_open", is_flag=True, default=None,
+              help="Serve downloads even when the decision cannot be recorded (default: refuse with 503).")
+@click.option("--server", type=click.Choice(["gunicorn", "granian"]), help="WSGI server.")
+@click.pass_context
+@_guarded
+def serve(ctx: click.Context, **options: Any) -> None:
+    """Run the gate: forward-auth endpoint, proxy or static server, with /healthz, /readyz and /metrics."""
+    import dataclasses
+
+    from .runtime import GateRuntime
+    from .serve import run
+
+    cfg = _config(ctx)
+    changes = {k: v for k, v in options.items() if v not in (None, ())}
+    if "trust_proxy" in changes:
+        changes["trust_proxy"] = tuple(changes["trust_proxy"])
+    cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, **changes))
+    # Open everything once in the master, so a broken config fails here with file:line, not in every worker.
+    with GateRuntime(cfg, record=True):
+        pass
+    from .web.clientaddr import TrustedProxies
+
+    TrustedProxies(cfg.serve.trust_proxy, header=cfg.serve.forwarded_header)
+    if cfg.serve.mode == "proxy" and not cfg.serve.upstream:
+        raise ExportGateError("proxy mode needs --upstream URL (or serve.upstream in the config)")
+    if cfg.serve.mode == "static" and not cfg.serve.root:
+        raise ExportGateError("static mode needs --root DIR (or serve.root in the config)")
+    run(cfg)
+
+
 # -------------------------------------------------------------------------------------------------- packs
 
 

@@ -1,0 +1,371 @@
+"""The embedded record store: one SQLite file in WAL mode (stdlib ``sqlite3``).
+
+Use it when one gate process (or one host) writes the records; open it with
+``open_store("sqlite:///var/lib/exportgate/records.db")``. With ``synchronous=FULL`` (default) a
+commit is on disk when :meth:`SQLiteStore.append` returns; WAL lets readers (verify, review UI,
+CLI) run while the gate writes. Everything that can go wrong at open time — a directory that
+cannot be created, a path that is a directory, a file that is not a database, a database
+written by a newer exportgate, one that cannot be written — is a :class:`StoreOpenError` then,
+not a surprise at the first download.
+
+Threads: one writer connection, used under a lock (the recorder's writer thread is its only
+user in practice); queries take a connection from a small pool of reader connections, so a long
+``verify`` does not stall commits. An in-memory store has a single connection for both.
+
+Caveat: triggers refuse UPDATE and DELETE on ``records`` so that mistakes fail loudly, but
+anyone who can write the file can drop them. The hash chain (``verify``) is what shows tampering.
+A reader that iterates for a long time keeps WAL from being checkpointed past its snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Self
+
+from exportgate.errors import RecordStoreError
+from exportgate.records.chain import Record, canonical_text, make_record
+from exportgate.records.store import CorruptRecordError, StoreOpenError
+
+SCHEMA_VERSION = 1
+SYNCHRONOUS_MODES = ("FULL", "EXTRA", "NORMAL")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS records (
+        chain     TEXT NOT NULL,
+        seq       INTEGER NOT NULL,
+        kind      TEXT NOT NULL,
+        id        TEXT NOT NULL,
+        at        TEXT NOT NULL,
+        body      TEXT NOT NULL,   -- canonical JSON, exactly the text that was hashed
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL,
+        PRIMARY KEY (chain, seq)
+    )""",
+    "CREATE INDEX IF NOT EXISTS records_by_id ON records (id)",
+    # (kind, chain, seq) rather than (kind): iter_records(kind=…) is then ordered by the index.
+    "CREATE INDEX IF NOT EXISTS records_by_kind ON records (kind, chain, seq)",
+    """CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
+       BEGIN SELECT RAISE(ABORT, 'records are append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
+       BEGIN SELECT RAISE(ABORT, 'records are append-only'); END""",
+)
+_COLUMNS = "chain, seq, kind, id, at, body, prev_hash, hash"
+_FETCH = 512
+# Rows per INSERT statement. A batch of up to this many rows is ONE statement in autocommit mode
+# (atomic and durable on its own): sqlite3 drops the GIL once per statement step, and under
+# load every re-acquisition waits behind the caller threads, so executemany()'s step per row
+# made commits several times slower. Bigger batches run as several such statements in one
+# BEGIN IMMEDIATE … COMMIT. At most this many distinct statements are prepared and cached.
+_ROWS_PER_STATEMENT = 128
+_INSERTS = [""] + [
+    f"INSERT INTO records ({_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * n)
+    for n in range(1, _ROWS_PER_STATEMENT + 1)
+]
+
+
+class SQLiteStore:
+    """A :class:`~exportgate.records.store.Store` in one SQLite file (``path=None``: in memory)."""
+
+    def __init__(
+        self, path: str | None, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000
+    ) -> None:
+        if synchronous.upper() not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
+        self._memory = path is None
+        self.path = None if path is None else os.path.abspath(path)
+        self.where = self.path or ":memory:"
+        self._synchronous = synchronous.upper()
+        self._busy_timeout_ms = busy_timeout_ms
+        self._write_lock = threading.RLock()
+        self._pool_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+        if self.path is not None:
+            self._prepare_path(self.path)
+        try:
+            self._writer = self._connect(writer=True)
+        except sqlite3.Error as exc:
+            raise StoreOpenError(self.where, _reason(exc)) from None
+        try:
+            self._set_up_schema()
+        except StoreOpenError:
+            self._writer.close()
+            raise
+        except sqlite3.Error as exc:
+            self._writer.close()
+            raise StoreOpenError(self.where, _reason(exc)) from None
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _prepare_path(path: str) -> None:
+        if os.path.isdir(path):
+            raise StoreOpenError(path, "this is a directory; give a file name inside it")
+        parent = os.path.dirname(path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise StoreOpenError(
+                path, f"cannot create directory {parent}: {exc.strerror or exc}"
+            ) from None
+        if not os.path.isdir(parent):
+            raise StoreOpenError(path, f"{parent} is not a directory")
+
+    def _connect(self, *, writer: bool) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; append() says BEGIN/COMMIT itself.
+        conn = sqlite3.connect(
+            ":memory:" if self.path is None else self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self._busy_timeout_ms / 1000,
+            cached_statements=_ROWS_PER_STATEMENT + 32 if writer else 32,
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            if writer:
+                if self.path is not None:
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        raise StoreOpenError(
+                            self.where, f"cannot switch to WAL (journal_mode is {mode})"
+                        )
+                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            else:
+                conn.execute("PRAGMA query_only = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _set_up_schema(self) -> None:
+        conn = self._writer
+        # BEGIN IMMEDIATE takes the write lock: two processes opening a new file do not race.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            rows = conn.execute("SELECT version FROM schema_version").fetchall()
+            if not rows:
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif len(rows) > 1 or rows[0][0] != SCHEMA_VERSION:
+                versions = ", ".join(str(r[0]) for r in rows)
+                raise StoreOpenError(
+                    self.where,
+                    f"schema version {versions}, this exportgate reads version {SCHEMA_VERSION}",
+                )
+            else:
+                # An existing database opens without writing anything; prove now that it can
+                # be written (read-only file or mount), not at the first download.
+                conn.execute("UPDATE schema_version SET version = version")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, records: Sequence[Record]) -> None:
+        params: list[Any] = []
+        extend = params.extend
+        for r in records:
+            extend(
+                (
+                    r.chain,
+                    r.seq,
+                    r.kind,
+                    r.id,
+                    r.at,
+                    r.body_json or canonical_text(r.body),
+                    r.prev_hash,
+                    r.hash,
+                )
+            )
+        count = len(records)
+        if not count:
+            return
+        with self._write_lock:
+            self._check_open()
+            conn = self._writer
+            try:
+                if count <= _ROWS_PER_STATEMENT:
+                    conn.execute(_INSERTS[count], params)
+                else:
+                    conn.execute("BEGIN IMMEDIATE")
+                    step = _ROWS_PER_STATEMENT * 8
+                    for start in range(0, len(params), step):
+                        chunk = params[start : start + step]
+                        conn.execute(_INSERTS[len(chunk) // 8], chunk)
+                    conn.execute("COMMIT")
+            except Exception as exc:  # any failure: nothing is stored, and the caller is told
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the connection is in trouble already; the original error is the story
+                raise RecordStoreError(
+                    f"{self.where}: {count} record(s) not committed: {_reason(exc)}"
+                ) from exc
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def iter_records(
+        self, kind: str | None = None, chain: str | None = None, *, after_seq: int = 0
+    ) -> Iterator[Record]:
+        where = ["seq > ?"]
+        params: list[Any] = [after_seq]
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if chain is not None:
+            where.append("chain = ?")
+            params.append(chain)
+        sql = f"SELECT {_COLUMNS} FROM records WHERE {' AND '.join(where)} ORDER BY chain, seq"
+        if self._memory:
+            # One connection: read everything under the lock, so the writer is never stuck
+            # behind a half-consumed iterator.
+            for row in self._query_all(sql, params):
+                yield _to_record(row)
+            return
+        with self._reader() as conn:
+            try:
+                cursor = conn.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise RecordStoreError(f"{self.where}: query failed: {_reason(exc)}") from exc
+            try:
+                while True:
+                    try:
+                        batch = cursor.fetchmany(_FETCH)
+                    except sqlite3.Error as exc:
+                        raise RecordStoreError(
+                            f"{self.where}: query failed: {_reason(exc)}"
+                        ) from exc
+                    if not batch:
+                        break
+                    for row in batch:
+                        yield _to_record(row)
+            finally:
+                cursor.close()
+
+    def get(self, id: str) -> Record | None:
+        row = self._query_one(
+            f"SELECT {_COLUMNS} FROM records WHERE id = ? ORDER BY chain, seq LIMIT 1", (id,)
+        )
+        return None if row is None else _to_record(row)
+
+    def last(self, chain: str) -> Record | None:
+        row = self._query_one(
+            f"SELECT {_COLUMNS} FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1", (chain,)
+        )
+        return None if row is None else _to_record(row)
+
+    def chains(self) -> list[str]:
+        return [
+            r[0] for r in self._query_all("SELECT DISTINCT chain FROM records ORDER BY chain", ())
+        ]
+
+    def count(self, kind: str | None = None) -> int:
+        if kind is None:
+            row = self._query_one("SELECT COUNT(*) FROM records", ())
+        else:
+            row = self._query_one("SELECT COUNT(*) FROM records WHERE kind = ?", (kind,))
+        return int(row[0]) if row else 0
+
+    def _query_one(self, sql: str, params: Sequence[Any]) -> Any:
+        rows = self._query_all(sql, params)
+        return rows[0] if rows else None
+
+    def _query_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        try:
+            if self._memory:
+                with self._write_lock:
+                    self._check_open()
+                    return self._writer.execute(sql, params).fetchall()
+            with self._reader() as conn:
+                return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise RecordStoreError(f"{self.where}: query failed: {_reason(exc)}") from exc
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        with self._pool_lock:
+            self._check_open()
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            try:
+                conn = self._connect(writer=False)
+            except sqlite3.Error as exc:
+                raise RecordStoreError(
+                    f"{self.where}: cannot open a reader: {_reason(exc)}"
+                ) from exc
+        try:
+            yield conn
+        finally:
+            with self._pool_lock:
+                if self._closed:
+                    conn.close()
+                else:
+                    self._idle.append(conn)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecordStoreError(f"{self.where}: the record store is closed")
+
+    def close(self) -> None:
+        with self._write_lock, self._pool_lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle, self._idle = self._idle, []
+            for conn in idle:
+                conn.close()
+            self._writer.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.where!r}, synchronous={self._synchronous})"
+
+
+def _to_record(row: tuple[Any, ...]) -> Record:
+    chain, seq, kind, id, at, body_json, prev_hash, digest = row
+    try:
+        if not (
+            type(seq) is int
+            and all(type(v) is str for v in (chain, kind, id, at, prev_hash, digest))
+        ):
+            raise ValueError("a column has the wrong type")
+        if type(body_json) is not str:
+            raise ValueError(f"body is stored as {type(body_json).__name__}, not text")
+        body = json.loads(body_json)
+        if type(body) is not dict:
+            raise ValueError(f"body is a JSON {type(body).__name__}, not an object")
+    except ValueError as exc:
+        raise CorruptRecordError(
+            chain=str(chain),
+            seq=seq if type(seq) is int else -1,
+            id=str(id),
+            prev_hash=str(prev_hash),
+            hash=str(digest),
+            reason=str(exc),
+        ) from None
+    return make_record(chain, seq, kind, id, at, body, prev_hash, digest, body_json)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, StoreOpenError):
+        return exc.reason
+    return text

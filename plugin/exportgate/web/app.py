@@ -1,0 +1,187 @@
+"""The WSGI application ``exportgate serve`` runs: the mode's handler plus the gate's own pages.
+
+Routes on every mode: ``/healthz`` (alive), ``/readyz`` (geolocation loaded, a pack in force, record store
+writable), ``/metrics`` (Prometheus), ``/exportgate/blocked/<decision id>`` (the 451 page of a recorded block,
+for nginx's ``error_page``), ``/exportgate/policy`` (who blocks and under which packs: the default ``blocked-by``
+link). Everything else goes to the mode: ``/auth`` in forward-auth mode, the mirror in proxy and static modes.
+
+Build it with :func:`create_app`; it opens the gate's resources (store, recorder, geo reader) and must be called
+in the process that serves (after gunicorn forks), never before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+from ..config import GateConfig
+from ..decision import Decision
+from ..errors import ExportGateError
+from ..policy import describe_pack
+from ..runtime import GateRuntime
+from .clientaddr import TrustedProxies
+from .forwardauth import Admission, ForwardAuth, StartResponse, plain
+from .metrics import Metrics
+from .page import NO_STORE, Operator, page_facts_from_record, render
+
+log = logging.getLogger("exportgate.web")
+
+POLICY_PATH = "/exportgate/policy"
+BLOCKED_PREFIX = "/exportgate/blocked/"
+
+
+def operator_of(config: GateConfig) -> Operator:
+    return Operator(name=config.operator, contact=config.contact, policy_url=config.policy_url or POLICY_PATH)
+
+
+class GateApp:
+    """Dispatches the gate's own routes and hands the rest to the mode's WSGI app."""
+
+    def __init__(self, runtime: GateRuntime, mode_app: Any, *, metrics: Metrics, operator: Operator) -> None:
+        self.runtime = runtime
+        self.mode_app = mode_app
+        self.metrics = metrics
+        self.operator = operator
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            return plain(start_response, "200 OK", "ok")
+        if path == "/readyz":
+            return self.readyz(start_response)
+        if path == "/metrics":
+            return self.metrics_page(start_response)
+        if path.startswith(BLOCKED_PREFIX):
+            return self.blocked_page(environ, start_response, path[len(BLOCKED_PREFIX):])
+        if path == POLICY_PATH:
+            return self.policy_page(environ, start_response)
+        return self.mode_app(environ, start_response)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        gate = self.runtime.gate
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            geo = gate.locator.describe()
+            checks["geo"] = {"ok": True, **{k: geo.get(k) for k in ("source", "age_days", "stale", "last_error")}}
+        except Exception as exc:  # noqa: BLE001 - readiness reports, never crashes
+            checks["geo"] = {"ok": False, "error": str(exc)}
+            ok = False
+        try:
+            pack = gate.policies.pack_at(dt.datetime.now(dt.UTC))
+            checks["policy"] = {"ok": True, "pack": f"{pack.id}@{pack.ref.version}"}
+        except ExportGateError as exc:
+            checks["policy"] = {"ok": False, "error": str(exc)}
+            ok = False
+        recorder = self.runtime.recorder
+        healthy = bool(recorder is not None and recorder.healthy)
+        checks["records"] = {"ok": healthy, "store": _redact(self.runtime.config.records),
+                             "last_error": recorder.last_error if recorder is not None else "no recorder"}
+        ok = ok and healthy
+        self.metrics.observe_health(checks["geo"], healthy)
+        return ok, checks
+
+    def readyz(self, start_response: StartResponse) -> list[bytes]:
+        ok, checks = self.readiness()
+        body = json.dumps({"ready": ok, "checks": checks}, indent=2).encode()
+        status = "200 OK" if ok else "503 Service Unavailable"
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), NO_STORE])
+        return [body]
+
+    def metrics_page(self, start_response: StartResponse) -> list[bytes]:
+        self.readiness()
+        body, content_type = self.metrics.exposition()
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body))), NO_STORE])
+        return [body]
+
+    def blocked_page(self, environ: dict[str, Any], start_response: StartResponse, decision_id: str) -> list[bytes]:
+        store = self.runtime.store
+        record = None
+        if store is not None and 0 < len(decision_id) <= 128:
+            try:
+                record = store.get(decision_id)
+            except ExportGateError as exc:
+                log.error("cannot read decision %s for its 451 page: %s", decision_id, exc)
+        if record is None or record.kind != "decision":
+            # Still a refusal: the page could not be found, the download was blocked all the same.
+            facts = {"decision_id": decision_id[:128], "decided_at": None, "rule": None,
+                     "citation": "see the operator's policy", "pack": {}, "path": None, "location": None}
+        else:
+            facts = page_facts_from_record(record.id, record.at, record.body)
+            if record.body.get("enforced") != "block":
+                return plain(start_response, "404 Not Found", "no such blocked decision")
+        content_type, body = render(facts, self.operator, environ.get("HTTP_ACCEPT"))
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), NO_STORE,
+                   ("X-Exportgate-Decision", "block"), ("X-Exportgate-Decision-Id", decision_id[:128])]
+        if self.operator.policy_url:
+            headers.append(("Link", f'<{self.operator.policy_url}>; rel="blocked-by"'))
+        start_response("451 Unavailable For Legal Reasons", headers)
+        return [body] if environ.get("REQUEST_METHOD") != "HEAD" else [b""]
+
+    def policy_page(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        packs = [describe_pack(p) for p in self.runtime.gate.policies.packs]
+        for p in packs:
+            p.pop("file", None)
+        data = {"operator": self.operator.name, "contact": self.operator.contact, "packs": packs}
+        body = json.dumps(data, indent=2).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def _redact(url: str) -> str:
+    """Store URL without a password, for readiness output."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def build_admission(runtime: GateRuntime, config: GateConfig, metrics: Metrics) -> Admission:
+    proxies = TrustedProxies(config.serve.trust_proxy, header=config.serve.forwarded_header)
+    return Admission(runtime.gate, proxies=proxies, case_insensitive=config.case_insensitive_paths,
+                     fail_open=config.serve.fail_open, metrics=metrics)
+
+
+def create_app(config: GateConfig, *, runtime: GateRuntime | None = None) -> GateApp:
+    """The WSGI app for ``config.serve.mode``, with the gate's resources opened."""
+    runtime = runtime or GateRuntime(config, record=True)
+    metrics = Metrics()
+    operator = operator_of(config)
+    admission = build_admission(runtime, config, metrics)
+    mode = config.serve.mode
+    mode_app: Any
+    if mode == "forward-auth":
+        auth = ForwardAuth(admission, operator=operator, block_status=config.serve.block_status)
+
+        def forward_auth_only(environ: dict[str, Any], start_response: StartResponse) -> Any:
+            path = environ.get("PATH_INFO", "")
+            if path == "/auth" or path.startswith("/auth/"):
+                return auth(environ, start_response)
+            return plain(start_response, "404 Not Found", "forward-auth mode: ask /auth")
+
+        mode_app = forward_auth_only
+    elif mode == "proxy":
+        from .proxy import ProxyApp
+
+        if not config.serve.upstream:
+            raise ExportGateError("proxy mode needs an upstream (--upstream URL or serve.upstream)")
+        mode_app = ProxyApp(admission, upstream=config.serve.upstream, operator=operator,
+                            gated=config.serve.gated, timeout=config.serve.upstream_timeout, metrics=metrics)
+    elif mode == "static":
+        from .static import StaticApp
+
+        if not config.serve.root:
+            raise ExportGateError("static mode needs a directory (--root DIR or serve.root)")
+        mode_app = StaticApp(admission, root=config.serve.root, operator=operator, gated=config.serve.gated)
+    else:
+        raise ExportGateError(f"unknown mode {mode!r}")
+    return GateApp(runtime, mode_app, metrics=metrics, operator=operator)
+
+
+def decision_environ_key() -> str:
+    return "exportgate.decision"
+
+
+__all__ = ["GateApp", "create_app", "Decision"]

@@ -1,0 +1,146 @@
+"""The forward-auth endpoint: nginx ``auth_request``, Traefik ForwardAuth, Caddy ``forward_auth``, Envoy ext_authz.
+
+The front end asks ``/auth`` before serving a download and the gate answers with a status only:
+
+* allow and flag -> ``200`` (the front end serves the file);
+* block -> ``451`` with the page (Traefik, Caddy and Envoy pass the gate's answer through to the client), or ``403``
+  when the request came the nginx way (``X-Original-URI``): ``auth_request`` only understands 2xx/401/403 and
+  turns anything else into a 500, so ``deploy/nginx`` maps 403 to the gate's 451 page at
+  ``/exportgate/blocked/<decision id>``;
+* the decision cannot be recorded -> ``503`` (the front end refuses the download), unless ``fail_open``.
+
+Where the original request is read from, in this order: ``X-Original-URI``/``X-Original-Method`` (nginx),
+``X-Forwarded-Uri``/``X-Forwarded-Method`` (Traefik, Caddy), or the path after ``/auth`` (Envoy ext_authz HTTP with
+``path_prefix: /auth``). Two sources that disagree, or none at all, is a 400: the gate will not guess which
+artifact it is deciding on.
+
+Security caveat: these headers and ``X-Forwarded-For`` are trusted because only the front end can reach this
+endpoint. Bind the gate to loopback or a private network and list the front end in ``trust_proxy``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..decision import RequestFacts
+from ..errors import ExportGateError, RecordStoreError
+from .clientaddr import TrustedProxies
+from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers
+from .paths import PathRejected, normalise_path
+
+log = logging.getLogger("exportgate.web")
+
+StartResponse = Callable[..., Any]
+
+MAX_URI = 8192
+
+
+def plain(start_response: StartResponse, status: str, text: str,
+          extra: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+    body = (text + "\n").encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                            NO_STORE, *extra])
+    return [body]
+
+
+class Admission:
+    """Decide one download request and say what to answer; shared by every HTTP mode.
+
+    ``admit`` returns ``(decision, error_status, error_text)``: a recorded decision, or why there is none.
+    """
+
+    def __init__(self, gate: Any, *, proxies: TrustedProxies, case_insensitive: bool = False,
+                 fail_open: bool = False, metrics: Any = None) -> None:
+        self.gate = gate
+        self.proxies = proxies
+        self.case_insensitive = case_insensitive
+        self.fail_open = fail_open
+        self.metrics = metrics
+
+    def admit(self, environ: dict[str, Any], method: str, raw_uri: str, host: str | None) -> tuple[Any, str, str]:
+        if len(raw_uri) > MAX_URI:
+            return None, "414 URI Too Long", "request URI too long"
+        try:
+            normalised = normalise_path(raw_uri, case_insensitive=self.case_insensitive)
+        except PathRejected as exc:
+            if self.metrics is not None:
+                self.metrics.reject("path")
+            return None, "400 Bad Request", f"rejected path: {exc.reason}"
+        origin = self.proxies.resolve_environ(environ)
+        client_error = None
+        if origin.address is None:
+            client_error = origin.error or "unparseable"
+        facts = RequestFacts(
+            client=origin.address or "",
+            path=normalised.path,
+            # Without the query string: signed-URL tokens stay out of the records.
+            raw_path=normalised.raw if normalised.raw != normalised.path else None,
+            method=method,
+            host=host,
+            client_source=origin.source,
+            address_chain=origin.chain,
+            client_error=client_error,
+        )
+        try:
+            decision = self.gate.decide_and_record(facts)
+        except RecordStoreError as exc:
+            if self.metrics is not None:
+                self.metrics.record_failed()
+            if not self.fail_open:
+                log.error("decision record not committed, refusing download of %s: %s", facts.path, exc)
+                return None, "503 Service Unavailable", "decision could not be recorded; download refused"
+            log.error("decision record not committed, serving anyway (fail_open) %s: %s", facts.path, exc)
+            decision = self.gate.decide(facts)
+        except ExportGateError as exc:
+            log.error("no decision for %s: %s", facts.path, exc)
+            return None, "503 Service Unavailable", f"no decision: {exc}"
+        if self.metrics is not None:
+            self.metrics.decided(decision)
+        return decision, "", ""
+
+
+class ForwardAuth:
+    """WSGI app answering ``/auth`` and ``/auth/<original path>`` for a front end."""
+
+    def __init__(self, admission: Admission, *, operator: Operator, block_status: str = "auto") -> None:
+        if block_status not in ("auto", "451", "403"):
+            raise ValueError("block_status must be auto, 451 or 403")
+        self.admission = admission
+        self.operator = operator
+        self.block_status = block_status
+
+    def original_request(self, environ: dict[str, Any]) -> tuple[str | None, str, str, str | None]:
+        """``(uri, method, style, problem)`` where style is ``nginx``, ``forwarded`` or ``envoy``."""
+        nginx_uri = environ.get("HTTP_X_ORIGINAL_URI")
+        fwd_uri = environ.get("HTTP_X_FORWARDED_URI")
+        if nginx_uri is not None and fwd_uri is not None and nginx_uri != fwd_uri:
+            return None, "", "", "X-Original-URI and X-Forwarded-Uri disagree"
+        if nginx_uri is not None:
+            return nginx_uri, environ.get("HTTP_X_ORIGINAL_METHOD") or "GET", "nginx", None
+        if fwd_uri is not None:
+            return fwd_uri, environ.get("HTTP_X_FORWARDED_METHOD") or "GET", "forwarded", None
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/auth/"):
+            uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or path
+            uri = uri[len("/auth"):] if uri.startswith("/auth/") else path[len("/auth"):]
+            return uri, environ.get("REQUEST_METHOD", "GET"), "envoy", None
+        return None, "", "", "missing X-Original-URI (nginx) or X-Forwarded-Uri (Traefik, Caddy)"
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        uri, method, style, problem = self.original_request(environ)
+        if uri is None:
+            return plain(start_response, "400 Bad Request", problem or "bad request")
+        host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST")
+        decision, status, text = self.admission.admit(environ, method, uri, host)
+        if decision is None:
+            return plain(start_response, status, text)
+        if decision.served:
+            start_response("200 OK", [("Content-Length", "0"), *decision_headers(decision)])
+            return [b""]
+        nginx = self.block_status == "403" or (self.block_status == "auto" and style == "nginx")
+        content_type, body = blocked_body(decision, self.operator, environ.get("HTTP_ACCEPT"))
+        status_line = "403 Forbidden" if nginx else "451 Unavailable For Legal Reasons"
+        start_response(status_line, blocked_headers(decision, self.operator, content_type, len(body)))
+        return [body]

@@ -1,0 +1,67 @@
+"""Prometheus metrics of a running gate: decisions by action and rule, refusals, record failures, geo age.
+
+Under gunicorn every worker is a process; with ``PROMETHEUS_MULTIPROC_DIR`` set (``exportgate serve`` sets it to a
+fresh directory) counters are shared through files and ``/metrics`` on any worker reports the sum.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter("exportgate_decisions", "Downloads decided, by action (enforced), rule and mode.",
+                                 ["action", "rule", "mode"], registry=r)
+        self.record_failures = Counter("exportgate_record_failures",
+                                       "Decisions whose record could not be committed (download refused unless "
+                                       "fail_open).", registry=r)
+        self.rejected = Counter("exportgate_rejected_requests",
+                                "Requests refused before a decision (bad path, missing headers).", ["reason"],
+                                registry=r)
+        self.upstream_errors = Counter("exportgate_upstream_errors", "Proxy mode: upstream failures.", ["kind"],
+                                       registry=r)
+        multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.geo_age = Gauge("exportgate_geo_database_age_days", "Age of the geolocation data, in days.",
+                             registry=r, multiprocess_mode="max" if multiproc else "all")
+        self.geo_stale = Gauge("exportgate_geo_database_stale", "1 when the geolocation data is older than allowed.",
+                               registry=r, multiprocess_mode="max" if multiproc else "all")
+        self.store_healthy = Gauge("exportgate_record_store_healthy", "1 when the last commit succeeded.",
+                                   registry=r, multiprocess_mode="min" if multiproc else "all")
+        self._decision_children: dict[tuple[str, str, str], Any] = {}
+
+    def decided(self, decision: Any) -> None:
+        key = (decision.enforced_action, decision.rule, decision.mode)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(*key)
+        child.inc()
+
+    def record_failed(self) -> None:
+        self.record_failures.inc()
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+    def observe_health(self, geo: dict[str, Any], recorder_healthy: bool | None) -> None:
+        age = geo.get("age_days")
+        if isinstance(age, (int, float)):
+            self.geo_age.set(age)
+        self.geo_stale.set(1 if geo.get("stale") else 0)
+        if recorder_healthy is not None:
+            self.store_healthy.set(1 if recorder_healthy else 0)
+
+    def exposition(self) -> tuple[bytes, str]:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,306 @@
+"""Record stores: URLs, the SQLite schema, append-only writes, queries, failures at open."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exportgate.errors import ConfigError, RecordStoreError
+from exportgate.records import (
+    Chain,
+    CorruptRecordError,
+    Record,
+    SQLiteStore,
+    Store,
+    StoreOpenError,
+    open_store,
+)
+
+AT = "2026-11-29T03:04:05.000006Z"
+
+
+def sealed(chain_id: str, n: int, kind: str = "decision", start: int = 1) -> list[Record]:
+    chain = Chain(chain_id)
+    records = [
+        chain.seal(kind, f"{chain_id}/{i}", AT, {"i": i, "city": "Zürich"})
+        for i in range(1, start + n)
+    ]
+    return records[start - 1 :]
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(str(tmp_path / "r.db") if request.param == "file" else None)
+    yield s
+    s.close()
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+
+def test_open_store_absolute_relative_and_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    absolute = open_store(f"sqlite://{tmp_path}/abs/records.db")
+    assert isinstance(absolute, SQLiteStore) and absolute.path == str(tmp_path / "abs/records.db")
+    absolute.close()
+    monkeypatch.chdir(tmp_path)
+    relative = open_store("sqlite:rel/records.db?synchronous=normal&busy_timeout_ms=250")
+    assert isinstance(relative, SQLiteStore) and relative.path == str(tmp_path / "rel/records.db")
+    relative.close()
+    memory = open_store("sqlite::memory:")
+    assert isinstance(memory, SQLiteStore) and memory.path is None
+    assert isinstance(memory, Store)
+    memory.close()
+    spaced = open_store(f"sqlite://{tmp_path}/with%20space.db")
+    assert isinstance(spaced, SQLiteStore) and spaced.path == str(tmp_path / "with space.db")
+    spaced.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        pytest.param("", "empty", id="empty"),
+        pytest.param("records.db", "no scheme", id="bare path"),
+        pytest.param("/var/lib/exportgate/records.db", "no scheme", id="absolute path"),
+        pytest.param("postgresql://db.example/records", "scheme 'postgresql'", id="not yet"),
+        pytest.param("mysql://h/db", "supported: sqlite:", id="unknown scheme"),
+        pytest.param("sqlite://", "no host", id="two slashes only"),
+        pytest.param("sqlite://:memory:", "no host", id="memory with slashes"),
+        pytest.param("sqlite://host/records.db", "no host", id="host"),
+        pytest.param("sqlite:", "no database path", id="no path"),
+        pytest.param("sqlite:///", "no database path", id="root"),
+        pytest.param("sqlite:r.db#x", "'#'", id="fragment"),
+        pytest.param("sqlite:r.db?synchronous=off", "synchronous='off'", id="synchronous off"),
+        pytest.param(
+            "sqlite:r.db?synchronous=fast", "synchronous='fast'", id="synchronous unknown"
+        ),
+        pytest.param("sqlite:r.db?busy_timeout_ms=-1", "busy_timeout_ms", id="negative timeout"),
+        pytest.param("sqlite:r.db?busy_timeout_ms=1e3", "busy_timeout_ms", id="float timeout"),
+        pytest.param("sqlite:r.db?journal=delete", "unknown option", id="unknown option"),
+        pytest.param("sqlite:r.db?synchronous=full&synchronous=normal", "twice", id="option twice"),
+        pytest.param("sqlite:r.db?synchronous", "malformed query", id="option without value"),
+        pytest.param("sqlite:r%00.db", "NUL", id="NUL"),
+        pytest.param("http://[::1", "malformed", id="malformed"),
+    ],
+)
+def test_open_store_refuses_bad_urls(url: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        open_store(url, file="gate.yaml", line=12)
+    assert says in str(info.value)
+    assert str(info.value).startswith("gate.yaml:12: ")
+    if url:
+        assert repr(url) in str(info.value)
+
+
+# -- opening fails early and plainly --------------------------------------------------------
+
+
+def _directory_in_place_of_the_file(tmp_path: Path) -> str:
+    (tmp_path / "records.db").mkdir()
+    return str(tmp_path / "records.db")
+
+
+def _regular_file_in_place_of_the_directory(tmp_path: Path) -> str:
+    (tmp_path / "store").write_text("not a directory")
+    return str(tmp_path / "store" / "records.db")
+
+
+def _not_a_database(tmp_path: Path) -> str:
+    (tmp_path / "records.db").write_bytes(b"this is not an SQLite database, just text" * 100)
+    return str(tmp_path / "records.db")
+
+
+def _newer_schema(tmp_path: Path) -> str:
+    path = str(tmp_path / "records.db")
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    return path
+
+
+def _unwritable_directory(tmp_path: Path) -> str:
+    # Tests run as root, so chmod does not stop us; procfs refuses new files even to root.
+    return "/proc/exportgate-test-store/records.db"
+
+
+def _unwritable_file_place(tmp_path: Path) -> str:
+    return "/proc/exportgate-test-records.db"
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        pytest.param(_directory_in_place_of_the_file, "is a directory", id="path is a directory"),
+        pytest.param(
+            _regular_file_in_place_of_the_directory,
+            "cannot create directory",
+            id="parent is a regular file",
+        ),
+        pytest.param(_not_a_database, "not a database", id="not a database"),
+        pytest.param(_newer_schema, "schema version 99", id="newer schema"),
+        pytest.param(_unwritable_directory, "cannot create directory", id="unwritable directory"),
+        pytest.param(_unwritable_file_place, "unable to open", id="unwritable place"),
+    ],
+)
+def test_open_fails_at_open_time_with_a_plain_message(make, says: str, tmp_path: Path) -> None:
+    path = make(tmp_path)
+    with pytest.raises(StoreOpenError) as info:
+        SQLiteStore(path)
+    assert says in str(info.value)
+    assert path in str(info.value)
+    assert isinstance(info.value, RecordStoreError)
+
+
+def test_open_fails_on_a_read_only_database(tmp_path: Path) -> None:
+    # Tests run as root, which ignores file modes; an immutable file (chattr +i) is refused even
+    # to root. Without the write probe this store would open fine and fail at the first download.
+    path = tmp_path / "records.db"
+    with SQLiteStore(str(path)) as s:
+        s.append(sealed("c:1", 1))
+    chattr = shutil.which("chattr") or "/usr/bin/chattr"
+    made = os.path.exists(chattr) and not subprocess.run(
+        [chattr, "+i", str(path)], capture_output=True, check=False
+    ).returncode
+    if not made:
+        message = "needs chattr +i (e2fsprogs, as root, on ext2/3/4)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        with pytest.raises(StoreOpenError, match="readonly") as info:
+            SQLiteStore(str(path))
+        assert str(path) in str(info.value)
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+def test_file_store_uses_wal_and_creates_parent_directories(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "records.db"
+    with SQLiteStore(str(path), synchronous="FULL") as s:
+        s.append(sealed("c:1", 1))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+
+
+# -- writing and reading ---------------------------------------------------------------------
+
+
+def test_append_and_query(store: SQLiteStore) -> None:
+    b = sealed("b:1", 3)
+    a = sealed("a:1", 2, kind="authorization")
+    store.append(b)
+    store.append(a)
+    everything = list(store.iter_records())
+    assert everything == a + b  # (chain, seq) order, not insertion order
+    assert [r.body_json for r in everything] == [r.body_json for r in a + b]
+    assert list(store.iter_records(kind="authorization")) == a
+    assert list(store.iter_records(chain="b:1")) == b
+    assert list(store.iter_records(chain="b:1", after_seq=1)) == b[1:]
+    assert list(store.iter_records(kind="revocation")) == []
+    assert store.get("b:1/2") == b[1]
+    assert store.get("nope") is None
+    assert store.last("b:1") == b[-1]
+    assert store.last("nope") is None
+    assert store.chains() == ["a:1", "b:1"]
+    assert (store.count(), store.count("decision"), store.count("authorization")) == (5, 3, 2)
+    store.append([])  # nothing to do, not an error
+
+
+def test_body_is_stored_as_the_hashed_canonical_text(tmp_path: Path) -> None:
+    path = str(tmp_path / "r.db")
+    with SQLiteStore(path) as s:
+        s.append(sealed("c:1", 1))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT body FROM records").fetchone()[0] == '{"city":"Zürich","i":1}'
+
+
+@pytest.mark.parametrize(
+    "n", [pytest.param(5, id="one statement"), pytest.param(300, id="several statements")]
+)
+def test_append_is_all_or_nothing(store: SQLiteStore, n: int) -> None:
+    records = sealed("c:1", n)
+    store.append(records[:1])
+    with pytest.raises(RecordStoreError, match=f"{n} record\\(s\\) not committed"):
+        store.append(records)  # seq 1 is already there: the whole batch is refused
+    assert store.count() == 1
+    store.append(records[1:])
+    assert store.count() == n
+
+
+def test_records_cannot_be_updated_or_deleted_through_sqlite(tmp_path: Path) -> None:
+    path = str(tmp_path / "r.db")
+    with SQLiteStore(path) as s:
+        s.append(sealed("c:1", 2))
+    with sqlite3.connect(path) as conn:
+        for statement in ("UPDATE records SET body = '{}'", "DELETE FROM records"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(statement)
+
+
+def test_records_survive_reopening(tmp_path: Path) -> None:
+    path = str(tmp_path / "r.db")
+    records = sealed("c:1", 3)
+    with SQLiteStore(path) as s:
+        s.append(records)
+    with SQLiteStore(path) as s:
+        assert list(s.iter_records()) == records
+
+
+def test_a_closed_store_refuses_everything(store: SQLiteStore) -> None:
+    store.close()
+    store.close()  # twice is fine
+    with pytest.raises(RecordStoreError, match="closed"):
+        store.append(sealed("c:1", 1))
+    with pytest.raises(RecordStoreError, match="closed"):
+        store.count()
+    with pytest.raises(RecordStoreError, match="closed"):
+        list(store.iter_records())
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        pytest.param("body", "{not json", "Expecting", id="body not JSON"),
+        pytest.param("body", "[1, 2]", "not an object", id="body not an object"),
+        pytest.param("body", b'{"i": 1}', "bytes", id="body as blob"),
+        pytest.param("seq", "two", "wrong type", id="seq as text"),
+    ],
+)
+def test_unreadable_rows_raise_corrupt_record(
+    tmp_path: Path, column: str, value: object, reason: str
+) -> None:
+    path = str(tmp_path / "r.db")
+    with SQLiteStore(path) as s:
+        s.append(sealed("c:1", 3))
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TRIGGER records_no_update")
+        conn.execute(f"UPDATE records SET {column} = ? WHERE seq = 2", (value,))
+    with SQLiteStore(path) as s:
+        with pytest.raises(CorruptRecordError, match=reason) as info:
+            list(s.iter_records())
+        assert info.value.chain == "c:1" and info.value.id == "c:1/2"
+
+
+def test_readers_run_while_the_writer_commits(tmp_path: Path) -> None:
+    with SQLiteStore(str(tmp_path / "r.db")) as s:
+        records = sealed("c:1", 400)
+        s.append(records[:200])
+        seen: list[int] = []
+        iterator = s.iter_records()
+        seen.append(next(iterator).seq)  # a reader is now mid-iteration on its own connection
+        writer = threading.Thread(target=s.append, args=(records[200:],))
+        writer.start()
+        writer.join(timeout=10)
+        assert not writer.is_alive()
+        seen.extend(r.seq for r in iterator)
+        assert seen == list(range(1, 201))  # the reader's snapshot predates the second commit
+        assert s.count() == 400
