@@ -8,6 +8,7 @@ the artifact was classified and by which manifest rule. Only the web layer turns
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +82,35 @@ class Decision:
     def served(self) -> bool:
         return self.enforced_action != BLOCK
 
-    def to_record(self) -> dict[str, Any]:
-        """The body of the decision record: everything an auditor needs, nothing secret."""
+    @classmethod
+    def build(cls, id: str, at: dt.datetime, outcome: Any, location: Location, classification: Classification,
+              request: RequestFacts) -> Decision:
+        """Construct from a policy outcome, on the hot path: ~3x cheaper than the frozen dataclass ``__init__``
+        (which goes through ``object.__setattr__`` per field); same value, same immutability afterwards."""
+        d = _new(cls)
+        _set_id(d, id)
+        _set_at(d, at)
+        _set_action(d, outcome.action)
+        _set_mode(d, outcome.mode)
+        _set_rule(d, outcome.rule)
+        _set_citation(d, outcome.citation)
+        _set_pack(d, outcome.pack)
+        _set_authorization(d, outcome.authorization)
+        _set_location(d, location)
+        _set_classification(d, classification)
+        _set_request(d, request)
+        _set_reasons(d, outcome.reasons)
+        return d
+
+    def to_record(self, as_dict: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The body of the decision record: everything an auditor needs, nothing secret.
+
+        ``as_dict`` may return cached (never mutated) dict views of the location and classification.
+        """
+        if as_dict is not None:
+            location, classification = as_dict(self.location), as_dict(self.classification)
+        else:
+            location, classification = self.location.to_dict(), self.classification.to_dict()
         return {
             "action": self.action,
             "mode": self.mode,
@@ -91,8 +119,8 @@ class Decision:
             "citation": self.citation,
             "authorization": self.authorization,
             "pack": self.pack.to_dict(),
-            "location": self.location.to_dict(),
-            "classification": self.classification.to_dict(),
+            "location": location,
+            "classification": classification,
             "request": self.request.to_dict(),
             "reasons": list(self.reasons),
         }
@@ -120,3 +148,11 @@ class Decision:
             "classification": self.classification.to_dict(),
             "reasons": list(self.reasons),
         }
+
+
+_new = object.__new__
+(_set_id, _set_at, _set_action, _set_mode, _set_rule, _set_citation, _set_pack, _set_authorization, _set_location,
+ _set_classification, _set_request, _set_reasons) = (
+    Decision.__dict__[name].__set__ for name in (
+        "id", "at", "action", "mode", "rule", "citation", "pack", "authorization", "location", "classification",
+        "request", "reasons"))

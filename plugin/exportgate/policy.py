@@ -238,7 +238,7 @@ class PolicySet:
         if not self.packs:
             raise ConfigError("no policy pack loaded")
         self.authorizations = authorizations or AuthorizationBook(())
-        self._cache: dict[tuple[object, ...], tuple[Rule, tuple[str, ...]]] = {}
+        self._cache: dict[tuple[object, ...], tuple[Classification, Rule, tuple[str, ...], Outcome | None]] = {}
         self._current: tuple[dt.datetime, dt.datetime | None, PolicyPack] | None = None
 
     def pack_at(self, at: dt.datetime) -> PolicyPack:
@@ -255,14 +255,22 @@ class PolicySet:
 
     def evaluate(self, location: Location, classification: Classification, at: dt.datetime) -> Outcome:
         pack = self.pack_at(at)
+        # id(classification) is safe as a key: the cached value holds the classification, so the object cannot
+        # be freed and its id reused while the entry exists. Hashing the dataclass itself costs a microsecond.
         key = (pack.ref.sha256, location.country, location.subdivision, location.anonymizer,
-               location.unknown_reason, classification)
+               location.unknown_reason, id(classification))
         hit = self._cache.get(key)
         if hit is None:
             if len(self._cache) > 65536:
                 self._cache.clear()
-            hit = self._cache[key] = pack.match(location, classification)
-        return pack.outcome(hit[0], hit[1], location, classification, at, self.authorizations)
+            rule, reasons = pack.match(location, classification)
+            fixed = None
+            if not rule.requires_authorization:
+                fixed = pack.outcome(rule, reasons, location, classification, at, None)
+            hit = self._cache[key] = (classification, rule, reasons, fixed)
+        if hit[3] is not None:
+            return hit[3]
+        return pack.outcome(hit[1], hit[2], location, classification, at, self.authorizations)
 
     def with_authorizations(self, book: AuthorizationBook) -> PolicySet:
         return PolicySet(self.packs, book)

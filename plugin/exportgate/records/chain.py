@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from exportgate.errors import RecordStoreError
 
 GENESIS = "0" * 64
@@ -39,25 +41,36 @@ def _refuse(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON (convert datetimes with format_time)")
 
 
-# The C encoder, built once with the canonical options: json.dumps() with non-default options
-# builds a new JSONEncoder per call, which costs about as much as encoding a small body.
-# No circular-reference markers (a cycle ends in RecursionError, which is caught) — they cost
-# a dict insert per container. It holds no state between calls.
-_c_make_encoder = json.encoder.c_make_encoder  # type: ignore[attr-defined]
-_encode: Callable[[Any], str]
-if _c_make_encoder is not None:
-    # (markers, default, encoder, indent, key_sep, item_sep, sort_keys, skipkeys, allow_nan)
-    _iterencode = _c_make_encoder(
-        None, _refuse, json.encoder.encode_basestring, None, ":", ",", True, False, False
-    )
+# orjson: the decision body is encoded once per download, and the stdlib encoder with sort_keys costs ~10x more
+# (~20 us for a 1 KiB decision body against ~2 us). Its compact, key-sorted, UTF-8 output is the same text as
+# json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) for the values records hold (strings,
+# ints, bools, None, lists, dicts); verify() hashes the stored text, so records stay verifiable either way.
+# Datetimes, dataclasses and str/int subclasses are passed to _refuse rather than silently converted.
+_ORJSON_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+_dumps = orjson.dumps
 
-    def _encode(obj: Any) -> str:
-        return "".join(_iterencode(obj, 0))
 
-else:  # pragma: no cover - interpreters without the C accelerator
-    _encode = json.JSONEncoder(
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_refuse
-    ).encode
+def _encode(obj: Any) -> str:
+    return _dumps(obj, default=_refuse, option=_ORJSON_OPTIONS).decode("utf-8")
+
+
+def canonical_text_trusted(obj: Any) -> str:
+    """:func:`canonical_text` without the scan for non-finite floats and non-string keys.
+
+    For bodies built by the gate itself from typed values that hold no floats (a decision's record): the scan
+    costs more than the encoding. Anything else still fails (orjson refuses non-string keys and lone
+    surrogates; unknown types go to ``_refuse``) with :class:`InvalidRecord`.
+    """
+    try:
+        return _encode(obj)
+    except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError) as exc:
+        raise InvalidRecord("body", f"not canonical JSON: {exc}") from None
+
 
 _quote = json.encoder.encode_basestring
 _at_ok = AT_PATTERN.fullmatch
@@ -144,28 +157,40 @@ def canonical_text(obj: Any, what: str = "body") -> str:
         text.encode("utf-8")
     except InvalidRecord:
         raise
-    except (TypeError, ValueError, RecursionError) as exc:
+    except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError) as exc:
         raise InvalidRecord(what, f"not canonical JSON: {exc}") from None
     return text
 
 
-_SCALARS = {str, int, float, bool, type(None)}
+_SCALARS = {str, int, bool, type(None)}
+_INFINITIES = (float("inf"), float("-inf"))
 
 
 def _check_keys(obj: Any) -> None:
     # json would turn 1 into "1" and sort {10, 9} numerically: the stored text would then not
     # re-encode to the same bytes and verify() would report an untouched record as altered.
-    # A plain loop with exact type tests is the fastest form measured (this runs per decision).
+    # orjson writes NaN and infinities as null: refuse them here rather than store a lossy value.
+    # A plain loop with exact type tests is the fastest form measured.
     if isinstance(obj, dict):
         for key, value in obj.items():
             if type(key) is not str and not isinstance(key, str):
                 raise TypeError(f"key {key!r} is not a string")
             if type(value) not in _SCALARS:
-                _check_keys(value)
+                _check_value(value)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
             if type(value) not in _SCALARS:
-                _check_keys(value)
+                _check_value(value)
+    else:
+        _check_value(obj)
+
+
+def _check_value(value: Any) -> None:
+    if isinstance(value, float):
+        if value != value or value in _INFINITIES:
+            raise ValueError(f"{value!r} is not a finite number")
+    elif isinstance(value, (dict, list, tuple)):
+        _check_keys(value)
 
 
 def format_time(when: datetime) -> str:

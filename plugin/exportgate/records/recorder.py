@@ -124,6 +124,32 @@ class _Batch:
         self._done.release()
 
 
+class Pending:
+    """A record handed to the writer and not yet known to be committed: :meth:`result` waits for it.
+
+    For callers that keep many decisions in flight on one thread (an event loop, a pipelined benchmark): they
+    submit, carry on, and release each response only when its ``result()`` returns. Nothing may be served
+    before that.
+    """
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    def done(self) -> bool:
+        return bool(self._batch.records) or self._batch.error is not None
+
+    def result(self) -> Record:
+        """The committed record; raises :class:`NotCommitted` if its transaction failed."""
+        batch = self._batch
+        batch.wait()
+        if batch.error is not None:
+            raise NotCommitted(str(batch.error), count=1) from batch.error
+        return batch.records[self._index]
+
+
 class Recorder:
     """Seals and durably commits records for one writer instance (thread-safe, context manager)."""
 
@@ -193,25 +219,29 @@ class Recorder:
             sink_failures=self._sink_failures,
         )
 
-    def record(self, kind: str, id: str, at: str, body: dict[str, Any]) -> Record:
+    def record(self, kind: str, id: str, at: str, body: dict[str, Any], body_json: str | None = None) -> Record:
         """Commit one record; returns it sealed once it is durable.
+
+        ``body_json``, when given, must be the canonical text of ``body`` (the gate passes
+        :func:`~exportgate.records.chain.canonical_text_trusted` of a body it built itself).
 
         Raises :class:`~exportgate.records.chain.InvalidRecord` (nothing enqueued) for a bad
         field or body, :class:`NotCommitted` if the commit failed or the recorder is closed.
         """
+        return self.submit(kind, id, at, body, body_json).result()
+
+    def submit(self, kind: str, id: str, at: str, body: dict[str, Any], body_json: str | None = None) -> Pending:
+        """Hand one record to the writer without waiting; :meth:`Pending.result` waits for its commit."""
         # Checked and encoded on the caller's thread: a bad record fails its own caller, never
         # the batch it would have joined.
         check_fields(kind, id, at)
         if not isinstance(body, dict):
             raise InvalidRecord("body", f"expected a JSON object (dict), got {type(body).__name__}")
-        item = (kind, id, at, body, canonical_text(body))
+        item = (kind, id, at, body, body_json if body_json is not None else canonical_text(body))
         with self._cond:
             batch = self._enqueue_locked(item)
             index = len(batch.items) - 1
-        batch.wait()
-        if batch.error is not None:
-            raise NotCommitted(str(batch.error), count=1) from batch.error
-        return batch.records[index]
+        return Pending(batch, index)
 
     def record_many(self, items: Iterable[tuple[str, str, str, dict[str, Any]]]) -> list[Record]:
         """Commit many ``(kind, id, at, body)``, in order and contiguous in the chain; return them.
