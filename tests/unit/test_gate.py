@@ -1,0 +1,177 @@
+"""The decision core end to end: locator + catalog + packs (+ recorder) -> Decision, without HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import iptocc
+import pytest
+from conftest import TEST_CATALOG
+
+from exportgate.catalog import load_catalog
+from exportgate.decision import Decision, RequestFacts
+from exportgate.errors import ExportGateError, NoPackInForce, RecordStoreError
+from exportgate.gate import Gate, format_time
+from exportgate.geo import build_locator
+from exportgate.policy import SHIPPED_DIR, load_packs
+from exportgate.records import Recorder, open_store
+
+AFTER = dt.datetime(2010, 3, 8, 12, tzinfo=dt.UTC)
+BEFORE = dt.datetime(2010, 3, 7, 12, tzinfo=dt.UTC)
+CHAT = "/files/chat-1.0.tar.gz"
+CRYPTO = "/files/crypto-1.0.tar.gz"
+OTHER = "/files/readme.txt"
+
+# Registry data (iptocc) for these addresses; checked first so a data change reads as such, not as a gate bug.
+EMBEDDED = {"2.176.0.1": "IR", "2a01:5ec0::1": "IR", "41.67.0.1": "SD", "152.206.0.1": "CU", "8.8.8.8": "US"}
+
+
+@pytest.fixture(scope="module")
+def gate() -> Gate:
+    for address, country in EMBEDDED.items():
+        assert iptocc.country_code(address) == country, f"iptocc data changed for {address}"
+    return Gate(locator=build_locator(), catalog=load_catalog(TEST_CATALOG), policies=load_packs([SHIPPED_DIR]))
+
+
+def decide(gate: Gate, client: str, path: str, at: dt.datetime = AFTER) -> Decision:
+    return gate.decide(RequestFacts(client=client, path=path), at=at)
+
+
+SEED = [
+    pytest.param("2.176.0.1", CHAT, AFTER, "allow", id="IR free personal comms after"),
+    pytest.param("2.176.0.1", CHAT, BEFORE, "block", id="IR free personal comms before"),
+    pytest.param("2.176.0.1", CRYPTO, AFTER, "block", id="IR 5D002 fee"),
+    pytest.param("2.176.0.1", OTHER, AFTER, "block", id="IR unclassified"),
+    pytest.param("2a01:5ec0::1", CHAT, AFTER, "allow", id="IR IPv6 free personal comms"),
+    pytest.param("41.67.0.1", CHAT, AFTER, "allow", id="SD free personal comms after"),
+    pytest.param("41.67.0.1", CHAT, BEFORE, "block", id="SD before"),
+    pytest.param("41.67.0.1", CRYPTO, AFTER, "block", id="SD 5D002"),
+    pytest.param("152.206.0.1", CHAT, AFTER, "block", id="CU pending Commerce"),
+    pytest.param("152.206.0.1", OTHER, AFTER, "block", id="CU unclassified"),
+    pytest.param("8.8.8.8", CRYPTO, AFTER, "allow", id="US 5D002"),
+    pytest.param("10.1.2.3", CRYPTO, AFTER, "flag", id="private address"),
+    pytest.param("not-an-ip", CRYPTO, AFTER, "flag", id="garbage address"),
+]
+
+
+@pytest.mark.parametrize(("client", "path", "at", "action"), SEED)
+def test_seed_scenarios_through_the_gate(gate, client, path, at, action):
+    decision = decide(gate, client, path, at)
+    assert decision.action == action
+    assert decision.citation and decision.rule
+    assert decision.location.source or decision.location.unknown_reason == "unparseable"  # names its source
+
+
+IRANIAN_FORMS = [
+    pytest.param("2.176.0.1", "plain", id="plain"),
+    pytest.param("::ffff:2.176.0.1", "ipv4-mapped", id="IPv4-mapped"),
+    pytest.param("::ffff:2b0:1", "ipv4-mapped", id="IPv4-mapped hex"),
+    pytest.param("::2.176.0.1", "ipv4-compatible", id="IPv4-compatible"),
+    pytest.param("2002:2b0:1::1", "6to4", id="6to4"),
+    pytest.param("64:ff9b::2.176.0.1", "nat64", id="NAT64"),
+    # Teredo: client 2.176.0.1 obfuscated (bitwise not) in the last 32 bits; server 65.54.227.120.
+    pytest.param("2001:0:4136:e378:8000:63bf:fd4f:fffe", "teredo", id="Teredo"),
+    pytest.param("2a01:5ec0::1%eth0", "plain", id="IPv6 with zone id"),
+]
+
+
+@pytest.mark.parametrize(("client", "form"), IRANIAN_FORMS)
+def test_every_form_of_an_iranian_address_is_located_in_iran(gate, client, form):
+    for path, action in ((CHAT, "allow"), (CRYPTO, "block")):
+        decision = decide(gate, client, path)
+        assert decision.location.country == "IR", decision.location
+        assert decision.location.form == form
+        assert decision.action == action
+
+
+def test_time_before_every_pack_is_refused(gate):
+    with pytest.raises(NoPackInForce):
+        decide(gate, "2.176.0.1", CHAT, dt.datetime(1999, 1, 1, tzinfo=dt.UTC))
+
+
+def test_unknown_client_address_is_an_unknown_location(gate):
+    decision = gate.decide(RequestFacts(client="", path=CRYPTO, client_error="obfuscated"), at=AFTER)
+    assert (decision.action, decision.rule) == ("flag", "unknown-location")
+    assert decision.location.unknown_reason == "client-address-unknown"
+
+
+def test_fast_construction_equals_the_dataclass(gate):
+    d = decide(gate, "2.176.0.1", CHAT)
+    rebuilt = Decision(**{f.name: getattr(d, f.name) for f in dataclasses.fields(Decision)})
+    assert rebuilt == d
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.action = "allow"  # type: ignore[misc]
+
+
+def test_decision_ids_are_unique(gate):
+    ids = {decide(gate, "8.8.8.8", CHAT).id for _ in range(1000)}
+    assert len(ids) == 1000
+
+
+def test_decide_records_nothing_and_needs_no_store(gate):
+    with pytest.raises(ExportGateError, match="no record store"):
+        gate.decide_and_record(RequestFacts(client="8.8.8.8", path=CHAT))
+
+
+def test_decide_and_record_commits_before_returning(tmp_path):
+    store = open_store(f"sqlite://{tmp_path / 'r.db'}")
+    with Recorder(store, instance="t") as recorder:
+        gate = Gate(locator=build_locator(), catalog=load_catalog(TEST_CATALOG), policies=load_packs([SHIPPED_DIR]),
+                    recorder=recorder)
+        decision = gate.decide_and_record(RequestFacts(client="2.176.0.1", path=CRYPTO, method="GET",
+                                                       host="mirror.example", raw_path="/files/./crypto-1.0.tar.gz"))
+        # Committed: another connection sees it now.
+        other = open_store(f"sqlite://{tmp_path / 'r.db'}")
+        record = other.get(decision.id)
+        other.close()
+    store.close()
+    assert record is not None and record.kind == "decision"
+    body = record.body
+    assert body["action"] == "block" and body["rule"] == "ir-other-software"
+    assert body["pack"]["id"] == "us-2010-03-08-internet-comms" and len(body["pack"]["sha256"]) == 64
+    assert body["location"]["country"] == "IR" and body["location"]["source"].startswith("iptocc")
+    assert body["classification"]["eccn"] == "5D002" and "catalog.yaml" in body["classification"]["rule"]
+    assert body["request"]["raw_path"] == "/files/./crypto-1.0.tar.gz"
+    assert record.at == format_time(decision.at)
+
+
+def test_store_failure_is_an_error_never_a_silent_success(tmp_path):
+    store = open_store(f"sqlite://{tmp_path / 'r.db'}")
+    recorder = Recorder(store, instance="t")
+    gate = Gate(locator=build_locator(), catalog=load_catalog(TEST_CATALOG), policies=load_packs([SHIPPED_DIR]),
+                recorder=recorder)
+    # A real failure: another connection holds the write lock longer than the store's busy timeout.
+    import sqlite3
+
+    blocker = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    blocker.execute("PRAGMA busy_timeout=0")
+    blocker.execute("BEGIN EXCLUSIVE")
+    store._busy_timeout_ms = 0  # noqa: SLF001 - do not wait 5 s in a test
+    try:
+        with pytest.raises(RecordStoreError):
+            gate.decide_and_record(RequestFacts(client="2.176.0.1", path=CHAT))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert not recorder.healthy
+    gate.decide_and_record(RequestFacts(client="2.176.0.1", path=CHAT))  # recovers
+    assert recorder.healthy
+    recorder.close()
+    store.close()
+
+
+def test_format_time_refuses_naive_and_converts_offsets():
+    with pytest.raises(ValueError, match="naive"):
+        format_time(dt.datetime(2026, 1, 1))
+    tz = dt.timezone(dt.timedelta(hours=-5))
+    assert format_time(dt.datetime(2026, 1, 1, 19, tzinfo=tz)) == "2026-01-02T00:00:00.000000Z"
+
+
+def test_dry_run_pack_records_but_serves(tmp_path):
+    text = (SHIPPED_DIR / "us-2010-03-08-internet-comms.yaml").read_text().replace("mode: enforce", "mode: dry-run")
+    (tmp_path / "pack.yaml").write_text(text)
+    gate = Gate(locator=build_locator(), catalog=load_catalog(TEST_CATALOG), policies=load_packs([tmp_path]))
+    decision = decide(gate, "2.176.0.1", CRYPTO)
+    assert (decision.action, decision.mode, decision.enforced_action, decision.served) == (
+        "block", "dry-run", "flag", True)
