@@ -120,6 +120,12 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
             summary["catalog"] = getattr(obj, "describe", lambda: {})()
         else:
             summary["packs"] = [describe_pack(p) for p in obj.packs]
+    try:
+        from .web.clientaddr import TrustedProxies
+
+        TrustedProxies(cfg.serve.trust_proxy, header=cfg.serve.forwarded_header, file=cfg.file)
+    except ConfigError as exc:
+        errors.append(exc)
     for f in auth_files:
         try:
             summary.setdefault("authorization_files", {})[f] = len(load_authorization_file(f))

@@ -98,6 +98,17 @@ class VerifyReport:
             counts[problem.kind] += 1
         return counts
 
+    def lines(self) -> list[str]:
+        """The report for a person: one line per problem, then a summary."""
+        out = [f"{p.kind}: chain {p.chain} seq {p.seq if p.seq is not None else '-'}"
+               f"{f' id {p.id}' if p.id else ''}: {p.detail}" for p in self.problems]
+        if self.ok:
+            out.append(f"ok: {self.records} records in {self.chains} chains verify")
+        else:
+            found = ", ".join(f"{n} {kind}" for kind, n in self.counts.items() if n)
+            out.append(f"FAILED: {found} ({self.records} records in {self.chains} chains checked)")
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,

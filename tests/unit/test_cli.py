@@ -1,0 +1,265 @@
+"""The command line: the contract ops, release engineers and compliance script against."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import CU_CLIENT, IR_CLIENT, SHARED, require, write_config
+
+from exportgate.cli import main
+from exportgate.geodata import build
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """``run(*args, config=None)`` -> click Result; the state directory is the test's own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    for name in list(__import__("os").environ):
+        if name.startswith("EXPORTGATE_"):
+            monkeypatch.delenv(name)
+    runner = CliRunner()
+
+    def invoke(*args: str, config: Path | None = None, env: dict[str, str] | None = None):
+        argv = (["--config", str(config)] if config else []) + list(args)
+        return runner.invoke(main, argv, env=env, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    return write_config(tmp_path)
+
+
+def test_explain_json_has_the_contract_fields(run, config):
+    result = run("explain", "--ip", IR_CLIENT, "--path", "/files/chat-2.tar.gz", "--json", config=config)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    for key in ("action", "mode", "rule", "citation", "authorization", "pack", "country", "subdivision",
+                "classification", "geo_source", "reasons"):
+        assert key in data, key
+    assert (data["action"], data["country"], data["rule"]) == ("allow", "IR", "ir-personal-comms-software")
+    assert data["geo_source"] == "override 192.0.2.10/32"
+
+
+@pytest.mark.parametrize(("at", "action", "pack"), [
+    pytest.param("2010-03-07", "block", "us-pre-2010-baseline@1", id="day before"),
+    pytest.param("2010-03-08", "allow", "us-2010-03-08-internet-comms@1", id="the day"),
+    pytest.param("2010-03-07T23:59:59Z", "block", "us-pre-2010-baseline@1", id="last second before"),
+])
+def test_explain_at_a_date(run, config, at, action, pack):
+    result = run("explain", "--ip", IR_CLIENT, "--path", "/files/chat-2.tar.gz", "--at", at, "--json",
+                 config=config)
+    data = json.loads(result.output)
+    assert (data["action"], data["pack"]) == (action, pack)
+
+
+def test_explain_before_any_pack_fails(run, config):
+    result = run("explain", "--ip", IR_CLIENT, "--path", "/x", "--at", "1990-01-01", config=config)
+    assert result.exit_code == 1
+    assert "no policy pack is in force" in result.output
+
+
+def test_explain_text_output(run, config):
+    result = run("explain", "--ip", IR_CLIENT, "--path", "/files/crypto-2.tar.gz", config=config)
+    assert result.exit_code == 0
+    assert "BLOCK" in result.output and "ir-other-software" in result.output and "because:" in result.output
+
+
+def test_explain_without_any_config_uses_embedded_defaults(run):
+    result = run("explain", "--ip", "2.176.0.1", "--path", "/anything.tar.gz", "--json")
+    data = json.loads(result.output)
+    assert data["country"] == "IR" and data["geo_source"].startswith("iptocc")
+    assert data["action"] == "block" and data["classification"]["classified"] is False
+
+
+def test_cuba_setting_from_the_environment(run, config):
+    args = ("explain", "--ip", CU_CLIENT, "--path", "/files/chat-2.tar.gz", "--json")
+    assert json.loads(run(*args, config=config).output)["action"] == "block"
+    flagged = run(*args, config=config, env={"EXPORTGATE_POLICY_SETTINGS__CUBA_SOFTWARE": "flag"})
+    assert json.loads(flagged.output)["action"] == "flag"
+
+
+def test_classify(run, config):
+    result = run("classify", "/files/chat-9.tar.gz", config=config)
+    assert "personal-communications" in result.output and "catalog.yaml:5" in result.output
+    data = json.loads(run("classify", "/files/chat-9.tar.gz", "--json", config=config).output)
+    assert data["eccn"] == "EAR99"
+    explained = run("classify", "/packages/cryptopkg-1.0-py3-none-any.whl", "--explain", config=config)
+    assert "wins" in explained.output
+    assert "unclassified" in run("classify", "/nothing/here", config=config).output
+
+
+def test_check_passes_on_defaults_and_on_the_test_config(run, config):
+    assert run("check").exit_code == 0
+    result = run("check", config=config)
+    assert result.exit_code == 0, result.output
+    assert "test-mirror" in result.output
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+BAD_PACK = """pack: broken
+version: 1
+effective: {from: 2030-01-01, until: null}
+sources: [x]
+disclaimer: "not legal advice"
+jurisdictions: {}
+rules:
+  - id: r1
+    destinations: [IRN]
+    action: block
+    citation: c
+defaults:
+  unknown_location: {action: flag, citation: c}
+  unclassified: {action: block, citation: c}
+  other_destinations: {action: allow, citation: c}
+"""
+
+
+def test_check_reports_every_bad_file_with_file_and_line(run, tmp_path):
+    policies = tmp_path / "packs"
+    policies.mkdir()
+    pack = write(policies / "broken.yaml", BAD_PACK)
+    manifest = write(tmp_path / "catalog.yaml", "manifest: m\nversion: 1\nartifacts:\n  - path: /x\n    class: spam\n")
+    config = write_config(tmp_path, policies=[str(policies)], catalog=str(manifest))
+    result = run("check", config=config)
+    assert result.exit_code == 1
+    assert f"{pack}:9:" in result.output and "alpha-3" in result.output
+    assert f"{manifest}:5" in result.output
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    pytest.param("geo: {database: [x]}\n", 1, "must be text", id="wrong type"),
+    pytest.param("recods: x\n", 1, "unknown key 'recods'", id="unknown key"),
+    pytest.param("geo:\n  overrides:\n    - {network: 10.0.0.0/8, country: XX}\n", 3, "XX", id="unknown country"),
+    pytest.param("geo:\n  overrides:\n    - {network: 10.0.0.0/33, country: US}\n", 3, "10.0.0.0/33",
+                 id="bad CIDR"),
+    pytest.param("serve: {trust_proxy: [nonsense]}\n", None, "nonsense", id="bad trusted proxy"),
+])
+def test_check_rejects_bad_config(run, tmp_path, text, line, message):
+    config = write(tmp_path / "gate.yaml", text)
+    result = run("check", config=config)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    if line is not None:
+        assert f"{config}:{line}:" in result.output
+
+
+def test_check_rejects_bad_geo_databases(run, tmp_path):
+    good = build([{"network": "2.176.0.0/12", "country": "IR"}], tmp_path / "good.mmdb", kind="Country",
+                 build_epoch=1_700_000_000)
+    truncated = write(tmp_path / "truncated.mmdb", "")
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    garbage = write(tmp_path / "garbage.mmdb", "not a database")
+    for db, expected in ((tmp_path / "missing.mmdb", "missing.mmdb"), (truncated, "truncated.mmdb"),
+                         (garbage, "garbage.mmdb")):
+        result = run("check", config=write_config(tmp_path, geo={"database": str(db)}))
+        assert result.exit_code == 1, (db, result.output)
+        assert expected in result.output
+    asn = SHARED / "testdata" / "maxmind" / "GeoLite2-ASN-Test.mmdb"
+    require(asn.exists(), "MaxMind's test databases", "they ship in ../shared/testdata/maxmind")
+    wrong = tmp_path / "asn.mmdb"
+    shutil.copy(asn, wrong)
+    result = run("check", config=write_config(tmp_path, geo={"database": str(wrong)}))
+    assert result.exit_code == 1 and "asn.mmdb" in result.output
+
+
+def test_check_validates_an_authorization_file(run, config, tmp_path):
+    bad = write(tmp_path / "auth.yaml", "authorizations:\n  - id: A\n    basis: b\n    destinations: [CU]\n"
+                                       "    valid_from: 2011-01-01\n    valid_until: 2010-01-01\n")
+    result = run("check", "--authorizations", str(bad), config=config)
+    assert result.exit_code == 1
+    assert f"{bad}:6:" in result.output and "not after" in result.output
+
+
+def test_authorizations_lifecycle(run, config, tmp_path):
+    args = ("explain", "--ip", CU_CLIENT, "--path", "/files/chat-2.tar.gz", "--json")
+    assert json.loads(run(*args, config=config).output)["action"] == "block"
+    added = run("authorize", "add", "--id", "BIS-CU-7", "--basis", "BIS license D777", "--destination", "CU",
+                "--class", "personal-communications", "--valid-from", "2010-01-01", config=config)
+    assert added.exit_code == 0, added.output
+    data = json.loads(run(*args, config=config).output)
+    assert (data["action"], data["authorization"]) == ("allow", "BIS-CU-7")
+    assert "BIS license D777" in data["citation"]
+    listed = json.loads(run("authorize", "list", "--json", config=config).output)
+    assert [(a["id"], a["status"]) for a in listed] == [("BIS-CU-7", "valid")]
+    assert run("authorize", "revoke", "BIS-CU-7", "--reason", "license withdrawn", config=config).exit_code == 0
+    assert json.loads(run(*args, config=config).output)["action"] == "block"
+    listed = json.loads(run("authorize", "list", "--json", config=config).output)
+    assert listed[0]["status"] == "revoked" and listed[0]["revoked_reason"] == "license withdrawn"
+    again = run("authorize", "revoke", "BIS-CU-7", "--reason", "x", config=config)
+    assert again.exit_code == 1 and "already revoked" in again.output
+    missing = run("authorize", "revoke", "NOPE", "--reason", "x", config=config)
+    assert missing.exit_code == 1 and "no authorization 'NOPE'" in missing.output
+    # Expired: valid_until in the past.
+    imported = write(tmp_path / "auth.yaml", "authorizations:\n  - id: OLD\n    basis: CCD\n    destinations: [CU]\n"
+                                            "    valid_from: 2009-09-03\n    valid_until: 2011-01-01\n")
+    assert run("authorize", "import", str(imported), config=config).exit_code == 0
+    statuses = {a["id"]: a["status"] for a in json.loads(run("authorize", "list", "--json", config=config).output)}
+    assert statuses == {"BIS-CU-7": "revoked", "OLD": "expired"}
+    # A revocation takes effect at its time: decisions as of earlier dates still rely on the authorization.
+    assert json.loads(run(*args, "--at", "2010-06-01", config=config).output)["authorization"] == "BIS-CU-7"
+    late_2009 = json.loads(run(*args, "--at", "2009-12-01", config=config).output)
+    assert (late_2009["action"], late_2009["authorization"], late_2009["pack"]) == (
+        "allow", "OLD", "us-pre-2010-baseline@1")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    pytest.param(["--destination", "CUB"], "alpha-3", id="alpha-3 destination"),
+    pytest.param(["--destination", "CU", "--eccn", "5Q999"], "is not an ECCN", id="bad eccn"),
+    pytest.param(["--destination", "CU", "--valid-until", "2000-01-01"], "not after", id="dates out of order"),
+])
+def test_authorize_add_rejects_bad_input(run, config, args, message):
+    result = run("authorize", "add", "--id", "X", "--basis", "b", "--valid-from", "2010-01-01", *args,
+                 config=config)
+    assert result.exit_code == 1 and message in result.output
+
+
+def test_audit_verify_detects_tampering(run, config, tmp_path):
+    run("authorize", "add", "--id", "A1", "--basis", "b", "--destination", "CU", "--valid-from", "2010-01-01",
+        config=config)
+    run("authorize", "add", "--id", "A2", "--basis", "b", "--destination", "CU", "--valid-from", "2010-01-01",
+        config=config)
+    ok = run("audit", "verify", config=config)
+    assert ok.exit_code == 0 and ok.output.startswith("ok:")
+    heads = tmp_path / "heads.json"
+    assert run("audit", "verify", "--save-heads", str(heads), config=config).exit_code == 0
+    db = sqlite3.connect(tmp_path / "records.db")
+    db.execute("DROP TRIGGER records_no_update")
+    db.execute("UPDATE records SET body = replace(body, '\"A1\"', '\"A9\"')")
+    db.commit()
+    db.close()
+    bad = run("audit", "verify", "--json", config=config)
+    assert bad.exit_code == 1
+    report = json.loads(bad.output)
+    assert report["counts"]["altered"] == 1 and "authorization:A1:" in report["problems"][0]["id"]
+
+
+def test_audit_verify_with_a_bad_heads_file(run, config, tmp_path):
+    heads = write(tmp_path / "heads.json", "not json")
+    result = run("audit", "verify", "--heads", str(heads), config=config)
+    assert result.exit_code == 1 and "chain-heads" in result.output
+
+
+@pytest.mark.parametrize("command", [
+    [], ["check"], ["explain"], ["classify"], ["serve"], ["packs"], ["authorize"], ["authorize", "add"],
+    ["authorize", "list"], ["authorize", "revoke"], ["authorize", "import"], ["audit"], ["audit", "verify"],
+])
+def test_every_command_has_help(run, command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.output and len(result.output.splitlines()) > 3
+
+
+def test_packs_lists_settings(run):
+    result = run("packs")
+    assert "cuba_software" in result.output and "not legal advice" in result.output
