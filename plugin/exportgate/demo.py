@@ -1,0 +1,99 @@
+"""``make run``: the gate on its embedded defaults in front of a small demo mirror, with three requests to try.
+
+Creates ``var/demo/`` (a mirror of a few tiny sample artifacts named in ``examples/catalog.yaml``, a gate.yaml and
+the record store), then serves the mirror in static mode on 127.0.0.1 (``EXPORTGATE_DEMO_PORT``, default 8451).
+Loopback is a trusted proxy here so that ``X-Forwarded-For`` lets you play a client in any country: never trust
+a proxy you do not run in a real deployment. Ctrl-C stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+SAMPLES = {
+    "debian/pool/main/t/thunderbird/thunderbird_115.9.0-1_amd64.deb": "personal communications (email), 5D992.c",
+    "downloads/vpn-pro/vpn-pro-2.4.exe": "commercial VPN client, 5D002, sold for a fee",
+    "downloads/docs/manual.pdf": "published documentation, not subject to the EAR",
+    "packages/8b/02/matrix_nio-0.24.0-py3-none-any.whl": "Matrix chat library, 5D992.c",
+}
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def prepare(base: Path, port: int) -> Path:
+    """Write the demo mirror and its gate.yaml under ``base``; returns the config path."""
+    mirror = base / "mirror"
+    for rel, what in SAMPLES.items():
+        target = mirror / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.write_text(f"exportgate demo artifact: {what}\n", encoding="utf-8")
+    catalog = repo_root() / "examples" / "catalog.yaml"
+    config = {
+        "instance": "demo",
+        "operator": "the exportgate demo mirror",
+        "contact": "compliance@example.org",
+        "catalog": str(catalog),
+        "records": f"sqlite://{base / 'records.db'}",
+        "serve": {
+            "bind": f"127.0.0.1:{port}",
+            "mode": "static",
+            "root": str(mirror),
+            "trust_proxy": ["127.0.0.0/8", "::1/128"],
+            "workers": 1,
+            "threads": 8,
+        },
+    }
+    path = base / "gate.yaml"
+    path.write_text("# Written by `make run` (exportgate.demo). Safe to delete.\n"
+                    + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def banner(port: int) -> str:
+    url = f"http://127.0.0.1:{port}"
+    deb = "/debian/pool/main/t/thunderbird/thunderbird_115.9.0-1_amd64.deb"
+    return f"""
+exportgate demo: a gate on embedded defaults (registry geolocation, the shipped 2010-03-08 policy pack)
+in front of a small mirror in var/demo/mirror. Decisions are recorded in var/demo/records.db.
+
+Try, from another terminal:
+
+  # Iran, free personal-communications software (31 CFR 560.540): allowed
+  curl -i -H 'X-Forwarded-For: 2.176.0.1' {url}{deb}
+
+  # Iran, a 5D002 VPN client sold for a fee: blocked, 451 Unavailable For Legal Reasons
+  curl -i -H 'X-Forwarded-For: 2.176.0.1' {url}/downloads/vpn-pro/vpn-pro-2.4.exe
+
+  # Cuba, the same email client: blocked pending Commerce authorization (set policy_settings.cuba_software: flag
+  # in var/demo/gate.yaml to flag instead)
+  curl -i -H 'X-Forwarded-For: 152.206.0.1' {url}{deb}
+
+Also: {url}/readyz  {url}/metrics   and   .venv/bin/exportgate --config var/demo/gate.yaml explain --ip 41.67.0.1 --path {deb}
+Ctrl-C stops the gate.
+"""
+
+
+def main() -> None:
+    port = int(os.environ.get("EXPORTGATE_DEMO_PORT", "8451"))
+    base = Path(os.environ.get("EXPORTGATE_DEMO_DIR", repo_root() / "var" / "demo"))
+    base.mkdir(parents=True, exist_ok=True)
+    config_path = prepare(base, port)
+    print(banner(port), flush=True)
+    from .cli import main as cli_main
+
+    sys.argv = ["exportgate", "--config", str(config_path), "serve"]
+    try:
+        cli_main()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
