@@ -121,6 +121,20 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
         else:
             summary["packs"] = [describe_pack(p) for p in obj.packs]
     try:
+        from .runtime import authorization_book, open_store
+
+        store = open_store(cfg)
+        try:
+            book = authorization_book(store)
+            summary["records"] = {"store": cfg.records, "decisions": store.count("decision"),
+                                  "authorizations": len(book.all)}
+        finally:
+            store.close()
+    except ConfigError as exc:
+        errors.append(exc)
+    except ExportGateError as exc:
+        errors.append(ConfigError(f"record store {cfg.records}: {exc}", file=cfg.file))
+    try:
         from .web.clientaddr import TrustedProxies
 
         TrustedProxies(cfg.serve.trust_proxy, header=cfg.serve.forwarded_header, file=cfg.file)
@@ -142,6 +156,9 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
     cat = summary.get("catalog") or {}
     click.echo(f"manifest: {cat.get('manifest') or 'none (every artifact unclassified)'}"
                + (f", {cat.get('rules')} rules" if cat.get("rules") is not None else ""))
+    rec = summary.get("records") or {}
+    click.echo(f"records: {rec.get('store')} ({rec.get('decisions')} decisions, {rec.get('authorizations')} "
+               f"authorizations on file)")
     for p in summary.get("packs", []):
         until = p["effective"]["until"] or "open"
         click.echo(f"pack: {p['id']} v{p['version']} {p['effective']['from']} .. {until} ({p['rules']} rules)")

@@ -263,3 +263,18 @@ def test_every_command_has_help(run, command):
 def test_packs_lists_settings(run):
     result = run("packs")
     assert "cuba_software" in result.output and "not legal advice" in result.output
+
+
+@pytest.mark.parametrize(("records", "message"), [
+    pytest.param("sqlite:///{tmp}/afile/records.db", "afile", id="parent is a file"),
+    pytest.param("sqlite:///{tmp}", "", id="a directory"),
+    pytest.param("mysql://x/y", "mysql", id="unknown scheme"),
+    pytest.param("records.db", "records.db", id="no scheme"),
+])
+def test_check_rejects_an_unusable_record_store(run, tmp_path, records, message):
+    (tmp_path / "afile").write_text("x")
+    config = write_config(tmp_path, records=records.format(tmp=tmp_path))
+    result = run("check", config=config)
+    assert result.exit_code == 1, result.output
+    assert "record store" in result.output or "records" in result.output
+    assert message in result.output
