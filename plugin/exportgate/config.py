@@ -192,7 +192,7 @@ def _parse(data: dict[str, Any], *, file: str, base: Path, env: Mapping[str, str
         if not isinstance(v, str):
             raise f.error("policy_settings", f"config: policy_settings.{k} must be text, got {v!r}")
     records = f.str("records", required=False) or default_records_url(env)
-    if records.startswith("sqlite:") and not records.startswith("sqlite://"):
+    if records.startswith("sqlite:") and not records.startswith(("sqlite://", "sqlite::memory:")):
         # sqlite:relative/path.db is relative to the config file, like every other path in it.
         records = f"sqlite://{path_of(records[len('sqlite:'):])}"
     record_log = f.str("record_log", required=False)
