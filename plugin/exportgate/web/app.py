@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from typing import Any
 
 from ..config import GateConfig
@@ -30,6 +31,7 @@ log = logging.getLogger("exportgate.web")
 
 POLICY_PATH = "/exportgate/policy"
 BLOCKED_PREFIX = "/exportgate/blocked/"
+_DECISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def operator_of(config: GateConfig) -> Operator:
@@ -97,24 +99,31 @@ class GateApp:
         return [body]
 
     def blocked_page(self, environ: dict[str, Any], start_response: StartResponse, decision_id: str) -> list[bytes]:
+        if not _DECISION_ID.fullmatch(decision_id):
+            # Ids are the gate's own ([0-9a-f-] today); anything else is not one, and must not be echoed into
+            # a header or the page.
+            return plain(start_response, "404 Not Found", "no such blocked decision")
         store = self.runtime.store
         record = None
-        if store is not None and 0 < len(decision_id) <= 128:
+        if store is not None:
             try:
                 record = store.get(decision_id)
             except ExportGateError as exc:
                 log.error("cannot read decision %s for its 451 page: %s", decision_id, exc)
         if record is None or record.kind != "decision":
             # Still a refusal: the page could not be found, the download was blocked all the same.
-            facts = {"decision_id": decision_id[:128], "decided_at": None, "rule": None,
-                     "citation": "see the operator's policy", "pack": {}, "path": None, "location": None}
+            facts: dict[str, Any] = {"decision_id": decision_id, "decided_at": None, "rule": None,
+                                     "citation": "see the operator's policy", "pack": {}, "path": None,
+                                     "location": None}
         else:
             facts = page_facts_from_record(record.id, record.at, record.body)
             if record.body.get("enforced") != "block":
                 return plain(start_response, "404 Not Found", "no such blocked decision")
         content_type, body = render(facts, self.operator, environ.get("HTTP_ACCEPT"))
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), NO_STORE,
-                   ("X-Exportgate-Decision", "block"), ("X-Exportgate-Decision-Id", decision_id[:128])]
+                   ("X-Exportgate-Decision", "block"), ("X-Exportgate-Decision-Id", decision_id)]
+        if facts.get("rule"):
+            headers.append(("X-Exportgate-Rule", str(facts["rule"])))
         if self.operator.policy_url:
             headers.append(("Link", f'<{self.operator.policy_url}>; rel="blocked-by"'))
         start_response("451 Unavailable For Legal Reasons", headers)
@@ -146,8 +155,21 @@ def build_admission(runtime: GateRuntime, config: GateConfig, metrics: Metrics) 
 
 def create_app(config: GateConfig, *, runtime: GateRuntime | None = None) -> GateApp:
     """The WSGI app for ``config.serve.mode``, with the gate's resources opened."""
+    owned = runtime is None
     runtime = runtime or GateRuntime(config, record=True)
+    try:
+        return _create_app(config, runtime)
+    except BaseException:
+        if owned:
+            runtime.close()
+        raise
+
+
+def _create_app(config: GateConfig, runtime: GateRuntime) -> GateApp:
     metrics = Metrics()
+    # Each worker states its own store's health from the start: with several workers the gauge is the minimum over
+    # them, and a worker that never set it would count as 0 (unhealthy).
+    metrics.store_healthy.set(1 if runtime.recorder is not None and runtime.recorder.healthy else 0)
     operator = operator_of(config)
     admission = build_admission(runtime, config, metrics)
     mode = config.serve.mode

@@ -11,8 +11,9 @@ The front end asks ``/auth`` before serving a download and the gate answers with
 
 Where the original request is read from, in this order: ``X-Original-URI``/``X-Original-Method`` (nginx),
 ``X-Forwarded-Uri``/``X-Forwarded-Method`` (Traefik, Caddy), or the path after ``/auth`` (Envoy ext_authz HTTP with
-``path_prefix: /auth``). Two sources that disagree, or none at all, is a 400: the gate will not guess which
-artifact it is deciding on.
+``path_prefix: /auth``), taken from the raw request target (``RAW_URI``/``REQUEST_URI``), never from the already
+decoded ``PATH_INFO``. Two sources that disagree (including a header next to a path after ``/auth``), or none at
+all, is a 400: the gate will not guess which artifact it is deciding on.
 
 Security caveat: these headers and ``X-Forwarded-For`` are trusted because only the front end can reach this
 endpoint. Bind the gate to loopback or a private network and list the front end in ``trust_proxy``.
@@ -58,9 +59,14 @@ class Admission:
         self.case_insensitive = case_insensitive
         self.fail_open = fail_open
         self.metrics = metrics
+        # The store-health gauge follows this process's commits as they happen, not only when /metrics or
+        # /readyz is asked on this worker (with several workers it is the minimum over all of them).
+        self._store_failing = False
 
     def admit(self, environ: dict[str, Any], method: str, raw_uri: str, host: str | None) -> tuple[Any, str, str]:
         if len(raw_uri) > MAX_URI:
+            if self.metrics is not None:
+                self.metrics.reject("path")
             return None, "414 URI Too Long", "request URI too long"
         try:
             normalised = normalise_path(raw_uri, case_insensitive=self.case_insensitive)
@@ -88,6 +94,8 @@ class Admission:
         except RecordStoreError as exc:
             if self.metrics is not None:
                 self.metrics.record_failed()
+                self.metrics.store_healthy.set(0)
+            self._store_failing = True
             if not self.fail_open:
                 log.error("decision record not committed, refusing download of %s: %s", facts.path, exc)
                 return None, "503 Service Unavailable", "decision could not be recorded; download refused"
@@ -96,6 +104,11 @@ class Admission:
         except ExportGateError as exc:
             log.error("no decision for %s: %s", facts.path, exc)
             return None, "503 Service Unavailable", f"no decision: {exc}"
+        else:
+            if self._store_failing:
+                self._store_failing = False
+                if self.metrics is not None:
+                    self.metrics.store_healthy.set(1)
         if self.metrics is not None:
             self.metrics.decided(decision)
         return decision, "", ""
@@ -117,20 +130,29 @@ class ForwardAuth:
         fwd_uri = environ.get("HTTP_X_FORWARDED_URI")
         if nginx_uri is not None and fwd_uri is not None and nginx_uri != fwd_uri:
             return None, "", "", "X-Original-URI and X-Forwarded-Uri disagree"
+        path_uri = None
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/auth/"):
+            path_uri = _after_auth(environ.get("RAW_URI") or environ.get("REQUEST_URI") or "")
+            if path_uri is None:
+                # Never PATH_INFO: it is decoded once already, and deciding on it would decode twice.
+                return None, "", "", "cannot read the raw request target (no RAW_URI or REQUEST_URI)"
+            header_uri = nginx_uri if nginx_uri is not None else fwd_uri
+            if header_uri is not None and header_uri != path_uri:
+                return None, "", "", "the path after /auth and the X-Original-URI/X-Forwarded-Uri header disagree"
         if nginx_uri is not None:
             return nginx_uri, environ.get("HTTP_X_ORIGINAL_METHOD") or "GET", "nginx", None
         if fwd_uri is not None:
             return fwd_uri, environ.get("HTTP_X_FORWARDED_METHOD") or "GET", "forwarded", None
-        path = environ.get("PATH_INFO", "")
-        if path.startswith("/auth/"):
-            uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or path
-            uri = uri[len("/auth"):] if uri.startswith("/auth/") else path[len("/auth"):]
-            return uri, environ.get("REQUEST_METHOD", "GET"), "envoy", None
+        if path_uri is not None:
+            return path_uri, environ.get("REQUEST_METHOD", "GET"), "envoy", None
         return None, "", "", "missing X-Original-URI (nginx) or X-Forwarded-Uri (Traefik, Caddy)"
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         uri, method, style, problem = self.original_request(environ)
         if uri is None:
+            if self.admission.metrics is not None:
+                self.admission.metrics.reject("headers")
             return plain(start_response, "400 Bad Request", problem or "bad request")
         host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST")
         decision, status, text = self.admission.admit(environ, method, uri, host)
@@ -144,3 +166,14 @@ class ForwardAuth:
         status_line = "403 Forbidden" if nginx else "451 Unavailable For Legal Reasons"
         start_response(status_line, blocked_headers(decision, self.operator, content_type, len(body)))
         return [body]
+
+
+def _after_auth(raw: str) -> str | None:
+    """The original request target in ``/auth/<target>``, from the raw request target (origin or absolute form)."""
+    if raw.startswith(("http://", "https://")):
+        # Absolute form: drop scheme and authority, keep the path exactly as sent.
+        slash = raw.find("/", raw.index("//") + 2)
+        raw = raw[slash:] if slash >= 0 else ""
+    if not raw.startswith("/auth/"):
+        return None
+    return raw[len("/auth"):]

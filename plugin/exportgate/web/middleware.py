@@ -6,9 +6,14 @@ decision in ``environ["exportgate.decision"]`` and the decision headers added to
 ``gated`` (index pages, metadata) pass straight through without a decision. For a Flask app:
 ``gate_flask_app(app, config)`` wraps ``app.wsgi_app`` in one line.
 
-Caveat: the path is decided as normalised by :func:`~exportgate.web.paths.normalise_path`, and the wrapped app must
-resolve paths the same way (decode once, resolve dot-segments). Apps that decode twice or accept backslashes as
-separators need their own care.
+The path is decided as normalised by :func:`~exportgate.web.paths.normalise_path` (decoded once, dot-segments
+resolved, slashes merged; encoded ``/`` is a 400), and the wrapped app is handed exactly that path: ``PATH_INFO``,
+``RAW_URI`` and ``REQUEST_URI`` are rewritten to it (the client's original target is kept in
+``environ["exportgate.original_uri"]``), so an app that does not resolve ``..`` itself cannot open anything but
+what was decided. A path that climbs out of the app's ``SCRIPT_NAME`` is a 404.
+
+Caveat: apps that decode the path a second time or accept backslashes as separators need their own care; so does
+a case-insensitive app behind a gate not configured with ``case_insensitive_paths``.
 """
 
 from __future__ import annotations
@@ -17,22 +22,33 @@ import fnmatch
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 from .forwardauth import Admission, StartResponse, plain
 from .page import Operator, blocked_body, blocked_headers, decision_headers
 from .paths import PathRejected, normalise_path
 
 DECISION_KEY = "exportgate.decision"
+ORIGINAL_URI_KEY = "exportgate.original_uri"
+"""The request target as the client sent it, before the middleware pointed PATH_INFO at the normalised path."""
+_SAFE_PATH = "/:@!$&'()*+,;=-._~"
 
 
-def compile_gated(globs: Iterable[str]) -> re.Pattern[str] | None:
-    """One regex for the gated path globs (``*`` stays within a segment, ``**`` crosses them); None = all."""
+def compile_gated(globs: Iterable[str], *, case_insensitive: bool = False) -> re.Pattern[str] | None:
+    """One regex for the gated path globs (``*`` stays within a segment, ``**`` crosses them); None = all.
+
+    ``case_insensitive``: match without regard to case, as the decision does for a case-insensitive origin
+    (otherwise a glob written ``/Packages/**`` would never match the case-folded path, and every download
+    under it would pass undecided).
+    """
     parts = []
     for glob in globs:
         regex = fnmatch.translate(glob.replace("**", "\0"))
         regex = regex.replace(".*", "[^/]*").replace("\0", ".*")
         parts.append(f"(?:{regex})")
-    return re.compile("|".join(parts)) if parts else None
+    if not parts:
+        return None
+    return re.compile("|".join(parts), re.IGNORECASE if case_insensitive else 0)
 
 
 class GateMiddleware:
@@ -43,19 +59,24 @@ class GateMiddleware:
         self.app = app
         self.admission = admission
         self.operator = operator or Operator()
-        self.gated = compile_gated(gated)
+        self.gated = compile_gated(gated, case_insensitive=admission.case_insensitive)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         raw_uri = _raw_uri(environ)
-        if self.gated is not None:
-            # Match the path the app will resolve, not the raw one: /PACKAGES/, /a/../packages/ or %70ackages
-            # must not slip past the gate as "not a download".
-            try:
-                path = normalise_path(raw_uri, case_insensitive=self.admission.case_insensitive).path
-            except PathRejected as exc:
-                return plain(start_response, "400 Bad Request", f"rejected path: {exc.reason}")
-            if not self.gated.match(path):
-                return self.app(environ, start_response)
+        try:
+            # Case kept for the app; a case-insensitive gate matches ``gated`` (and decides) without case.
+            path = normalise_path(raw_uri).path
+        except PathRejected as exc:
+            if self.admission.metrics is not None:
+                self.admission.metrics.reject("path")
+            return plain(start_response, "400 Bad Request", f"rejected path: {exc.reason}")
+        # The app gets the path that is matched and decided, not the raw one: /PACKAGES/, /a/../packages/ or
+        # %70ackages must not slip past the gate as "not a download", and an app that does not resolve
+        # dot-segments itself must not open something other than what was decided.
+        if not _use_normalised(environ, path, raw_uri):
+            return plain(start_response, "404 Not Found", "not found")
+        if self.gated is not None and not self.gated.match(path):
+            return self.app(environ, start_response)
         decision, status, text = self.admission.admit(environ, environ.get("REQUEST_METHOD", "GET"), raw_uri,
                                                       environ.get("HTTP_HOST"))
         if decision is None:
@@ -76,6 +97,31 @@ class GateMiddleware:
         return self.app(environ, start_with_decision)
 
 
+def _use_normalised(environ: dict[str, Any], path: str, raw_uri: str) -> bool:
+    """Point ``PATH_INFO`` (and ``RAW_URI``/``REQUEST_URI``) at the normalised path; originals kept under
+    :data:`ORIGINAL_URI_KEY`. False when the path left the app's ``SCRIPT_NAME`` (``/app/../other``)."""
+    environ[ORIGINAL_URI_KEY] = raw_uri
+    script = environ.get("SCRIPT_NAME", "")
+    if not script and raw_uri.partition("?")[0] == path:
+        # The common case, nothing to resolve (so ASCII, no escapes): the target already names the decided path.
+        environ["PATH_INFO"] = path
+        return True
+    if script:
+        script_text = script.encode("latin-1").decode("utf-8", "replace")
+        if path != script_text and not path.startswith(script_text.rstrip("/") + "/"):
+            return False
+        path_info = path[len(script_text.rstrip("/")):]
+    else:
+        path_info = path
+    environ["PATH_INFO"] = path_info.encode("utf-8").decode("latin-1")  # WSGI text: one character per byte
+    query = environ.get("QUERY_STRING")
+    uri = quote(path.encode("utf-8"), safe=_SAFE_PATH) + (f"?{query}" if query else "")
+    for key in ("RAW_URI", "REQUEST_URI"):
+        if key in environ:
+            environ[key] = uri
+    return True
+
+
 def _raw_uri(environ: dict[str, Any]) -> str:
     """The request target as the client sent it (gunicorn RAW_URI, uWSGI REQUEST_URI), else rebuilt from PATH_INFO.
 
@@ -85,8 +131,6 @@ def _raw_uri(environ: dict[str, Any]) -> str:
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw:
         return raw
-    from urllib.parse import quote
-
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     # PATH_INFO is latin-1 decoded bytes per PEP 3333.
     path = quote(path.encode("latin-1"), safe="/:@!$&'()*+,;=-._~")

@@ -1,0 +1,344 @@
+"""Proxy mode: the gate in front of a mirror, forwarding allowed downloads to it (``exportgate serve --mode proxy``).
+
+``ProxyApp(admission, upstream="http://127.0.0.1:8080", operator=…)`` decides every gated request first; a block
+answers 451 with the page and the upstream is never contacted. Allow and flag forward the request to the upstream
+at the **normalised** path (what was decided is exactly what the upstream resolves: ``/a/%2e%2e/b`` goes out as
+``/b``), with the query string as sent, and stream the answer back in 64 KiB chunks: status and entity headers,
+``Range``/``If-None-Match``/``If-Modified-Since``/``If-Range`` and ``HEAD`` pass through (206, 304, 416 are the
+upstream's), the body bytes are not decoded (``Content-Length`` and ``Content-Encoding`` stay true), hop-by-hop
+headers are dropped both ways, and gated answers carry the decision headers and ``Cache-Control: no-store``.
+Paths outside ``gated`` (index pages, metadata) are forwarded without a decision.
+
+Upstream failures: cannot connect -> 502, no answer within ``timeout`` -> 504, a malformed answer -> 502; the
+upstream closing (or stalling past ``timeout``) in the middle of a body raises :class:`UpstreamCutOff` out of the
+response iterator, so the WSGI server aborts the connection and the client sees a short body, never a response
+that looks complete. Each is logged and counted in ``exportgate_upstream_errors{kind}``.
+
+Caveats: one pooled ``requests.Session`` per ``ProxyApp`` (per worker process), shared by its threads; it keeps no
+cookies (one client's cookies must never reach another) and ignores ``HTTP_PROXY``/``.netrc`` in the
+environment. Redirects are passed to the client, with ``Location`` pointing at the upstream rewritten to a path
+on the gate (a client must not be sent around the gate). ``X-Forwarded-For`` sent by a peer that is not a
+trusted proxy is replaced, not extended: the upstream sees only what the gate can vouch for.
+"""
+
+from __future__ import annotations
+
+import http
+import http.cookiejar
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import NewConnectionError
+
+from ..errors import ConfigError, ExportGateError
+from .forwardauth import Admission, StartResponse, plain
+from .middleware import _raw_uri, compile_gated
+from .page import Operator, blocked_body, blocked_headers, decision_headers
+from .paths import PathRejected, normalise_path
+
+log = logging.getLogger("exportgate.web")
+
+CHUNK = 64 * 1024
+"""Bytes read from the upstream and handed to the server at a time: memory use per download is about this."""
+
+POOL_SIZE = 64
+"""Kept-alive upstream connections per worker; more concurrent requests open extra, unpooled ones."""
+
+# RFC 9110 section 7.6.1, plus the Proxy-* family and Keep-Alive (RFC 2068) that proxies still see.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+                        "te", "trailer", "transfer-encoding", "upgrade"})
+
+# Upstream error kinds (the ``kind`` label of exportgate_upstream_errors).
+CONNECT, TIMEOUT, BAD_RESPONSE, CUT = "connect", "timeout", "bad-response", "cut"
+
+# Request headers the gate sets itself for the upstream (a client must not choose them).
+_OWN_REQUEST_HEADERS = frozenset({"host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded",
+                                  "x-real-ip", "expect", "content-length"})
+_SAFE_PATH = "/:@!$&'()*+,;=-._~"
+_SAFE_QUERY = _SAFE_PATH + "?%"
+
+
+class UpstreamCutOff(ExportGateError):
+    """The upstream stopped sending in the middle of a body: the client's response must be cut short too."""
+
+    def __init__(self, url: str, received: int, expected: int | None, reason: str) -> None:
+        self.url = url
+        self.received = received
+        self.expected = expected
+        self.reason = reason
+        of = f" of {expected}" if expected is not None else ""
+        super().__init__(f"upstream {url} stopped after {received}{of} bytes: {reason}")
+
+
+class ProxyApp:
+    """WSGI app forwarding gated-and-allowed (and ungated) requests to one upstream."""
+
+    def __init__(self, admission: Admission, *, upstream: str, operator: Operator, gated: Iterable[str] = (),
+                 timeout: float = 30.0, metrics: Any = None) -> None:
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"upstream {upstream!r} is not an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"upstream {upstream!r}: give the base URL without a query or fragment")
+        if timeout <= 0:
+            raise ConfigError(f"upstream timeout must be positive, got {timeout!r}")
+        self.admission = admission
+        self.operator = operator
+        self.gated = compile_gated(gated, case_insensitive=admission.case_insensitive)
+        self.timeout = timeout
+        self.metrics = metrics
+        self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        # Without user:password@ (requests sends those as Basic auth): for logs and Location rewriting.
+        self.public_base = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path.rstrip('/')}"
+        self.session = _session()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        raw_uri = _raw_uri(environ)
+        try:
+            # Case kept: the upstream gets the path as the client wrote it, resolved; a case-insensitive
+            # decision folds it separately (a case-insensitive upstream resolves both to the same file).
+            path = normalise_path(raw_uri).path
+        except PathRejected as exc:
+            if self.metrics is not None:
+                self.metrics.reject("path")
+            return plain(start_response, "400 Bad Request", f"rejected path: {exc.reason}")
+        decision = None
+        if self.gated is None or self.gated.match(path):
+            decision, status, text = self.admission.admit(environ, method, raw_uri, environ.get("HTTP_HOST"))
+            if decision is None:
+                return plain(start_response, status, text)
+            if not decision.served:
+                content_type, body = blocked_body(decision, self.operator, environ.get("HTTP_ACCEPT"))
+                start_response("451 Unavailable For Legal Reasons",
+                               blocked_headers(decision, self.operator, content_type, len(body)))
+                return [body] if method != "HEAD" else [b""]
+        return self.forward(environ, start_response, method, path, raw_uri, decision)
+
+    def forward(self, environ: dict[str, Any], start_response: StartResponse, method: str, path: str,
+                raw_uri: str, decision: Any) -> Iterable[bytes]:
+        quoted = quote(path.encode("utf-8"), safe=_SAFE_PATH)
+        target = self.public_base + quoted  # for logs: no credentials, no query (it may hold tokens)
+        query = raw_uri.partition("#")[0].partition("?")[2]
+        if query:
+            try:
+                # The client's bytes (WSGI text is one character per byte), escaped only where the wire needs it.
+                query = quote(query.encode("latin-1"), safe=_SAFE_QUERY)
+            except UnicodeEncodeError:
+                return plain(start_response, "400 Bad Request", "rejected query: not bytes")
+        url = self.base + quoted + (f"?{query}" if query else "")
+        headers = self.request_headers(environ, decision)
+        body = _request_body(environ)
+        try:
+            response = self.session.request(method, url, headers=headers, data=body, stream=True,
+                                            allow_redirects=False, timeout=(self.timeout, self.timeout))
+        except requests.Timeout as exc:
+            return self.failed(start_response, TIMEOUT, "504 Gateway Timeout", target, exc, decision)
+        except requests.ConnectionError as exc:
+            # Refused, unreachable or unresolvable comes as MaxRetryError(NewConnectionError); anything else
+            # (closed before the status line, malformed or oversized headers) is a bad answer.
+            reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+            kind = CONNECT if isinstance(reason, NewConnectionError) else BAD_RESPONSE
+            return self.failed(start_response, kind, "502 Bad Gateway", target, exc, decision)
+        except (requests.RequestException, Urllib3Error, ValueError) as exc:
+            return self.failed(start_response, BAD_RESPONSE, "502 Bad Gateway", target, exc, decision)
+        try:
+            status, out = self.response_headers(response, decision)
+        except Exception:
+            response.close()
+            raise
+        start_response(status, out)
+        if method == "HEAD" or response.status_code in (204, 304) or 100 <= response.status_code < 200:
+            response.close()
+            return []
+        return _Streamed(response, target, self)
+
+    def request_headers(self, environ: dict[str, Any], decision: Any) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        connection_named: set[str] = set()
+        for key, value in environ.items():
+            if key.startswith("HTTP_"):
+                name = key[5:].replace("_", "-").lower()
+                if name == "connection":
+                    connection_named.update(t.strip().lower() for t in value.split(","))
+                if name in HOP_BY_HOP or name in _OWN_REQUEST_HEADERS or name.startswith(("proxy-", "x-exportgate-")):
+                    continue
+                headers[name] = value
+        for name in connection_named:
+            headers.pop(name, None)
+        if environ.get("CONTENT_TYPE"):
+            headers["content-type"] = environ["CONTENT_TYPE"]
+        length = environ.get("CONTENT_LENGTH")
+        if length and length.isdigit() and int(length) > 0:
+            headers["content-length"] = length
+        peer = environ.get("REMOTE_ADDR") or ""
+        trusted = self.admission.proxies.is_trusted(peer)
+        prior = environ.get("HTTP_X_FORWARDED_FOR") if trusted else None
+        if peer:
+            headers["x-forwarded-for"] = f"{prior}, {peer}" if prior else peer
+        elif prior:
+            headers["x-forwarded-for"] = prior
+        forwarded_host = environ.get("HTTP_X_FORWARDED_HOST") if trusted else None
+        host = forwarded_host or environ.get("HTTP_HOST")
+        if host:
+            headers["x-forwarded-host"] = host
+        proto = environ.get("HTTP_X_FORWARDED_PROTO") if trusted else None
+        headers["x-forwarded-proto"] = proto or environ.get("wsgi.url_scheme", "http")
+        if trusted and environ.get("HTTP_FORWARDED"):
+            headers["forwarded"] = environ["HTTP_FORWARDED"]
+        if decision is not None:
+            headers["x-exportgate-decision"] = decision.enforced_action
+            headers["x-exportgate-decision-id"] = decision.id
+        return headers
+
+    def response_headers(self, response: requests.Response, decision: Any) -> tuple[str, list[tuple[str, str]]]:
+        code = response.status_code
+        try:
+            phrase = http.HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Unknown"
+        raw = response.raw.headers
+        connection_named = {t.strip().lower() for v in raw.getlist("connection") for t in v.split(",")}
+        extra = decision_headers(decision) if decision is not None else []
+        replaced = {n.lower() for n, _ in extra}
+        out: list[tuple[str, str]] = []
+        for name, value in raw.items():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower.startswith(("proxy-", "x-exportgate-")) or lower in connection_named \
+                    or lower in replaced:
+                # X-Exportgate-* only ever comes from the gate: an upstream's could pass for a decision in logs.
+                continue
+            if lower == "location":
+                value = self.relative_location(value)
+            out.append((name, value))
+        out.extend(extra)
+        return f"{code} {phrase}", out
+
+    def relative_location(self, location: str) -> str:
+        """A redirect to the upstream itself becomes a path on the gate (so it is decided again)."""
+        base = self.public_base
+        if location.startswith(base) and location[len(base):len(base) + 1] in ("/", "?", ""):
+            rest = location[len(base):]
+            return rest if rest.startswith("/") else "/" + rest
+        return location
+
+    def failed(self, start_response: StartResponse, kind: str, status: str, url: str, exc: Exception,
+               decision: Any) -> list[bytes]:
+        self.upstream_error(kind)
+        log.error("upstream %s failed (%s): %s", url, kind, exc)
+        # The decision headers still go out: the access log shows an allowed download that the mirror failed.
+        extra = [h for h in decision_headers(decision) if h[0] != "Cache-Control"] if decision is not None else []
+        return plain(start_response, status, f"upstream {kind}: the mirror behind this gate did not answer properly",
+                     extra)
+
+    def upstream_error(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_errors.labels(kind).inc()
+
+
+class _Streamed:
+    """The upstream body as a WSGI iterable: chunks as they arrive; raises if the upstream cuts it short."""
+
+    __slots__ = ("app", "expected", "received", "response", "url")
+
+    def __init__(self, response: requests.Response, url: str, app: ProxyApp) -> None:
+        self.response = response
+        self.url = url
+        self.app = app
+        self.received = 0
+        length = response.headers.get("content-length")
+        self.expected = int(length) if length and length.isdigit() else None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            # decode_content=False: the bytes the upstream sent, so its Content-Length/Content-Encoding hold.
+            for chunk in self.response.raw.stream(CHUNK, decode_content=False):
+                self.received += len(chunk)
+                yield chunk
+        except (Urllib3Error, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            if self.expected is None or self.received >= self.expected:
+                return
+            reason = "connection closed early"
+        self.app.upstream_error(CUT)
+        log.error("upstream %s stopped after %d of %s bytes, cutting the response: %s", self.url, self.received,
+                  self.expected if self.expected is not None else "?", reason)
+        # An exception out of the iterator is the only way a WSGI app can tell the server to abort the
+        # connection; returning would let a short body pass as complete when no length was declared.
+        raise UpstreamCutOff(self.url, self.received, self.expected, reason)
+
+    def close(self) -> None:
+        # A response read to the end goes back to the pool; one abandoned midway closes its connection
+        # (draining a large body just to reuse a socket would cost more than a new connection).
+        self.response.close()
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    def set_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no HTTP_PROXY, no .netrc credentials sent to the mirror
+    session.headers.clear()  # no default Accept-Encoding: the client's own (or none) goes upstream
+    session.cookies.set_policy(_NoCookies())
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class _Body:
+    """The request body with its declared length, read as it is sent (uploads are not buffered)."""
+
+    def __init__(self, stream: Any, length: int) -> None:
+        self.stream = stream
+        self.left = length
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        size = self.left if size < 0 else min(size, self.left)
+        data: bytes = self.stream.read(size)
+        self.left -= len(data)
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            data = self.read(CHUNK)
+            if not data:
+                return
+            yield data
+
+
+def _request_body(environ: dict[str, Any]) -> Any:
+    length = environ.get("CONTENT_LENGTH")
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return None
+    if length and length.isdigit() and int(length) > 0:
+        return _Body(stream, int(length))
+    if environ.get("wsgi.input_terminated") and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        def chunks() -> Iterator[bytes]:
+            while data := stream.read(CHUNK):
+                yield data
+
+        return chunks()
+    return None

@@ -1,0 +1,170 @@
+"""Static mode: the gate serving a mirror directory itself (``exportgate serve --mode static --root DIR``).
+
+``StaticApp(admission, root="/srv/mirror", operator=…)`` decides every gated request first (451 page on a block),
+and only then opens the file at ``root`` + the normalised path: what was decided is exactly what is served.
+``Range`` (206, 416), ``If-None-Match``/``If-Modified-Since`` (304), ``If-Range`` and ``HEAD`` are answered by
+werkzeug's ``Response.make_conditional``; gated answers carry the decision headers and ``Cache-Control: no-store``
+(a cache must not replay one client's allowed download to a blocked one).
+
+The decision is about the file that will be served: a path ending in ``/`` serves that directory's
+``index.html`` and is decided as ``…/index.html``; a symlink inside root (``latest.tar.gz -> crypto-2.0.tar.gz``)
+is decided as its target, which is also what ``gated`` is matched against. A directory named without the ``/``
+is redirected to it (as nginx does); no directory listings. Only regular files are served.
+
+Containment: the path is resolved (symlinks included) and must stay inside ``root``; a symlink to anything
+outside it is a 404, as is a file that is not regular (a FIFO, a device). The file is opened without following a
+final symlink and checked through ``/proc/self/fd`` once open: a path component swapped for a link between the
+decision and the open is a 404, not a different file. Hidden files are served like any other: keep what must not
+be public out of root. When a symlink's target is decided, the record's ``raw_path`` is that target's path.
+
+Caveat: ``Content-Type`` comes from the file name (``mimetypes``); compressed archives are sent as what they are
+(``application/gzip`` for ``.tar.gz``), never with ``Content-Encoding``, which would make clients unpack them.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import stat
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.wrappers import Response
+from werkzeug.wsgi import wrap_file
+
+from ..errors import ConfigError
+from .forwardauth import Admission, StartResponse, plain
+from .middleware import _raw_uri, compile_gated
+from .page import Operator, blocked_body, blocked_headers, decision_headers
+from .paths import PathRejected, normalise_path
+
+INDEX = "index.html"
+_SAFE_PATH = "/:@!$&'()*+,;=-._~"
+_ENCODED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
+                  "compress": "application/x-compress", "br": "application/x-brotli"}
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_PROC_FD = "/proc/self/fd"
+
+
+class StaticApp:
+    """WSGI app serving regular files under ``root``, decided first."""
+
+    def __init__(self, admission: Admission, *, root: str, operator: Operator, gated: Iterable[str] = ()) -> None:
+        real = os.path.realpath(root)
+        if not os.path.isdir(real):
+            raise ConfigError(f"static root {root!r} is not a directory")
+        self.admission = admission
+        self.operator = operator
+        self.root = real
+        self.gated = compile_gated(gated, case_insensitive=admission.case_insensitive)
+        self._proc = os.path.isdir(_PROC_FD)
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            return plain(start_response, "405 Method Not Allowed", "only GET and HEAD",
+                         [("Allow", "GET, HEAD")])
+        raw_uri = _raw_uri(environ)
+        try:
+            path = normalise_path(raw_uri).path
+        except PathRejected as exc:
+            if self.admission.metrics is not None:
+                self.admission.metrics.reject("path")
+            return plain(start_response, "400 Bad Request", f"rejected path: {exc.reason}")
+        query = raw_uri.partition("#")[0].partition("?")[2]
+        # The file served for a directory URL is its index.html; the file served for a symlink is its target
+        # (``latest.tar.gz -> crypto-2.0.tar.gz``). Either way the decision is about the file that will be
+        # served. Resolving only looks at names (lstat); nothing is opened before the decision.
+        target = path + INDEX if path.endswith("/") else path
+        real = self.resolve(target)
+        served = (real[len(self.root):] or "/") if real is not None and self.root != os.sep else real
+        decide_on = served or target
+        if decide_on != path:
+            # fsencode: a link target that is not UTF-8 stays its bytes, and normalise_path then refuses it.
+            raw_uri = quote(os.fsencode(decide_on), safe=_SAFE_PATH) + (f"?{query}" if query else "")
+        decision = None
+        if self.gated is None or self.gated.match(target) or self.gated.match(decide_on):
+            decision, status, text = self.admission.admit(environ, method, raw_uri, environ.get("HTTP_HOST"))
+            if decision is None:
+                return plain(start_response, status, text)
+            if not decision.served:
+                content_type, body = blocked_body(decision, self.operator, environ.get("HTTP_ACCEPT"))
+                start_response("451 Unavailable For Legal Reasons",
+                               blocked_headers(decision, self.operator, content_type, len(body)))
+                return [body] if method != "HEAD" else [b""]
+        extra = decision_headers(decision) if decision is not None else []
+        # Only now, with the decision recorded, is the file opened.
+        found = self.open(real, directory_ok=not target.endswith("/")) if real is not None else None
+        if found is None:
+            return plain(start_response, "404 Not Found", "not found", extra)
+        if found == "directory":
+            location = quote((path + "/").encode("utf-8"), safe=_SAFE_PATH) + (f"?{query}" if query else "")
+            return plain(start_response, "301 Moved Permanently", "a directory", [("Location", location), *extra])
+        return self.send(environ, start_response, found, decide_on, extra)
+
+    def resolve(self, target: str) -> str | None:
+        """The real path ``target`` names under root (symlinks resolved), or ``None``: missing or outside root."""
+        try:
+            real = os.path.realpath(os.path.join(self.root, target.lstrip("/")), strict=True)
+        except (OSError, ValueError):
+            return None
+        return real if self.inside(real) else None
+
+    def open(self, real: str, *, directory_ok: bool) -> Any:
+        """The regular file at ``real`` opened, ``"directory"``, or ``None`` (not a file, or swapped since)."""
+        try:
+            info = os.stat(real)
+        except (OSError, ValueError):
+            return None
+        if stat.S_ISDIR(info.st_mode):
+            return "directory" if directory_ok else None
+        if not stat.S_ISREG(info.st_mode):
+            return None  # FIFOs would block, devices never end
+        try:
+            fd = os.open(real, _OPEN_FLAGS)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError("not a regular file")
+            # What was opened is what was decided: a path component swapped for a symlink since resolve()
+            # would show here as a different real path.
+            if self._proc and os.readlink(f"{_PROC_FD}/{fd}") != real:
+                raise OSError("changed since it was decided")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except OSError:
+            os.close(fd)
+            return None
+
+    def inside(self, real: str) -> bool:
+        root = self.root
+        return real == root or real.startswith(root + os.sep) or (root == os.sep and real.startswith(os.sep))
+
+    def send(self, environ: dict[str, Any], start_response: StartResponse, file: Any, target: str,
+             extra: list[tuple[str, str]]) -> Iterable[bytes]:
+        info = os.fstat(file.fileno())
+        response = Response(wrap_file(environ, file), mimetype=content_type(target), direct_passthrough=True)
+        response.content_length = info.st_size
+        response.last_modified = info.st_mtime  # type: ignore[assignment]
+        response.set_etag(f"{info.st_mtime_ns:x}-{info.st_size:x}-{info.st_ino:x}")
+        response.cache_control.no_cache = True
+        try:
+            response.make_conditional(environ, accept_ranges=True, complete_length=info.st_size)
+        except RequestedRangeNotSatisfiable as exc:
+            file.close()
+            response = exc.get_response(environ)
+            response.headers["Content-Range"] = f"bytes */{info.st_size}"
+        for name, value in extra:
+            response.headers[name] = value  # replaces Cache-Control: no-cache with no-store
+        return response(environ, start_response)
+
+
+def content_type(path: str) -> str:
+    """Media type from the file name; a compressed file is its compression format, never Content-Encoding."""
+    mimetype, encoding = mimetypes.guess_type(path, strict=False)
+    if encoding is not None:
+        return _ENCODED_TYPES.get(encoding, "application/octet-stream")
+    return mimetype or "application/octet-stream"

@@ -1,0 +1,339 @@
+"""Static mode: the gate serving a real directory tree (files, internal and escaping symlinks, a FIFO).
+
+Requests go through ``werkzeug.test.Client`` into ``create_app`` in static mode; one test serves the app from a
+real werkzeug server thread on 127.0.0.1. Whether a file was opened is observed with a Python audit hook on the
+``open`` event (it sees every ``open``/``os.open`` in the process), not by replacing any code.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import sqlite3
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.serving import make_server
+from werkzeug.test import Client
+
+from conftest import IR_CLIENT, US_CLIENT
+from exportgate.web.app import create_app
+
+UNKNOWN_CLIENT = "10.0.0.1"
+CHAT = bytes(range(256)) * 400
+CRYPTO = b"RESTRICTED-5D002 " * 2048
+SECRET = b"OUTSIDE-THE-ROOT-SECRET"
+INDEX = b"<!doctype html><a href='/files/chat-1.tar.gz'>chat</a>"
+
+_opened: list[str] | None = None  # paths opened while a test watches (the audit hook cannot be removed)
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _opened is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+        _opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture
+def opened() -> Iterator[list[str]]:
+    global _opened
+    _opened = []
+    try:
+        yield _opened
+    finally:
+        _opened = None
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.bin").write_bytes(SECRET)
+    root = tmp_path / "root"
+    files = root / "files"
+    files.mkdir(parents=True)
+    (files / "chat-1.tar.gz").write_bytes(CHAT)
+    (files / "crypto-1.tar.gz").write_bytes(CRYPTO)
+    (files / "latest.tar.gz").symlink_to("chat-1.tar.gz")  # alias inside root: decided as its target
+    (files / "chat-latest.tar.gz").symlink_to("crypto-1.tar.gz")  # misleading name, restricted target
+    (files / "escape.tar.gz").symlink_to(outside / "secret.bin")
+    (files / "escape-relative.tar.gz").symlink_to("../../outside/secret.bin")
+    (root / "linkdir").symlink_to(outside, target_is_directory=True)
+    (root / "simple" / "chatpkg").mkdir(parents=True)
+    (root / "simple" / "index.html").write_bytes(INDEX)
+    (root / "simple" / "chatpkg" / "index.html").write_bytes(INDEX)
+    (root / "empty").mkdir()
+    os.mkfifo(root / "files" / "fifo.tar.gz")
+    return root
+
+
+@pytest.fixture
+def make_gate(gate_config: Any, tree: Path) -> Iterator[Any]:
+    apps: list[Any] = []
+
+    def make(*, top: dict[str, Any] | None = None, **serve: Any) -> Any:
+        app = create_app(gate_config(serve={"mode": "static", "root": str(tree), **serve}, **(top or {})))
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.runtime.close()
+
+
+def fetch(app: Any, raw: str, *, client: str = IR_CLIENT, method: str = "GET", headers: Any = None) -> Any:
+    return Client(app).open(raw, method=method, headers=headers or {}, buffered=True,
+                            environ_overrides={"REMOTE_ADDR": client, "RAW_URI": raw, "REQUEST_URI": raw})
+
+
+# -- decisions ------------------------------------------------------------------------------------------------
+
+
+def test_allowed_download(make_gate: Any) -> None:
+    app = make_gate()
+    response = fetch(app, "/files/chat-1.tar.gz")
+    assert response.status_code == 200 and response.data == CHAT
+    assert response.headers["Content-Type"] == "application/gzip"
+    assert "Content-Encoding" not in response.headers  # clients must not unpack the archive
+    assert response.headers["Content-Length"] == str(len(CHAT))
+    assert response.headers["X-Exportgate-Decision"] == "allow"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert app.runtime.store.get(response.headers["X-Exportgate-Decision-Id"]) is not None
+
+
+def test_unknown_location_is_flagged_and_served(make_gate: Any) -> None:
+    response = fetch(make_gate(), "/files/crypto-1.tar.gz", client=UNKNOWN_CLIENT)
+    assert response.status_code == 200 and response.data == CRYPTO
+    assert response.headers["X-Exportgate-Decision"] == "flag"
+
+
+@pytest.mark.parametrize("accept, json_page", [
+    pytest.param("text/html", False, id="html"),
+    pytest.param("application/json", True, id="json"),
+])
+def test_block_is_451_and_the_file_is_never_opened(make_gate: Any, tree: Path, opened: list[str], accept: str,
+                                                   json_page: bool) -> None:
+    app = make_gate()
+    opened.clear()
+    response = fetch(app, "/files/crypto-1.tar.gz", headers={"Accept": accept})
+    assert response.status_code == 451
+    assert response.headers["Cache-Control"] == "no-store"
+    assert CRYPTO[:16] not in response.data
+    if json_page:
+        assert json.loads(response.data)["rule"] == "ir-other-software"
+    else:
+        assert b"451 Unavailable For Legal Reasons" in response.data
+    assert not [p for p in opened if p.startswith(str(tree))]
+
+
+HOSTILE_PATHS = [
+    pytest.param("/files/crypto-1.tar.gz", 451, id="plain"),
+    pytest.param("/files/%2e%2e/files/crypto-1.tar.gz", 451, id="encoded dot-dot"),
+    pytest.param("/files/../files/crypto-1.tar.gz", 451, id="dot-dot"),
+    pytest.param("/files/chat-1.tar.gz/../crypto-1.tar.gz", 451, id="through the allowed file"),
+    pytest.param("/files//crypto-1.tar.gz", 451, id="double slash"),
+    pytest.param("/files/./crypto-1.tar.gz", 451, id="dot segment"),
+    pytest.param("/files/%63rypto-1.tar.gz", 451, id="encoded letter"),
+    pytest.param("/files/crypto-1.tar.gz?download=1", 451, id="query string"),
+    pytest.param("/files/crypto-1.tar.gz/", 451, id="trailing slash"),
+    pytest.param("/files/chat-latest.tar.gz", 451, id="symlink with an allowed name"),
+    pytest.param("/FILES/CRYPTO-1.TAR.GZ", 451, id="upper case"),
+    pytest.param("/files%2fcrypto-1.tar.gz", 400, id="encoded slash"),
+    pytest.param("/files/crypto-1.tar.gz%00", 400, id="encoded nul"),
+    pytest.param("/../files/crypto-1.tar.gz", 400, id="above the root"),
+]
+
+
+@pytest.mark.parametrize("raw, status", HOSTILE_PATHS)
+@pytest.mark.parametrize("gated", [pytest.param((), id="all gated"), pytest.param(("/files/**",), id="files gated")])
+def test_restricted_artifact_is_never_served_to_iran(make_gate: Any, raw: str, status: int,
+                                                    gated: tuple[str, ...]) -> None:
+    response = fetch(make_gate(gated=list(gated)), raw)
+    if gated and raw == "/FILES/CRYPTO-1.TAR.GZ":
+        status = 404  # not under /files/ on a case-sensitive file system: not the artifact, and not there
+    assert response.status_code == status
+    assert CRYPTO[:16] not in response.data
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param("/FILES/CRYPTO-1.TAR.GZ", id="upper"),
+    pytest.param("/Files/Crypto-1.tar.gz", id="mixed"),
+])
+def test_case_variants_with_case_insensitive_paths(make_gate: Any, raw: str) -> None:
+    app = make_gate(top={"case_insensitive_paths": True}, gated=["/Files/**"])
+    response = fetch(app, raw, headers={"Accept": "application/json"})
+    assert response.status_code == 451
+    assert json.loads(response.data)["rule"] == "ir-other-software"
+
+
+def test_symlink_alias_is_decided_as_its_target(make_gate: Any) -> None:
+    app = make_gate()
+    response = fetch(app, "/files/latest.tar.gz")
+    assert response.status_code == 200 and response.data == CHAT
+    record = app.runtime.store.get(response.headers["X-Exportgate-Decision-Id"])
+    assert record.body["request"]["path"] == "/files/chat-1.tar.gz"
+
+
+# -- escapes --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, status", [
+    pytest.param("/../outside/secret.bin", 400, id="dot-dot above root"),
+    pytest.param("/files/../../outside/secret.bin", 400, id="dot-dot twice"),
+    pytest.param("/%2e%2e/outside/secret.bin", 400, id="encoded dot-dot"),
+    pytest.param("/..%2foutside/secret.bin", 400, id="encoded slash"),
+    pytest.param("/files/escape.tar.gz", 404, id="absolute symlink out"),
+    pytest.param("/files/escape-relative.tar.gz", 404, id="relative symlink out"),
+    pytest.param("/linkdir/secret.bin", 404, id="directory symlink out"),
+    pytest.param("/linkdir/", 404, id="directory symlink out, index"),
+    pytest.param("/files/fifo.tar.gz", 404, id="fifo"),
+    pytest.param("/files/missing.tar.gz", 404, id="missing"),
+])
+def test_nothing_outside_root_or_irregular_is_served(make_gate: Any, raw: str, status: int) -> None:
+    response = fetch(make_gate(), raw, client=US_CLIENT)
+    assert response.status_code == status
+    assert SECRET not in response.data
+
+
+def test_path_swapped_for_an_escaping_link_after_resolving_is_refused(make_gate: Any, tree: Path) -> None:
+    static = make_gate().mode_app
+    (tree / "sub").mkdir()
+    (tree / "sub" / "secret.bin").write_bytes(b"inside")
+    real = static.resolve("/sub/secret.bin")
+    assert real == str(tree / "sub" / "secret.bin")
+    # Between the decision and the open, "sub" becomes a link to a directory outside root.
+    (tree / "sub" / "secret.bin").unlink()
+    (tree / "sub").rmdir()
+    (tree / "sub").symlink_to(tree.parent / "outside", target_is_directory=True)
+    assert static.open(real, directory_ok=False) is None
+
+
+# -- directories ----------------------------------------------------------------------------------------------
+
+
+def test_directory_index_and_redirect(make_gate: Any) -> None:
+    app = make_gate(gated=["/files/**"])
+    index = fetch(app, "/simple/chatpkg/")
+    assert index.status_code == 200 and index.data == INDEX
+    assert index.headers["Content-Type"].startswith("text/html")
+    assert "X-Exportgate-Decision" not in index.headers
+    redirect = fetch(app, "/simple/chatpkg?x=1")
+    assert redirect.status_code == 301 and redirect.headers["Location"] == "/simple/chatpkg/?x=1"
+    assert fetch(app, "/empty/").status_code == 404  # no listings
+    assert fetch(app, "/files/", client=US_CLIENT).status_code == 404
+
+
+def test_index_html_is_decided_as_the_file_served(make_gate: Any) -> None:
+    app = make_gate(gated=["/simple/**"])
+    response = fetch(app, "/simple/chatpkg/", client=US_CLIENT)
+    record = app.runtime.store.get(response.headers["X-Exportgate-Decision-Id"])
+    assert record.body["request"]["path"] == "/simple/chatpkg/index.html"
+
+
+# -- HTTP semantics -------------------------------------------------------------------------------------------
+
+
+def test_range_and_conditional_requests(make_gate: Any) -> None:
+    app = make_gate()
+    part = fetch(app, "/files/chat-1.tar.gz", headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.data == CHAT[100:200]
+    assert part.headers["Content-Range"] == f"bytes 100-199/{len(CHAT)}"
+    assert part.headers["X-Exportgate-Decision"] == "allow"
+    suffix = fetch(app, "/files/chat-1.tar.gz", headers={"Range": "bytes=-10"})
+    assert suffix.status_code == 206 and suffix.data == CHAT[-10:]
+    too_far = fetch(app, "/files/chat-1.tar.gz", headers={"Range": f"bytes={len(CHAT)}-"})
+    assert too_far.status_code == 416 and too_far.headers["Content-Range"] == f"bytes */{len(CHAT)}"
+    assert too_far.headers["Cache-Control"] == "no-store"
+    etag, modified = part.headers["ETag"], part.headers["Last-Modified"]
+    same = fetch(app, "/files/chat-1.tar.gz", headers={"If-None-Match": etag})
+    assert same.status_code == 304 and same.data == b""
+    assert same.headers["X-Exportgate-Decision"] == "allow"
+    assert fetch(app, "/files/chat-1.tar.gz", headers={"If-Modified-Since": modified}).status_code == 304
+    other = fetch(app, "/files/chat-1.tar.gz", headers={"If-Range": '"other"', "Range": "bytes=0-9"})
+    assert other.status_code == 200 and other.data == CHAT
+    blocked = fetch(app, "/files/crypto-1.tar.gz", headers={"If-None-Match": "*", "Range": "bytes=0-15"})
+    assert blocked.status_code == 451
+
+
+def test_head(make_gate: Any) -> None:
+    app = make_gate()
+    response = fetch(app, "/files/chat-1.tar.gz", method="HEAD")
+    assert response.status_code == 200 and response.data == b""
+    assert response.headers["Content-Length"] == str(len(CHAT))
+    blocked = fetch(app, "/files/crypto-1.tar.gz", method="HEAD")
+    assert blocked.status_code == 451 and blocked.data == b""
+
+
+def test_ungated_files_are_cacheable_but_revalidated(make_gate: Any) -> None:
+    response = fetch(make_gate(gated=["/files/**"]), "/simple/index.html")
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert "X-Exportgate-Decision" not in response.headers
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS"])
+def test_other_methods_are_405_without_a_decision(make_gate: Any, method: str) -> None:
+    app = make_gate()
+    response = fetch(app, "/files/chat-1.tar.gz", method=method)
+    assert response.status_code == 405 and response.headers["Allow"] == "GET, HEAD"
+    assert app.runtime.store.count("decision") == 0
+
+
+def test_spoofed_forwarded_for_from_untrusted_peer_is_ignored(make_gate: Any) -> None:
+    app = make_gate(trust_proxy=["127.0.0.1/32"])
+    response = fetch(app, "/files/crypto-1.tar.gz", client=IR_CLIENT,
+                     headers={"X-Forwarded-For": US_CLIENT, "Forwarded": f"for={US_CLIENT}"})
+    assert response.status_code == 451
+    assert fetch(app, "/files/crypto-1.tar.gz", client="127.0.0.1",
+                 headers={"X-Forwarded-For": f"{US_CLIENT}, {IR_CLIENT}"}).status_code == 451
+
+
+def test_record_store_failure_refuses_and_never_opens_the_file(make_gate: Any, tree: Path, tmp_path: Path,
+                                                               opened: list[str]) -> None:
+    # A real failure: another connection holds SQLite's write lock; the commit gives up after 50 ms.
+    db = tmp_path / "locked.db"
+    app = make_gate(top={"records": f"sqlite://{db}?busy_timeout_ms=50"})
+    locker = sqlite3.connect(db, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        opened.clear()
+        response = fetch(app, "/files/chat-1.tar.gz")
+        assert response.status_code == 503 and CHAT[:16] not in response.data
+        assert not [p for p in opened if p.startswith(str(tree))]
+        locker.execute("ROLLBACK")
+        assert fetch(app, "/files/chat-1.tar.gz").data == CHAT
+        assert [p for p in opened if p.startswith(str(tree))] == [str(tree / "files" / "chat-1.tar.gz")]
+    finally:
+        locker.close()
+
+
+def test_served_over_a_real_server(make_gate: Any) -> None:
+    app = make_gate(trust_proxy=["127.0.0.1/32"])
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        for client, path, status, body in [
+            (IR_CLIENT, "/files/chat-1.tar.gz", 200, CHAT),
+            (IR_CLIENT, "/files/%2e%2e/files/crypto-1.tar.gz", 451, None),
+            (US_CLIENT, "/files/escape.tar.gz", 404, None),
+        ]:
+            connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+            connection.request("GET", path, headers={"X-Forwarded-For": client, "Range": "bytes=0-"})
+            response = connection.getresponse()
+            data = response.read()
+            connection.close()
+            assert response.status in (status, 206 if status == 200 else status)
+            if body is not None:
+                assert data == body
+            assert CRYPTO[:16] not in data and SECRET not in data
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

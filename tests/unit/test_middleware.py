@@ -1,0 +1,309 @@
+"""GateMiddleware around a tiny real WSGI mirror app, driven with ``werkzeug.test.Client`` (no server).
+
+The wrapped app serves a few artifacts by exact ``PATH_INFO`` and notes every call, so "the app never saw the
+request" and "the app was handed the decided path" are observed, not assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from conftest import IR_CLIENT, US_CLIENT, write_config
+from exportgate.config import load_config
+from exportgate.runtime import GateRuntime
+from exportgate.web.app import build_admission, operator_of
+from exportgate.web.metrics import Metrics
+from exportgate.web.middleware import (
+    DECISION_KEY,
+    ORIGINAL_URI_KEY,
+    GateMiddleware,
+    compile_gated,
+    gate_flask_app,
+)
+
+CHAT = b"chat client bytes"
+CRYPTO = b"RESTRICTED-5D002 crypto bytes"
+FILES = {
+    "/files/chat-1.tar.gz": CHAT,
+    "/files/crypto-1.tar.gz": CRYPTO,
+    "/packages/chatpkg-1.0.tar.gz": CHAT,
+    "/packages/cryptopkg-1.0.tar.gz": CRYPTO,
+    "/simple/": b"<a href='/packages/chatpkg-1.0.tar.gz'>",
+}
+
+
+class Mirror:
+    """Serves FILES by exact PATH_INFO, like an app that does no path resolution of its own."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        self.calls.append(dict(environ))
+        body = FILES.get(environ["PATH_INFO"])
+        if body is None:
+            start_response("404 Not Found", [("Content-Length", "0")])
+            return [b""]
+        start_response("200 OK", [("Content-Length", str(len(body))), ("Cache-Control", "public, max-age=600"),
+                                  ("X-Exportgate-Decision", "forged")])
+        return [body]
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator[Any]:
+    """``make(gated=…, **config)`` -> (middleware-wrapped app, mirror, runtime, metrics)."""
+    runtimes: list[GateRuntime] = []
+
+    def build(*, gated: tuple[str, ...] = (), **extra: Any) -> tuple[GateMiddleware, Mirror, GateRuntime, Metrics]:
+        config = load_config(write_config(tmp_path, **extra), env={})
+        runtime = GateRuntime(config, record=True)
+        runtimes.append(runtime)
+        metrics = Metrics()
+        mirror = Mirror()
+        app = GateMiddleware(mirror, build_admission(runtime, config, metrics), operator=operator_of(config),
+                             gated=gated)
+        return app, mirror, runtime, metrics
+
+    yield build
+    for runtime in runtimes:
+        runtime.close()
+
+
+def fetch(app: Any, raw: str, *, client: str = IR_CLIENT, method: str = "GET", headers: Any = None,
+          script_name: str = "") -> Any:
+    return Client(app).open(raw, method=method, headers=headers or {}, buffered=True,
+                            environ_overrides={"REMOTE_ADDR": client, "RAW_URI": raw, "REQUEST_URI": raw,
+                                               "SCRIPT_NAME": script_name})
+
+
+# -- compile_gated --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("globs, path, case_insensitive, matches", [
+    pytest.param(["/packages/**"], "/packages/a/b.whl", False, True, id="double star crosses segments"),
+    pytest.param(["/packages/**"], "/packages/", False, True, id="double star matches empty"),
+    pytest.param(["/packages/**"], "/packagesX/a", False, False, id="prefix is not a segment"),
+    pytest.param(["/files/*.tar.gz"], "/files/a.tar.gz", False, True, id="star in a segment"),
+    pytest.param(["/files/*.tar.gz"], "/files/d/a.tar.gz", False, False, id="star stays in its segment"),
+    pytest.param(["/files/*.tar.gz"], "/files/a.tar.gz.sig", False, False, id="anchored at the end"),
+    pytest.param(["/files/*.tar.gz"], "/files/a.tar\ngz", False, False, id="dot is literal"),
+    pytest.param(["/Packages/**"], "/packages/x", False, False, id="case sensitive by default"),
+    pytest.param(["/Packages/**"], "/packages/x", True, True, id="case-insensitive origin"),
+    pytest.param(["/a/**", "/b/*"], "/b/x", False, True, id="several globs"),
+])
+def test_compile_gated(globs: list[str], path: str, case_insensitive: bool, matches: bool) -> None:
+    regex = compile_gated(globs, case_insensitive=case_insensitive)
+    assert regex is not None
+    assert bool(regex.match(path)) is matches
+
+
+def test_no_globs_gates_everything() -> None:
+    assert compile_gated([]) is None
+
+
+# -- decisions ------------------------------------------------------------------------------------------------
+
+
+def test_allowed_download_reaches_the_app_with_the_decision(make: Any) -> None:
+    app, mirror, runtime, _ = make()
+    response = fetch(app, "/files/chat-1.tar.gz")
+    assert response.status_code == 200 and response.data == CHAT
+    assert response.headers.getlist("X-Exportgate-Decision") == ["allow"]  # the app's forgery replaced
+    assert response.headers["Cache-Control"] == "no-store"  # the app's caching replaced
+    decision = mirror.calls[0][DECISION_KEY]
+    assert decision.id == response.headers["X-Exportgate-Decision-Id"]
+    assert runtime.store.get(decision.id) is not None
+
+
+def test_unknown_location_is_flagged_and_served(make: Any) -> None:
+    app, _, _, _ = make()
+    response = fetch(app, "/files/crypto-1.tar.gz", client="10.0.0.1")
+    assert response.status_code == 200 and response.data == CRYPTO
+    assert response.headers["X-Exportgate-Decision"] == "flag"
+
+
+@pytest.mark.parametrize("method, accept, kind", [
+    pytest.param("GET", "text/html,application/xhtml+xml", "html", id="browser"),
+    pytest.param("GET", "application/json", "json", id="json"),
+    pytest.param("HEAD", "application/json", "empty", id="head"),
+])
+def test_block_is_451_and_the_app_never_runs(make: Any, method: str, accept: str, kind: str) -> None:
+    app, mirror, _, _ = make()
+    response = fetch(app, "/files/crypto-1.tar.gz", method=method, headers={"Accept": accept})
+    assert response.status_code == 451
+    assert mirror.calls == []
+    assert response.headers["Cache-Control"] == "no-store"
+    if kind == "json":
+        assert json.loads(response.data)["rule"] == "ir-other-software"
+    elif kind == "html":
+        assert b"Test Mirror Operator" in response.data
+    else:
+        assert response.data == b""
+        assert int(response.headers["Content-Length"]) > 0
+
+
+HOSTILE = [
+    pytest.param("/files/%2e%2e/files/crypto-1.tar.gz", 451, id="encoded dot-dot"),
+    pytest.param("/files/../files/crypto-1.tar.gz", 451, id="dot-dot"),
+    pytest.param("/files//crypto-1.tar.gz", 451, id="double slash"),
+    pytest.param("/files/./crypto-1.tar.gz", 451, id="dot segment"),
+    pytest.param("/files/chat-1.tar.gz/../crypto-1.tar.gz", 451, id="through the allowed file"),
+    pytest.param("/files/crypto-1.tar.gz?x=../chat-1.tar.gz", 451, id="query"),
+    pytest.param("/files/crypto-1.tar.gz/", 451, id="trailing slash"),
+    pytest.param("/FILES/crypto-1.tar.gz", 451, id="case (unclassified)"),
+    pytest.param("/files%2fcrypto-1.tar.gz", 400, id="encoded slash"),
+    pytest.param("/files/crypto-1.tar.gz%00", 400, id="nul"),
+    pytest.param("/../files/crypto-1.tar.gz", 400, id="above root"),
+]
+
+
+@pytest.mark.parametrize("raw, status", HOSTILE)
+@pytest.mark.parametrize("gated", [pytest.param((), id="all gated"), pytest.param(("/files/**",), id="files gated")])
+def test_restricted_artifact_is_never_served_to_iran(make: Any, raw: str, status: int,
+                                                    gated: tuple[str, ...]) -> None:
+    app, mirror, _, _ = make(gated=gated)
+    response = fetch(app, raw)
+    if gated and raw.startswith("/FILES/"):
+        status = 404  # not under /files/ for a case-sensitive app: undecided, and the app has nothing there
+    assert response.status_code == status
+    assert CRYPTO not in response.data
+    assert all(call["PATH_INFO"] != "/files/crypto-1.tar.gz" for call in mirror.calls)
+
+
+def test_case_insensitive_gate_matches_globs_without_case(make: Any) -> None:
+    app, mirror, _, _ = make(gated=("/Packages/**",), case_insensitive_paths=True)
+    response = fetch(app, "/PACKAGES/CRYPTOPKG-1.0.tar.gz", headers={"Accept": "application/json"})
+    assert response.status_code == 451
+    assert json.loads(response.data)["rule"] == "ir-other-software"
+    assert mirror.calls == []
+
+
+# -- what the wrapped app is handed ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, path_info, uri", [
+    pytest.param("/files/x/%2e%2e/chat-1.tar.gz?a=1", "/files/chat-1.tar.gz", "/files/chat-1.tar.gz?a=1",
+                 id="dot-dot resolved"),
+    pytest.param("/files//chat-1.tar.gz", "/files/chat-1.tar.gz", "/files/chat-1.tar.gz", id="slashes merged"),
+    pytest.param("/files/%63hat-1.tar.gz", "/files/chat-1.tar.gz", "/files/chat-1.tar.gz", id="decoded"),
+    pytest.param("/files/caf%C3%A9", "/files/caf\xc3\xa9", "/files/caf%C3%A9", id="utf-8 as WSGI text"),
+])
+def test_app_is_handed_the_decided_path(make: Any, raw: str, path_info: str, uri: str) -> None:
+    app, mirror, _, _ = make()
+    fetch(app, raw, client=US_CLIENT)
+    call = mirror.calls[0]
+    assert call["PATH_INFO"] == path_info
+    assert call["RAW_URI"] == call["REQUEST_URI"] == uri
+    assert call[ORIGINAL_URI_KEY] == raw
+    assert call[DECISION_KEY].request.path == path_info.encode("latin-1").decode("utf-8")
+
+
+def test_app_that_ignores_trailing_segments_cannot_serve_another_artifact(make: Any) -> None:
+    # An app that takes the first segment after /packages/ would read this as cryptopkg; the gate decided chatpkg.
+    def first_segment_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        name = environ["PATH_INFO"].split("/")[2]
+        body = FILES.get(f"/packages/{name}", b"")
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    _, _, runtime, metrics = make(gated=("/packages/**",))
+    config = runtime.config
+    app = GateMiddleware(first_segment_app, build_admission(runtime, config, metrics), gated=["/packages/**"])
+    response = fetch(app, "/packages/cryptopkg-1.0.tar.gz/../chatpkg-1.0.tar.gz")
+    assert response.status_code == 200 and response.data == CHAT
+
+
+def test_script_name(make: Any) -> None:
+    app, mirror, _, _ = make()
+    response = fetch(app, "/mirror/files/chat-1.tar.gz", client=US_CLIENT, script_name="/mirror")
+    assert response.status_code == 200
+    assert mirror.calls[0]["PATH_INFO"] == "/files/chat-1.tar.gz"
+    out = fetch(app, "/mirror/../files/crypto-1.tar.gz", client=US_CLIENT, script_name="/mirror")
+    assert out.status_code == 404 and len(mirror.calls) == 1
+
+
+def test_ungated_paths_pass_without_a_decision(make: Any) -> None:
+    app, mirror, runtime, _ = make(gated=("/packages/**",))
+    response = fetch(app, "/simple/")
+    assert response.status_code == 200 and "X-Exportgate-Decision-Id" not in response.headers
+    assert response.headers["Cache-Control"] == "public, max-age=600"  # the app's own answer, untouched
+    assert DECISION_KEY not in mirror.calls[0]
+    assert runtime.store.count("decision") == 0
+    assert fetch(app, "/simple/../packages/cryptopkg-1.0.tar.gz").status_code == 451
+
+
+def test_rejected_path_is_counted(make: Any) -> None:
+    app, mirror, _, metrics = make(gated=("/packages/**",))
+    assert fetch(app, "/simple%2f").status_code == 400
+    assert mirror.calls == []
+    assert metrics.registry.get_sample_value("exportgate_rejected_requests_total", {"reason": "path"}) == 1
+
+
+# -- client address and failures ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("peer, header, status", [
+    pytest.param(IR_CLIENT, US_CLIENT, 451, id="untrusted peer claims US"),
+    pytest.param(IR_CLIENT, f"{US_CLIENT}, 127.0.0.1", 451, id="untrusted peer claims a chain"),
+    pytest.param("127.0.0.1", IR_CLIENT, 451, id="trusted proxy says IR"),
+    pytest.param("127.0.0.1", f"{IR_CLIENT}, {US_CLIENT}", 200, id="trusted proxy: rightmost untrusted entry"),
+    pytest.param("127.0.0.1", f"{US_CLIENT}, {IR_CLIENT}", 451, id="client-prepended US ignored"),
+])
+def test_forwarded_for(make: Any, peer: str, header: str, status: int) -> None:
+    app, _, _, _ = make(serve={"trust_proxy": ["127.0.0.1/32"]})
+    response = fetch(app, "/files/crypto-1.tar.gz", client=peer, headers={"X-Forwarded-For": header})
+    assert response.status_code == status
+
+
+def test_record_store_failure_is_503_and_the_app_never_runs(make: Any, tmp_path: Path) -> None:
+    # A real failure: another connection holds SQLite's write lock past the gate's 50 ms busy timeout.
+    db = tmp_path / "locked.db"
+    app, mirror, _, metrics = make(records=f"sqlite://{db}?busy_timeout_ms=50")
+    locker = sqlite3.connect(db, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        response = fetch(app, "/files/chat-1.tar.gz")
+        assert response.status_code == 503 and mirror.calls == []
+        assert metrics.registry.get_sample_value("exportgate_record_failures_total") == 1
+    finally:
+        locker.close()
+    assert fetch(app, "/files/chat-1.tar.gz").status_code == 200
+
+
+def test_fail_open_serves_when_the_store_fails(make: Any, tmp_path: Path) -> None:
+    db = tmp_path / "locked.db"
+    app, _, _, _ = make(records=f"sqlite://{db}?busy_timeout_ms=50", serve={"fail_open": True})
+    locker = sqlite3.connect(db, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        assert fetch(app, "/files/chat-1.tar.gz").status_code == 200
+        assert fetch(app, "/files/crypto-1.tar.gz").status_code == 451  # still decided, only not recorded
+    finally:
+        locker.close()
+
+
+def test_gate_flask_app(tmp_path: Path) -> None:
+    import flask
+
+    flask_app = flask.Flask("mirror")
+
+    @flask_app.route("/files/<name>")
+    def download(name: str) -> Any:
+        return FILES.get(f"/files/{name}", b"")
+
+    config = load_config(write_config(tmp_path, serve={"gated": ["/files/**"]}), env={})
+    gate_flask_app(flask_app, config)
+    try:
+        client = flask_app.test_client()
+        env = {"REMOTE_ADDR": IR_CLIENT}
+        assert client.get("/files/chat-1.tar.gz", environ_overrides=env).data == CHAT
+        assert client.get("/files/crypto-1.tar.gz", environ_overrides=env).status_code == 451
+    finally:
+        flask_app.extensions["exportgate"].close()
