@@ -25,7 +25,8 @@ from . import yamlfile
 from .errors import ConfigError
 
 ENV_PREFIX = "EXPORTGATE_"
-ENV_NOT_SETTINGS = {"EXPORTGATE_CONFIG"}
+# Variables that share the prefix but are not settings: the config path itself, and the demo's (`make run`).
+ENV_NOT_SETTINGS = {"EXPORTGATE_CONFIG", "EXPORTGATE_DEMO_PORT", "EXPORTGATE_DEMO_DIR"}
 
 
 def default_records_url(env: Mapping[str, str] | None = None) -> str:

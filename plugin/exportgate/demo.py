@@ -51,6 +51,8 @@ def prepare(base: Path, port: int) -> Path:
         },
     }
     path = base / "gate.yaml"
+    if path.exists():  # keep the user's edits (e.g. policy_settings); the port comes from the command line
+        return path
     path.write_text("# Written by `make run` (exportgate.demo). Safe to delete.\n"
                     + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
@@ -88,7 +90,7 @@ def main() -> None:
     print(banner(port), flush=True)
     from .cli import main as cli_main
 
-    sys.argv = ["exportgate", "--config", str(config_path), "serve"]
+    sys.argv = ["exportgate", "--config", str(config_path), "serve", "--bind", f"127.0.0.1:{port}"]
     try:
         cli_main()
     except KeyboardInterrupt:

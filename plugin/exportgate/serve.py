@@ -45,6 +45,9 @@ def gunicorn_options(config: GateConfig) -> dict[str, Any]:
         "keepalive": 75,  # front ends keep upstream connections open; close later than they do
         "limit_request_field_size": 16384,
         "proc_name": f"exportgate[{config.instance}]",
+        # gunicorn >= 25 opens a control socket at one fixed path per user: a second gate on the same host would
+        # take it over. Not needed to run the gate; skipped on versions that do not have it.
+        "control_socket_disable": True,
     }
 
 
@@ -71,7 +74,8 @@ def _run_gunicorn(config: GateConfig) -> None:
 
         def load_config(self) -> None:
             for key, value in self.options.items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings:
+                    self.cfg.set(key, value)
             self.cfg.set("child_exit", _child_exit)
 
         def load(self) -> Any:
