@@ -29,11 +29,11 @@ class Metrics:
                                        registry=r)
         multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.geo_age = Gauge("exportgate_geo_database_age_days", "Age of the geolocation data, in days.",
-                             registry=r, multiprocess_mode="max" if multiproc else "all")
+                             registry=r, multiprocess_mode="livemax" if multiproc else "all")
         self.geo_stale = Gauge("exportgate_geo_database_stale", "1 when the geolocation data is older than allowed.",
-                               registry=r, multiprocess_mode="max" if multiproc else "all")
+                               registry=r, multiprocess_mode="livemax" if multiproc else "all")
         self.store_healthy = Gauge("exportgate_record_store_healthy", "1 when the last commit succeeded.",
-                                   registry=r, multiprocess_mode="min" if multiproc else "all")
+                                   registry=r, multiprocess_mode="livemin" if multiproc else "all")
         self._decision_children: dict[tuple[str, str, str], Any] = {}
 
     def decided(self, decision: Any) -> None:

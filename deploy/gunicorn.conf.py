@@ -1,0 +1,47 @@
+"""gunicorn settings for running exportgate under a gunicorn you start yourself.
+
+    EXPORTGATE_CONFIG=/etc/exportgate/gate.yaml gunicorn -c /etc/exportgate/gunicorn.conf.py
+
+``exportgate serve`` runs gunicorn with exactly these options; use this file when something else manages gunicorn
+(a process supervisor with its own command line, a platform that runs ``gunicorn -c``). The options come from the
+``serve`` section of gate.yaml (bind, workers, threads, timeouts), so there is one place to change them; the
+forward-auth, proxy or static mode is ``serve.mode`` there too.
+
+Caveat: each worker builds its own app after the fork (``exportgate.web.wsgi:create()``): record store
+connection, recorder thread and geo reader must not cross a fork, so ``preload_app`` stays off. Every worker writes
+its own hash chain. Metrics of all workers are summed through ``PROMETHEUS_MULTIPROC_DIR``, which must be an empty
+directory when gunicorn starts (systemd: ``RuntimeDirectory=``); without it this file makes a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+# prometheus_client reads PROMETHEUS_MULTIPROC_DIR when it is first imported: set it before anything imports it.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exportgate-metrics-")
+
+from exportgate.config import load_config  # after the environment is set
+from exportgate.serve import gunicorn_options
+
+_config = load_config()  # EXPORTGATE_CONFIG and EXPORTGATE_* ; a bad file fails here with file:line
+globals().update(gunicorn_options(_config))
+
+wsgi_app = "exportgate.web.wsgi:create()"
+preload_app = False
+
+
+def on_starting(server: Any) -> None:
+    # Counters left by a previous run would be added to this one's.
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(directory, name))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,265 @@
+"""End to end through real Caddy: ``deploy/caddy/Caddyfile`` in front of a mirror, ``exportgate serve`` behind.
+
+One machine: test client -> Caddy (``http://127.0.0.1:P``) -> ``forward_auth`` -> gate (``127.0.0.1:G``,
+forward-auth, ``trust_proxy 127.0.0.1/32``); Caddy's ``file_server`` serves the mirror from a temporary root. The
+Caddyfile is rendered with its site address, root, log path and gate address replaced and its commented
+``trusted_proxies`` line switched on; nothing else changes.
+
+Playing countries: the rendered Caddyfile trusts 127.0.0.1 as a load balancer, so Caddy keeps the test client's
+``X-Forwarded-For`` and appends 127.0.0.1; the gate (trusting 127.0.0.1) takes the client from it. The client
+bound to 127.0.0.2 is an untrusted peer: Caddy replaces its ``X-Forwarded-For`` with 127.0.0.2, which the test
+overrides put in Iran, so a spoofed US address would have to be believed for the 5D002 file to be served.
+
+Unlike nginx, Caddy hands the gate's non-2xx answer to the client as it is: the 451 page comes straight from
+``/auth``, a refused path is the gate's 400, a store failure the gate's 503, and a gate that is down a 502.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import IR_CLIENT, TEST_OVERRIDES, US_CLIENT, require, write_config
+from serverproc import (
+    DEPLOY,
+    MIRROR_FILES,
+    CaddyProcess,
+    GateProcess,
+    Response,
+    StoreFault,
+    decision_count,
+    decision_record,
+    free_port,
+    render,
+    request,
+    wait_for_text,
+    write_mirror,
+)
+
+UNTRUSTED_PEER = "127.0.0.2"
+UNKNOWN_CLIENT = "198.51.100.7"  # TEST-NET-2: no country in registry data, no override
+CHAT = MIRROR_FILES["files/chat-1.tar.gz"]
+CRYPTO = MIRROR_FILES["files/crypto-1.tar.gz"]
+
+
+@dataclass
+class Stack:
+    port: int
+    gate: GateProcess
+    caddy: CaddyProcess
+    database: Path
+    access_log: Path
+
+    def get(self, target: str, *, client: str | None = None, source: str | None = None, method: str = "GET",
+            headers: dict[str, str] | None = None) -> Response:
+        sent = dict(headers or {})
+        if client is not None:
+            sent["X-Forwarded-For"] = client
+        return request(self.port, target, method=method, headers=sent, source=source)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require(shutil.which("caddy") is not None, "caddy", "apt-get install caddy")
+    base = tmp_path_factory.mktemp("caddy-stack")
+    root = write_mirror(base / "mirror")
+    config = write_config(base, geo={"overrides": [*TEST_OVERRIDES,
+                                                   {"network": f"{UNTRUSTED_PEER}/32", "country": "IR"}]})
+    gate = GateProcess(workdir=base / "gate", config=config)
+    port = free_port()
+    access_log = base / "caddy" / "access.log"
+    caddyfile = render(DEPLOY / "caddy" / "Caddyfile", {
+        "\nmirror.example.org {": f"\nhttp://127.0.0.1:{port} {{",
+        "root * /srv/mirror": f"root * {root}",
+        "/var/log/caddy/exportgate-access.log": str(access_log),
+        "reverse_proxy 127.0.0.1:8451": f"reverse_proxy 127.0.0.1:{gate.port}",
+        "forward_auth 127.0.0.1:8451": f"forward_auth 127.0.0.1:{gate.port}",
+        "#trusted_proxies 10.0.0.0/8": "trusted_proxies 127.0.0.1/32",
+    })
+    caddy = CaddyProcess(workdir=base / "caddy", caddyfile=caddyfile, port=port)
+    gate.start()
+    try:
+        caddy.start()
+        yield Stack(port=port, gate=gate, caddy=caddy, database=base / "records.db", access_log=access_log)
+    finally:
+        caddy.stop()
+        gate.stop()
+
+
+def test_allowed_download_is_served(stack: Stack) -> None:
+    before = decision_count(stack.database)
+    r = stack.get("/files/chat-1.tar.gz?allow-check", client=IR_CLIENT)
+    assert r.status == 200
+    assert r.body == CHAT
+    assert r.header("cache-control") == "private"  # no shared cache may replay it to the next client
+    assert decision_count(stack.database) == before + 1
+    # Caddy's access log has the download; the decision is in the gate's access log (and the record).
+    entry = json.loads(next(line for line in wait_for_text(stack.access_log, "allow-check").splitlines()
+                            if "allow-check" in line))
+    assert entry["status"] == 200
+
+
+def test_unknown_location_is_flagged_and_served(stack: Stack) -> None:
+    r = stack.get("/files/crypto-1.tar.gz", client=UNKNOWN_CLIENT)
+    assert r.status == 200
+    assert r.body == CRYPTO
+
+
+@pytest.mark.parametrize(("method", "accept"), [
+    pytest.param("GET", "text/html,*/*;q=0.8", id="browser"),
+    pytest.param("GET", "application/json", id="json"),
+    pytest.param("HEAD", None, id="head"),
+])
+def test_block_is_the_451_page_citing_the_rule(stack: Stack, method: str, accept: str | None) -> None:
+    r = stack.get("/files/crypto-1.tar.gz", client=IR_CLIENT, method=method,
+                  headers={"Accept": accept} if accept else None)
+    assert r.status == 451
+    assert r.header("link") == '</exportgate/policy>; rel="blocked-by"'
+    assert r.header("cache-control") == "no-store"
+    assert r.header("x-exportgate-decision") == "block"
+    assert r.header("x-exportgate-rule") == "ir-other-software"
+    decision_id = r.header("x-exportgate-decision-id")
+    assert decision_id
+    assert CRYPTO not in r.body
+    if method == "HEAD":
+        assert r.body == b""
+    elif accept == "application/json":
+        page = json.loads(r.body)
+        assert (page["status"], page["rule"], page["decision_id"]) == (451, "ir-other-software", decision_id)
+        assert "31 CFR" in page["citation"]
+    else:
+        assert (r.header("content-type") or "").startswith("text/html")
+        assert "ir-other-software" in r.text and "31 CFR" in r.text and decision_id in r.text
+    record = decision_record(stack.database, decision_id)
+    assert record is not None and record["enforced"] == "block"
+    assert record["request"]["client"] == IR_CLIENT  # type: ignore[index]
+    # forward_auth always asks with GET; the original method travels in X-Forwarded-Method.
+    assert record["request"]["method"] == method  # type: ignore[index]
+
+
+def test_client_cannot_name_another_uri_or_decision(stack: Stack) -> None:
+    # Caddy sets X-Forwarded-Uri/-Method itself; client-sent decision headers are dropped before the gate asks.
+    r = stack.get("/files/crypto-1.tar.gz", client=IR_CLIENT, headers={
+        "X-Forwarded-Uri": "/files/chat-1.tar.gz", "X-Forwarded-Method": "OPTIONS",
+        "X-Original-URI": "/files/chat-1.tar.gz", "X-Exportgate-Decision": "allow"})
+    assert r.status in (400, 451)  # a conflicting X-Original-URI is a 400; never the file
+    assert CRYPTO not in r.body
+    r = stack.get("/files/crypto-1.tar.gz", client=IR_CLIENT, headers={"X-Forwarded-Uri": "/files/chat-1.tar.gz"})
+    assert r.status == 451
+
+
+@pytest.mark.parametrize(("source", "claimed", "status"), [
+    pytest.param(UNTRUSTED_PEER, US_CLIENT, 451, id="untrusted peer claims US"),
+    pytest.param(UNTRUSTED_PEER, f"{US_CLIENT}, 127.0.0.1", 451, id="untrusted peer claims a trusted chain"),
+    pytest.param("127.0.0.1", US_CLIENT, 200, id="trusted proxy says US"),
+])
+def test_forwarded_for_only_from_trusted_proxies(stack: Stack, source: str, claimed: str, status: int) -> None:
+    r = stack.get("/files/crypto-1.tar.gz", client=claimed, source=source)
+    assert r.status == status
+    if status == 451:
+        assert CRYPTO not in r.body
+        record = decision_record(stack.database, r.header("x-exportgate-decision-id") or "")
+        assert record is not None
+        assert record["request"]["client"] == UNTRUSTED_PEER  # type: ignore[index]
+        assert record["location"]["country"] == "IR"  # type: ignore[index]
+    else:
+        assert r.body == CRYPTO
+
+
+@pytest.mark.parametrize(("target", "status"), [
+    pytest.param("/files/crypto-1.tar.gz", 451, id="plain"),
+    pytest.param("/files/%2e%2e/files/crypto-1.tar.gz", 451, id="encoded dot-dot"),
+    pytest.param("/files/%2E%2E/files/crypto-1.tar.gz", 451, id="encoded dot-dot upper case"),
+    pytest.param("/files/a/../crypto-1.tar.gz", 451, id="dot-dot"),
+    pytest.param("/files//crypto-1.tar.gz", 451, id="double slash"),
+    pytest.param("//files/crypto-1.tar.gz", 451, id="leading double slash"),
+    pytest.param("/files/./crypto-1.tar.gz", 451, id="dot segment"),
+    pytest.param("/files/%63rypto-1.tar.gz", 451, id="encoded letter"),
+    pytest.param("/%66iles/%63rypto-1.tar.%67z", 451, id="several encoded letters"),
+    pytest.param("/files/crypto-1.tar.gz?x=/files/chat-1.tar.gz", 451, id="query naming another file"),
+    pytest.param("/files/crypto-1.tar.gz#/files/chat-1.tar.gz", 451, id="fragment"),
+    # Not an existing directory, so not an index page: gated, decided as the unclassified path
+    # /files/crypto-1.tar.gz/ (blocked to Iran), and file_server would not serve a file with a trailing "/".
+    pytest.param("/files/crypto-1.tar.gz/", 451, id="trailing slash"),
+    # Refused by the Caddyfile: Go cleans it to the file, the gate reads a directory.
+    pytest.param("/files/crypto-1.tar.gz/.", 400, id="trailing dot segment"),
+    pytest.param("/files/crypto-1.tar.gz/%2e", 400, id="encoded trailing dot segment"),
+    pytest.param("/files/crypto-1.tar.gz/x/..", 400, id="trailing dot-dot segment"),
+    # Refused by the gate (400), passed on by Caddy.
+    pytest.param("/files%2fcrypto-1.tar.gz", 400, id="encoded slash"),
+    pytest.param("/files%2Fcrypto-1.tar.gz", 400, id="encoded slash upper case"),
+    pytest.param("/files/%2e%2e%2ffiles/crypto-1.tar.gz", 400, id="encoded dot-dot-slash"),
+    pytest.param("/files/crypto-1.tar.gz%2f", 400, id="encoded trailing slash"),
+    pytest.param("/files/crypto-1.tar.gz%00", 400, id="encoded NUL"),
+])
+def test_path_variants_never_serve_crypto_to_iran(stack: Stack, target: str, status: int) -> None:
+    r = stack.get(target, client=IR_CLIENT)
+    assert r.status == status
+    assert CRYPTO not in r.body
+
+
+def test_index_pages_and_metadata_do_not_ask_the_gate(stack: Stack) -> None:
+    before = decision_count(stack.database)
+    stack.gate.mark("index-start")
+    for target, content in [
+        ("/", b"files"),
+        ("/files/", b"crypto-1.tar.gz"),
+        ("/simple/chatpkg/", MIRROR_FILES["simple/chatpkg/index.html"]),
+        ("/simple/chatpkg/index.html", MIRROR_FILES["simple/chatpkg/index.html"]),
+        ("/files/index.json", MIRROR_FILES["files/index.json"]),
+        ("/files/crypto-1.tar.gz.sha256", MIRROR_FILES["files/crypto-1.tar.gz.sha256"]),
+    ]:
+        r = stack.get(target, client=IR_CLIENT)  # Iran: the gate would block anything unclassified
+        assert r.status == 200, target
+        assert content in r.body, target
+    stack.gate.mark("index-end")
+    assert stack.gate.requests_between("index-start", "index-end") == []
+    assert decision_count(stack.database) == before
+    stack.gate.mark("download-start")
+    assert stack.get("/files/chat-1.tar.gz", client=IR_CLIENT).status == 200
+    stack.gate.mark("download-end")
+    assert len(stack.gate.requests_between("download-start", "download-end")) == 1
+
+
+def test_policy_page_is_public_and_blocked_pages_are_not(stack: Stack) -> None:
+    r = stack.get("/exportgate/policy")
+    assert r.status == 200
+    assert json.loads(r.body)["operator"] == "Test Mirror Operator"
+    blocked = stack.get("/files/crypto-1.tar.gz", client=IR_CLIENT)
+    decision_id = blocked.header("x-exportgate-decision-id")
+    assert blocked.status == 451 and decision_id
+    # Only /exportgate/policy is proxied: anything else under /exportgate/ is an ordinary (missing) file.
+    r = stack.get(f"/exportgate/blocked/{decision_id}", client=US_CLIENT)
+    assert r.status == 404
+    assert b"31 CFR" not in r.body
+
+
+def test_gate_down_refuses_downloads_but_not_index_pages(stack: Stack) -> None:
+    stack.gate.stop()
+    try:
+        for client, target in [(IR_CLIENT, "/files/chat-1.tar.gz"), (US_CLIENT, "/files/crypto-1.tar.gz")]:
+            r = stack.get(target, client=client)
+            assert r.status == 502
+            assert CHAT not in r.body and CRYPTO not in r.body
+        assert stack.get("/files/", client=IR_CLIENT).status == 200
+    finally:
+        stack.gate.start()
+    assert stack.get("/files/chat-1.tar.gz", client=IR_CLIENT).body == CHAT
+
+
+def test_record_store_failure_refuses_downloads(stack: Stack) -> None:
+    with StoreFault(stack.database):
+        for client, target in [(IR_CLIENT, "/files/chat-1.tar.gz"), (US_CLIENT, "/files/crypto-1.tar.gz"),
+                               (IR_CLIENT, "/files/crypto-1.tar.gz")]:
+            r = stack.get(target, client=client)
+            assert r.status == 503, target  # the gate's own answer, passed on by Caddy
+            assert b"could not be recorded" in r.body
+            assert CHAT not in r.body and CRYPTO not in r.body
+        assert stack.gate.get("/readyz").status == 503
+    assert stack.get("/files/chat-1.tar.gz", client=IR_CLIENT).body == CHAT
+    assert stack.gate.get("/readyz").status == 200

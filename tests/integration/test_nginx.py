@@ -1,0 +1,268 @@
+"""End to end through real nginx: ``deploy/nginx/exportgate.conf`` in front of a mirror, ``exportgate serve`` behind.
+
+One machine: test client -> nginx (``127.0.0.1:P``) -> ``auth_request`` -> gate (``127.0.0.1:G``, forward-auth,
+``trust_proxy 127.0.0.1/32``); nginx serves the mirror from a temporary root. The deploy file is rendered with its
+port, upstream, root and log path replaced and its commented real_ip lines switched on; nothing else changes.
+
+Playing countries: the rendered config trusts 127.0.0.1 as a load balancer (``set_real_ip_from``), so the test
+client, connecting from 127.0.0.1 with ``X-Forwarded-For: 192.0.2.10``, is 192.0.2.10 to nginx and the gate (Iran
+by the test overrides). An untrusted peer is the same client bound to 127.0.0.2: nginx ignores its
+``X-Forwarded-For``. The overrides put 127.0.0.2 itself in Iran, so a spoofed US address would have to be believed
+for the 5D002 file to be served.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import IR_CLIENT, TEST_OVERRIDES, US_CLIENT, require, write_config
+from serverproc import (
+    DEPLOY,
+    MIRROR_FILES,
+    GateProcess,
+    NginxProcess,
+    Response,
+    StoreFault,
+    decision_count,
+    decision_record,
+    free_port,
+    render,
+    request,
+    wait_for_text,
+    write_mirror,
+)
+
+UNTRUSTED_PEER = "127.0.0.2"
+UNKNOWN_CLIENT = "198.51.100.7"  # TEST-NET-2: no country in registry data, no override
+CHAT = MIRROR_FILES["files/chat-1.tar.gz"]
+CRYPTO = MIRROR_FILES["files/crypto-1.tar.gz"]
+
+
+def nginx_usable() -> bool:
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        return False
+    built = subprocess.run([nginx, "-V"], capture_output=True, text=True, check=False).stderr
+    return "http_auth_request_module" in built and "http_realip_module" in built
+
+
+@dataclass
+class Stack:
+    port: int
+    gate: GateProcess
+    nginx: NginxProcess
+    database: Path
+    access_log: Path
+
+    def get(self, target: str, *, client: str | None = None, source: str | None = None, method: str = "GET",
+            headers: dict[str, str] | None = None) -> Response:
+        sent = dict(headers or {})
+        if client is not None:
+            sent["X-Forwarded-For"] = client
+        return request(self.port, target, method=method, headers=sent, source=source)
+
+    def logged(self, needle: str) -> str:
+        """The nginx access-log line containing ``needle`` (nginx writes it after answering)."""
+        text = wait_for_text(self.access_log, needle)
+        return next(line for line in text.splitlines() if needle in line)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require(nginx_usable(), "nginx with auth_request and realip", "apt-get install nginx")
+    base = tmp_path_factory.mktemp("nginx-stack")
+    root = write_mirror(base / "mirror")
+    config = write_config(base, geo={"overrides": [*TEST_OVERRIDES,
+                                                   {"network": f"{UNTRUSTED_PEER}/32", "country": "IR"}]})
+    gate = GateProcess(workdir=base / "gate", config=config)
+    port = free_port()
+    access_log = base / "nginx" / "access.log"
+    conf = render(DEPLOY / "nginx" / "exportgate.conf", {
+        "listen 80;": f"listen 127.0.0.1:{port};",
+        "server 127.0.0.1:8451;": f"server 127.0.0.1:{gate.port};",
+        "root /srv/mirror;": f"root {root};",
+        "/var/log/nginx/exportgate-access.log": str(access_log),
+        "#set_real_ip_from  10.0.0.0/8;": "set_real_ip_from 127.0.0.1;",
+        "#real_ip_header    X-Forwarded-For;": "real_ip_header X-Forwarded-For;",
+        "#real_ip_recursive on;": "real_ip_recursive on;",
+    })
+    nginx = NginxProcess(workdir=base / "nginx", server_conf=conf, port=port)
+    gate.start()
+    try:
+        nginx.start()
+        yield Stack(port=port, gate=gate, nginx=nginx, database=base / "records.db", access_log=access_log)
+    finally:
+        nginx.stop()
+        gate.stop()
+
+
+def test_allowed_download_is_served(stack: Stack) -> None:
+    before = decision_count(stack.database)
+    r = stack.get("/files/chat-1.tar.gz", client=IR_CLIENT)
+    assert r.status == 200
+    assert r.body == CHAT
+    assert r.header("cache-control") == "private"  # no shared cache may replay it to the next client
+    assert decision_count(stack.database) == before + 1
+    line = stack.logged('"GET /files/chat-1.tar.gz HTTP/1.1" 200')
+    assert f"{IR_CLIENT} - " in line
+    assert "decision=allow rule=ir-personal-comms-software id=" in line and "gate=200" in line
+
+
+def test_unknown_location_is_flagged_and_served(stack: Stack) -> None:
+    r = stack.get("/files/crypto-1.tar.gz?flag-check", client=UNKNOWN_CLIENT)
+    assert r.status == 200
+    assert r.body == CRYPTO
+    assert "decision=flag rule=unknown-location" in stack.logged("crypto-1.tar.gz?flag-check")
+
+
+@pytest.mark.parametrize(("method", "accept"), [
+    pytest.param("GET", "text/html,*/*;q=0.8", id="browser"),
+    pytest.param("GET", "application/json", id="json"),
+    pytest.param("HEAD", None, id="head"),
+])
+def test_block_is_the_451_page_citing_the_rule(stack: Stack, method: str, accept: str | None) -> None:
+    r = stack.get("/files/crypto-1.tar.gz", client=IR_CLIENT, method=method,
+                  headers={"Accept": accept} if accept else None)
+    assert r.status == 451
+    assert r.header("link") == '</exportgate/policy>; rel="blocked-by"'
+    assert r.header("cache-control") == "no-store"
+    assert r.header("x-exportgate-decision") == "block"
+    assert r.header("x-exportgate-rule") == "ir-other-software"
+    decision_id = r.header("x-exportgate-decision-id")
+    assert decision_id
+    assert CRYPTO not in r.body
+    if method == "HEAD":
+        assert r.body == b""
+    elif accept == "application/json":
+        page = json.loads(r.body)
+        assert page["status"] == 451
+        assert page["rule"] == "ir-other-software"
+        assert page["decision_id"] == decision_id
+        assert "31 CFR" in page["citation"]
+    else:
+        assert (r.header("content-type") or "").startswith("text/html")
+        assert "ir-other-software" in r.text and "31 CFR" in r.text and decision_id in r.text
+    # The page is the recorded decision: committed before nginx asked for the page.
+    record = decision_record(stack.database, decision_id)
+    assert record is not None and record["enforced"] == "block"
+    assert record["request"]["client"] == IR_CLIENT  # type: ignore[index]
+    assert record["request"]["method"] == method  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("source", "claimed", "status"), [
+    # 127.0.0.2 is not a proxy nginx trusts: its X-Forwarded-For is ignored, it is located itself (Iran).
+    pytest.param(UNTRUSTED_PEER, US_CLIENT, 451, id="untrusted peer claims US"),
+    pytest.param(UNTRUSTED_PEER, f"{US_CLIENT}, 127.0.0.1", 451, id="untrusted peer claims a trusted chain"),
+    # The trusted load balancer (127.0.0.1) is believed: the same claim gets the file.
+    pytest.param("127.0.0.1", US_CLIENT, 200, id="trusted proxy says US"),
+])
+def test_forwarded_for_only_from_trusted_proxies(stack: Stack, source: str, claimed: str, status: int) -> None:
+    r = stack.get("/files/crypto-1.tar.gz", client=claimed, source=source)
+    assert r.status == status
+    if status == 451:
+        assert CRYPTO not in r.body
+        record = decision_record(stack.database, r.header("x-exportgate-decision-id") or "")
+        assert record is not None
+        assert record["request"]["client"] == UNTRUSTED_PEER  # type: ignore[index]
+        assert record["location"]["country"] == "IR"  # type: ignore[index]
+    else:
+        assert r.body == CRYPTO
+
+
+@pytest.mark.parametrize(("target", "status"), [
+    pytest.param("/files/crypto-1.tar.gz", 451, id="plain"),
+    pytest.param("/files/%2e%2e/files/crypto-1.tar.gz", 451, id="encoded dot-dot"),
+    pytest.param("/files/%2E%2E/files/crypto-1.tar.gz", 451, id="encoded dot-dot upper case"),
+    pytest.param("/files/a/../crypto-1.tar.gz", 451, id="dot-dot"),
+    pytest.param("/files//crypto-1.tar.gz", 451, id="double slash"),
+    pytest.param("//files/crypto-1.tar.gz", 451, id="leading double slash"),
+    pytest.param("/files/./crypto-1.tar.gz", 451, id="dot segment"),
+    pytest.param("/files/%63rypto-1.tar.gz", 451, id="encoded letter"),
+    pytest.param("/%66iles/%63rypto-1.tar.%67z", 451, id="several encoded letters"),
+    pytest.param("/files/crypto-1.tar.gz?x=/files/chat-1.tar.gz", 451, id="query naming another file"),
+    pytest.param("/files/crypto-1.tar.gz#/files/chat-1.tar.gz", 451, id="fragment"),
+    # The gate refuses an encoded slash (400): an error for auth_request, so nginx answers 500.
+    pytest.param("/files%2fcrypto-1.tar.gz", 500, id="encoded slash"),
+    pytest.param("/files%2Fcrypto-1.tar.gz", 500, id="encoded slash upper case"),
+    pytest.param("/files/%2e%2e%2ffiles/crypto-1.tar.gz", 500, id="encoded dot-dot-slash"),
+    # A trailing "/" makes it a directory to nginx (an index page, not gated): not a directory, so 404.
+    pytest.param("/files/crypto-1.tar.gz%2f", 404, id="encoded trailing slash"),
+    pytest.param("/files/crypto-1.tar.gz/", 404, id="trailing slash"),
+    pytest.param("/files/crypto-1.tar.gz/.", 404, id="trailing dot segment"),
+    pytest.param("/files/crypto-1.tar.gz%00", 400, id="encoded NUL"),
+])
+def test_path_variants_never_serve_crypto_to_iran(stack: Stack, target: str, status: int) -> None:
+    r = stack.get(target, client=IR_CLIENT)
+    assert r.status == status
+    assert CRYPTO not in r.body
+
+
+def test_index_pages_and_metadata_do_not_ask_the_gate(stack: Stack) -> None:
+    before = decision_count(stack.database)
+    stack.gate.mark("index-start")
+    for target, content in [
+        ("/", b"Index of /"),
+        ("/files/", b"crypto-1.tar.gz"),
+        ("/simple/chatpkg/", MIRROR_FILES["simple/chatpkg/index.html"]),
+        ("/simple/chatpkg/index.html", MIRROR_FILES["simple/chatpkg/index.html"]),
+        ("/files/index.json", MIRROR_FILES["files/index.json"]),
+        ("/files/crypto-1.tar.gz.sha256", MIRROR_FILES["files/crypto-1.tar.gz.sha256"]),
+    ]:
+        r = stack.get(target, client=IR_CLIENT)  # Iran: the gate would block anything unclassified
+        assert r.status == 200, target
+        assert content in r.body, target
+    stack.gate.mark("index-end")
+    assert stack.gate.requests_between("index-start", "index-end") == []
+    assert decision_count(stack.database) == before
+    # ...whereas a download does ask it, once.
+    stack.gate.mark("download-start")
+    assert stack.get("/files/chat-1.tar.gz", client=IR_CLIENT).status == 200
+    stack.gate.mark("download-end")
+    assert len(stack.gate.requests_between("download-start", "download-end")) == 1
+
+
+def test_policy_page_is_public_and_blocked_pages_are_not(stack: Stack) -> None:
+    r = stack.get("/exportgate/policy")
+    assert r.status == 200
+    assert json.loads(r.body)["operator"] == "Test Mirror Operator"
+    blocked = stack.get("/files/crypto-1.tar.gz", client=IR_CLIENT)
+    decision_id = blocked.header("x-exportgate-decision-id")
+    assert blocked.status == 451 and decision_id
+    # The gate shows it to nginx's error_page, but nobody else may enumerate decisions through nginx.
+    assert stack.get(f"/exportgate/blocked/{decision_id}").status == 404
+    assert stack.gate.get(f"/exportgate/blocked/{decision_id}").status == 451
+
+
+def test_gate_down_refuses_downloads_but_not_index_pages(stack: Stack) -> None:
+    stack.gate.stop()
+    try:
+        for client, target in [(IR_CLIENT, "/files/chat-1.tar.gz"), (US_CLIENT, "/files/crypto-1.tar.gz")]:
+            r = stack.get(target, client=client)
+            assert r.status == 500
+            assert CHAT not in r.body and CRYPTO not in r.body
+        assert stack.get("/files/", client=IR_CLIENT).status == 200
+    finally:
+        stack.gate.start()
+    assert stack.get("/files/chat-1.tar.gz", client=IR_CLIENT).body == CHAT
+
+
+def test_record_store_failure_refuses_downloads(stack: Stack) -> None:
+    with StoreFault(stack.database):
+        for client, target in [(IR_CLIENT, "/files/chat-1.tar.gz"), (US_CLIENT, "/files/crypto-1.tar.gz"),
+                               (IR_CLIENT, "/files/crypto-1.tar.gz")]:
+            r = stack.get(target, client=client)
+            assert r.status == 500, target  # the gate's 503 is an error to auth_request
+            assert CHAT not in r.body and CRYPTO not in r.body
+        ready = stack.gate.get("/readyz")
+        assert ready.status == 503
+        assert json.loads(ready.body)["checks"]["records"]["ok"] is False
+    # The store is back: the next download commits its record and is served.
+    assert stack.get("/files/chat-1.tar.gz", client=IR_CLIENT).body == CHAT
+    assert stack.gate.get("/readyz").status == 200

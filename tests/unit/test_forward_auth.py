@@ -1,0 +1,439 @@
+"""The forward-auth endpoint and the gate's own pages, through werkzeug's test client (no server, real store).
+
+Every test builds the real app (``create_app``) from a gate.yaml with the test overrides and manifest and a SQLite
+store in a temporary directory. The WSGI peer is 127.0.0.1 (the front end) unless a test says otherwise; the gate
+trusts only 127.0.0.1/32. A failing record store is the real SQLite store refusing inserts (a trigger), not a mock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.test import Client, TestResponse
+
+from conftest import CU_CLIENT, IR_CLIENT, SD_CLIENT, US_CLIENT, write_config
+from exportgate.config import load_config
+from exportgate.web.app import GateApp, create_app
+from integration.serverproc import StoreFault, decision_record
+
+FRONT_END = "127.0.0.1"
+CRYPTO = "/files/crypto-1.tar.gz"
+CHAT = "/files/chat-1.tar.gz"
+
+AppFactory = Callable[..., tuple[GateApp, Client, Path]]
+
+
+def open_gate(directory: Path, **serve: Any) -> tuple[GateApp, Client, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    config = load_config(write_config(directory, serve={"trust_proxy": [f"{FRONT_END}/32"], **serve}), env={})
+    app = create_app(config)
+    return app, Client(app), directory / "records.db"
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[AppFactory]:
+    """``make_app(**serve)`` -> (app, client, records.db) of its own, for tests that change settings or state."""
+    opened: list[GateApp] = []
+
+    def make(**serve: Any) -> tuple[GateApp, Client, Path]:
+        gate = open_gate(tmp_path / f"gate{len(opened)}", **serve)
+        opened.append(gate[0])
+        return gate
+
+    yield make
+    for app in opened:
+        app.runtime.close()
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GateApp, Client, Path]]:
+    """One app with default settings, shared by the tests that only add decisions (counters keep moving)."""
+    shared = open_gate(tmp_path_factory.mktemp("forward-auth"))
+    yield shared
+    shared[0].runtime.close()
+
+
+def ask(client: Client, path: str = "/auth", *, headers: list[tuple[str, str]] | dict[str, str] | None = None,
+        peer: str | None = FRONT_END, method: str = "GET") -> TestResponse:
+    environ = {"REMOTE_ADDR": peer} if peer is not None else {}
+    return client.open(path, method=method, headers=headers or {}, environ_base=environ)
+
+
+def nginx(uri: str, client_ip: str = IR_CLIENT, **more: str) -> dict[str, str]:
+    return {"X-Original-URI": uri, "X-Original-Method": more.pop("method", "GET"), "X-Forwarded-For": client_ip,
+            **more}
+
+
+def forwarded(uri: str, client_ip: str = IR_CLIENT, **more: str) -> dict[str, str]:
+    return {"X-Forwarded-Uri": uri, "X-Forwarded-Method": more.pop("method", "GET"), "X-Forwarded-For": client_ip,
+            **more}
+
+
+def metric(client: Client, name: str, **labels: str) -> float:
+    """A sample's value from /metrics (0 when absent)."""
+    text = ask(client, "/metrics").get_data(as_text=True)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+# ------------------------------------------------------------------------------------------- header sources
+
+
+@pytest.mark.parametrize(("path", "headers", "method", "status", "rule", "recorded_method"), [
+    pytest.param("/auth", nginx(CHAT), "GET", 200, "ir-personal-comms-software", "GET", id="nginx allow"),
+    pytest.param("/auth", nginx(CRYPTO), "GET", 403, "ir-other-software", "GET", id="nginx block is 403"),
+    pytest.param("/auth", nginx(CRYPTO, method="HEAD"), "GET", 403, "ir-other-software", "HEAD",
+                 id="nginx HEAD"),
+    pytest.param("/auth", nginx(CRYPTO, method="POST"), "GET", 403, "ir-other-software", "POST",
+                 id="nginx POST"),
+    pytest.param("/auth", {"X-Original-URI": CRYPTO, "X-Forwarded-For": IR_CLIENT}, "GET", 403,
+                 "ir-other-software", "GET", id="nginx without method is GET"),
+    pytest.param("/auth", forwarded(CHAT), "GET", 200, "ir-personal-comms-software", "GET", id="traefik allow"),
+    pytest.param("/auth", forwarded(CRYPTO), "GET", 451, "ir-other-software", "GET", id="traefik block is 451"),
+    pytest.param("/auth", forwarded(CRYPTO, method="HEAD"), "GET", 451, "ir-other-software", "HEAD",
+                 id="caddy HEAD"),
+    pytest.param("/auth", {**nginx(CRYPTO), "X-Forwarded-Uri": CRYPTO}, "GET", 403, "ir-other-software", "GET",
+                 id="both headers agreeing"),
+    pytest.param("/auth" + CRYPTO, {"X-Forwarded-For": IR_CLIENT}, "GET", 451, "ir-other-software", "GET",
+                 id="envoy path"),
+    pytest.param("/auth" + CRYPTO, {"X-Forwarded-For": IR_CLIENT}, "POST", 451, "ir-other-software", "POST",
+                 id="envoy POST"),
+    pytest.param("/auth" + CHAT, {"X-Forwarded-For": IR_CLIENT}, "HEAD", 200, "ir-personal-comms-software",
+                 "HEAD", id="envoy HEAD"),
+    pytest.param("/auth" + CRYPTO, {"X-Forwarded-For": IR_CLIENT, "X-Forwarded-Uri": CRYPTO}, "GET", 451,
+                 "ir-other-software", "GET", id="envoy path and header agreeing"),
+])
+def test_every_header_source(gate: tuple[GateApp, Client, Path], path: str, headers: dict[str, str], method: str,
+                             status: int, rule: str, recorded_method: str) -> None:
+    _, client, database = gate
+    r = ask(client, path, headers=headers, method=method)
+    assert r.status_code == status
+    assert r.headers["X-Exportgate-Rule"] == rule
+    assert r.headers["Cache-Control"] == "no-store"
+    record = decision_record(database, r.headers["X-Exportgate-Decision-Id"])
+    assert record is not None
+    assert record["request"]["method"] == recorded_method  # type: ignore[index]
+    assert record["request"]["client"] == IR_CLIENT  # type: ignore[index]
+    if status == 200:
+        assert r.headers["X-Exportgate-Decision"] == "allow"
+        assert r.get_data() == b""
+    else:
+        assert r.headers["X-Exportgate-Decision"] == "block"
+        assert r.headers["Link"] == '</exportgate/policy>; rel="blocked-by"'
+
+
+@pytest.mark.parametrize(("path", "headers", "status", "message"), [
+    pytest.param("/auth", {"X-Forwarded-For": IR_CLIENT}, 400, "missing X-Original-URI", id="no URI at all"),
+    pytest.param("/auth", {"X-Original-Method": "GET"}, 400, "missing X-Original-URI", id="method only"),
+    pytest.param("/auth", {"X-Original-URI": CHAT, "X-Forwarded-Uri": CRYPTO}, 400, "disagree",
+                 id="X-Original-URI and X-Forwarded-Uri disagree"),
+    pytest.param("/auth", {"X-Original-URI": CRYPTO, "X-Forwarded-Uri": CRYPTO + "?x"}, 400, "disagree",
+                 id="disagree only in the query"),
+    pytest.param("/auth" + CRYPTO, {"X-Forwarded-Uri": CHAT}, 400, "disagree", id="envoy path vs header"),
+    pytest.param("/auth" + CRYPTO, {"X-Original-URI": CHAT}, 400, "disagree", id="envoy path vs nginx header"),
+    pytest.param("/auth", {"X-Original-URI": ""}, 400, "not-absolute", id="empty URI"),
+    pytest.param("/auth", {"X-Original-URI": "files/chat-1.tar.gz"}, 400, "not-absolute", id="relative URI"),
+    pytest.param("/auth", {"X-Original-URI": "http://mirror/files/chat-1.tar.gz"}, 400, "not-absolute",
+                 id="absolute-form URI"),
+    pytest.param("/auth", {"X-Original-URI": "/files%2fcrypto-1.tar.gz"}, 400, "encoded-slash", id="%2f"),
+    pytest.param("/auth", {"X-Original-URI": "/files/..%5ccrypto-1.tar.gz"}, 400, "encoded-backslash",
+                 id="%5c"),
+    pytest.param("/auth", {"X-Original-URI": "/../files/crypto-1.tar.gz"}, 400, "escapes-root", id="above root"),
+    pytest.param("/auth", {"X-Original-URI": "/files/%zzcrypto"}, 400, "bad-percent-encoding", id="bad escape"),
+    pytest.param("/auth", {"X-Original-URI": "/files/%ff"}, 400, "not-utf8", id="not UTF-8"),
+    pytest.param("/auth", {"X-Original-URI": "/" + "a" * 9000}, 414, "too long", id="huge URI"),
+    pytest.param("/", {"X-Original-URI": CRYPTO}, 404, "ask /auth", id="not /auth"),
+    pytest.param("/authx", {"X-Original-URI": CRYPTO}, 404, "ask /auth", id="/auth prefix only"),
+])
+def test_requests_the_gate_will_not_guess_at(gate: tuple[GateApp, Client, Path], path: str,
+                                             headers: dict[str, str], status: int, message: str) -> None:
+    _, client, _ = gate
+    r = ask(client, path, headers=headers)
+    assert r.status_code == status
+    assert message in r.get_data(as_text=True)
+    assert "X-Exportgate-Decision" not in r.headers
+    assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_envoy_path_needs_the_raw_request_target(gate: tuple[GateApp, Client, Path]) -> None:
+    """PATH_INFO is decoded once already; without RAW_URI/REQUEST_URI the gate refuses rather than decode twice."""
+    app, _, _ = gate
+    statuses: list[str] = []
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/auth/files/%2e%2e/files/crypto-1.tar.gz",
+               "REMOTE_ADDR": FRONT_END, "HTTP_X_FORWARDED_FOR": IR_CLIENT, "wsgi.input": None}
+    body = b"".join(app(environ, lambda status, headers: statuses.append(status)))
+    assert statuses == ["400 Bad Request"]
+    assert b"raw request target" in body
+
+
+# -------------------------------------------------------------------------------------------- client address
+
+
+@pytest.mark.parametrize(("peer", "xff", "rule", "client"), [
+    # The front end is trusted: the rightmost address it did not add is the client.
+    pytest.param(FRONT_END, [IR_CLIENT], "ir-other-software", IR_CLIENT, id="trusted front end"),
+    pytest.param(FRONT_END, [f"{US_CLIENT}, {IR_CLIENT}"], "ir-other-software", IR_CLIENT,
+                 id="client-written entry on the left is ignored"),
+    pytest.param(FRONT_END, [US_CLIENT, IR_CLIENT], "ir-other-software", IR_CLIENT,
+                 id="two header lines, read in order"),
+    pytest.param(FRONT_END, [IR_CLIENT, US_CLIENT], "not-a-sanctioned-destination", US_CLIENT,
+                 id="two header lines, other order"),
+    pytest.param(FRONT_END, [f"{IR_CLIENT}, {FRONT_END}"], "ir-other-software", IR_CLIENT,
+                 id="trusted hop skipped"),
+    pytest.param(FRONT_END, ["x" * 20000 + f", {SD_CLIENT}"], "sd-other-software", SD_CLIENT,
+                 id="huge client-written junk left of the client"),
+    pytest.param(FRONT_END, [", ".join([US_CLIENT] + [FRONT_END] * 70)], "unknown-location", None,
+                 id="more trusted hops than allowed is unknown"),
+    pytest.param(FRONT_END, ["unknown"], "unknown-location", None, id="obfuscated is unknown"),
+    pytest.param(FRONT_END, ["not-an-address"], "unknown-location", None, id="garbage is unknown"),
+    pytest.param(FRONT_END, [], "unknown-location", None, id="front end asking for itself (loopback)"),
+    # Untrusted peers: their X-Forwarded-For is ignored, whatever it says.
+    pytest.param(IR_CLIENT, [US_CLIENT], "ir-other-software", IR_CLIENT, id="spoofed XFF from untrusted peer"),
+    pytest.param(CU_CLIENT, [f"{US_CLIENT}, {FRONT_END}"], "cu-software-pending-commerce", CU_CLIENT,
+                 id="spoofed trusted chain from untrusted peer"),
+    pytest.param(IR_CLIENT, ["garbage"], "ir-other-software", IR_CLIENT,
+                 id="untrusted peer cannot make itself unknown"),
+])
+def test_client_address(gate: tuple[GateApp, Client, Path], peer: str, xff: list[str], rule: str,
+                        client: str | None) -> None:
+    _, web, database = gate
+    headers = [("X-Original-URI", CRYPTO)] + [("X-Forwarded-For", v) for v in xff]
+    r = ask(web, headers=headers, peer=peer)
+    assert r.headers["X-Exportgate-Rule"] == rule
+    record = decision_record(database, r.headers["X-Exportgate-Decision-Id"])
+    assert record is not None
+    if client is not None:
+        assert record["request"]["client"] == client  # type: ignore[index]
+    else:
+        assert record["location"]["country"] is None  # type: ignore[index]
+
+
+def test_huge_header_values(gate: tuple[GateApp, Client, Path]) -> None:
+    _, client, _ = gate
+    r = ask(client, headers={**nginx(CRYPTO), "X-Forwarded-Host": "h" * 10000, "Accept": "a/b, " * 2000,
+                             "User-Agent": "u" * 20000})
+    assert r.status_code == 403
+    assert r.headers["X-Exportgate-Rule"] == "ir-other-software"
+
+
+# ------------------------------------------------------------------------------------------------ paths
+
+
+@pytest.mark.parametrize(("uri", "rule"), [
+    pytest.param(CRYPTO, "ir-other-software", id="plain"),
+    pytest.param("/files/%2e%2e/files/crypto-1.tar.gz", "ir-other-software", id="encoded dot-dot"),
+    pytest.param("/files/%2E%2e/files/crypto-1.tar.gz", "ir-other-software", id="mixed case dot-dot"),
+    pytest.param("/files/a/../crypto-1.tar.gz", "ir-other-software", id="dot-dot"),
+    pytest.param("/files//crypto-1.tar.gz", "ir-other-software", id="double slash"),
+    pytest.param("///files///crypto-1.tar.gz", "ir-other-software", id="many slashes"),
+    pytest.param("/files/./crypto-1.tar.gz", "ir-other-software", id="dot segment"),
+    pytest.param("/files/%2e/crypto-1.tar.gz", "ir-other-software", id="encoded dot segment"),
+    pytest.param("/files/%63rypto-1.tar.gz", "ir-other-software", id="encoded letter"),
+    pytest.param("/%66%69%6c%65%73/%63%72%79%70%74%6f-1.tar.gz", "ir-other-software", id="all encoded"),
+    pytest.param(CRYPTO + "?token=abc&file=/files/chat-1.tar.gz", "ir-other-software", id="query"),
+    pytest.param(CRYPTO + "#/files/chat-1.tar.gz", "ir-other-software", id="fragment"),
+    # Decoded exactly once: %252e is the file name text "%2e", not a dot segment.
+    pytest.param("/files/%252e%252e/files/crypto-1.tar.gz", "unclassified-to-sanctioned", id="double-encoded"),
+    pytest.param(CRYPTO + "/", "unclassified-to-sanctioned", id="trailing slash is a directory"),
+    pytest.param("/files/CRYPTO-1.tar.gz", "unclassified-to-sanctioned", id="case matters"),
+    pytest.param("/files/crypto-1.tar.gz;jsessionid=1", "unclassified-to-sanctioned", id="path parameter"),
+])
+@pytest.mark.parametrize("style", ["nginx", "forwarded", "envoy"])
+def test_path_variants(gate: tuple[GateApp, Client, Path], uri: str, rule: str, style: str) -> None:
+    _, client, database = gate
+    if style == "envoy":
+        r = ask(client, "/auth" + uri, headers={"X-Forwarded-For": IR_CLIENT})
+    else:
+        r = ask(client, headers=nginx(uri) if style == "nginx" else forwarded(uri))
+    assert r.status_code == (403 if style == "nginx" else 451)
+    assert r.headers["X-Exportgate-Rule"] == rule
+    record = decision_record(database, r.headers["X-Exportgate-Decision-Id"])
+    assert record is not None
+    if rule == "ir-other-software":
+        assert record["request"]["path"] == CRYPTO  # type: ignore[index]
+
+
+# -------------------------------------------------------------------------------------------- the 451 page
+
+
+@pytest.mark.parametrize(("accept", "json_wanted"), [
+    pytest.param(None, False, id="no Accept"),
+    pytest.param("*/*", False, id="anything"),
+    pytest.param("text/html,application/xhtml+xml,*/*;q=0.8", False, id="browser"),
+    pytest.param("application/json", True, id="json"),
+    pytest.param("application/problem+json", True, id="problem json"),
+    pytest.param("application/json;q=0.1, text/html", False, id="html preferred"),
+    pytest.param("text/html;q=0.5, application/json", True, id="json preferred"),
+])
+def test_451_page_by_accept(gate: tuple[GateApp, Client, Path], accept: str | None, json_wanted: bool) -> None:
+    _, client, _ = gate
+    r = ask(client, headers={**forwarded(CRYPTO), **({"Accept": accept} if accept else {})})
+    assert r.status_code == 451
+    decision_id = r.headers["X-Exportgate-Decision-Id"]
+    assert int(r.headers["Content-Length"]) == len(r.get_data())
+    if json_wanted:
+        assert r.mimetype == "application/json"
+        page = json.loads(r.get_data())
+        assert page["status"] == 451 and page["rule"] == "ir-other-software"
+        assert page["decision_id"] == decision_id and page["blocked_by"] == "Test Mirror Operator"
+        assert page["contact"] == "compliance@example.org" and page["location"] == "IR"
+    else:
+        assert r.mimetype == "text/html"
+        text = r.get_data(as_text=True)
+        assert "451 Unavailable For Legal Reasons" in text and "ir-other-software" in text
+        assert decision_id in text and "mailto:compliance@example.org" in text
+
+
+@pytest.mark.parametrize(("block_status", "headers", "status"), [
+    pytest.param("auto", nginx(CRYPTO), 403, id="auto nginx"),
+    pytest.param("auto", forwarded(CRYPTO), 451, id="auto forwarded"),
+    pytest.param("403", nginx(CRYPTO), 403, id="403 nginx"),
+    pytest.param("403", forwarded(CRYPTO), 403, id="403 forwarded"),
+    pytest.param("451", nginx(CRYPTO), 451, id="451 nginx"),
+    pytest.param("451", forwarded(CRYPTO), 451, id="451 forwarded"),
+])
+def test_block_status(make_app: AppFactory, block_status: str, headers: dict[str, str], status: int) -> None:
+    _, client, _ = make_app(block_status=block_status)
+    r = ask(client, headers=headers)
+    assert r.status_code == status
+    assert r.headers["X-Exportgate-Decision"] == "block"
+    assert b"Unavailable For Legal Reasons" in r.get_data()
+    # An allowed download is 200 whatever block_status says.
+    assert ask(client, headers={**headers, "X-Original-URI": CHAT} if "X-Original-URI" in headers
+               else {**headers, "X-Forwarded-Uri": CHAT}).status_code == 200
+
+
+def test_blocked_page_of_a_recorded_block(gate: tuple[GateApp, Client, Path]) -> None:
+    _, client, _ = gate
+    decision_id = ask(client, headers=nginx(CRYPTO)).headers["X-Exportgate-Decision-Id"]
+    r = ask(client, f"/exportgate/blocked/{decision_id}")
+    assert r.status_code == 451
+    assert r.headers["X-Exportgate-Decision"] == "block"
+    assert r.headers["X-Exportgate-Decision-Id"] == decision_id
+    assert r.headers["X-Exportgate-Rule"] == "ir-other-software"
+    assert r.headers["Cache-Control"] == "no-store"
+    assert r.headers["Link"] == '</exportgate/policy>; rel="blocked-by"'
+    text = r.get_data(as_text=True)
+    assert "ir-other-software" in text and "31 CFR" in text and decision_id in text
+    page = json.loads(ask(client, f"/exportgate/blocked/{decision_id}",
+                          headers={"Accept": "application/json"}).get_data())
+    assert page["rule"] == "ir-other-software" and page["path"] == CRYPTO and page["location"] == "IR"
+    head = ask(client, f"/exportgate/blocked/{decision_id}", method="HEAD")
+    assert head.status_code == 451 and head.get_data() == b""
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    pytest.param(nginx(CHAT), 404, id="an allow"),
+    pytest.param(nginx(CRYPTO, client_ip="198.51.100.7"), 404, id="a flag"),
+])
+def test_blocked_page_of_a_decision_that_served(gate: tuple[GateApp, Client, Path], headers: dict[str, str],
+                                                status: int) -> None:
+    _, client, _ = gate
+    decision_id = ask(client, headers=headers).headers["X-Exportgate-Decision-Id"]
+    r = ask(client, f"/exportgate/blocked/{decision_id}")
+    assert r.status_code == status
+    assert "X-Exportgate-Decision" not in r.headers
+
+
+@pytest.mark.parametrize(("decision_id", "status"), [
+    # Well formed but not in the store (another replica's store, or a store that could not be read): still a
+    # refusal, shown without details.
+    pytest.param("0123456789ab-ffff", 451, id="unknown id"),
+    pytest.param("<script>alert(1)</script>", 404, id="markup"),
+    pytest.param("a" * 129, 404, id="too long"),
+    pytest.param("", 404, id="empty"),
+    pytest.param("-leading-dash", 404, id="leading dash"),
+    pytest.param("x%0d%0aSet-Cookie:%20a=b", 404, id="header injection"),
+])
+def test_blocked_page_of_unknown_ids(gate: tuple[GateApp, Client, Path], decision_id: str, status: int) -> None:
+    _, client, _ = gate
+    r = ask(client, f"/exportgate/blocked/{decision_id}")
+    assert r.status_code == status
+    assert "Set-Cookie" not in r.headers
+    if status == 451:
+        assert r.headers["X-Exportgate-Decision-Id"] == decision_id
+        assert "X-Exportgate-Rule" not in r.headers
+        assert "see the operator&#x27;s policy" in r.get_data(as_text=True)
+
+
+# ---------------------------------------------------------------------------------------- health, metrics
+
+
+def test_health_readiness_and_policy(gate: tuple[GateApp, Client, Path]) -> None:
+    _, client, _ = gate
+    health = ask(client, "/healthz")
+    assert (health.status_code, health.get_data()) == (200, b"ok\n")
+    ready = ask(client, "/readyz")
+    assert ready.status_code == 200
+    checks = json.loads(ready.get_data())["checks"]
+    assert checks["geo"]["ok"] and checks["policy"]["ok"] and checks["records"]["ok"]
+    assert checks["policy"]["pack"].startswith("us-2010-03-08-internet-comms@")
+    policy = json.loads(ask(client, "/exportgate/policy").get_data())
+    assert policy["operator"] == "Test Mirror Operator"
+    assert all("file" not in p for p in policy["packs"])  # no server paths on a public page
+
+
+def test_metrics_move(make_app: AppFactory) -> None:
+    _, client, _ = make_app()
+    block = {"action": "block", "rule": "ir-other-software", "mode": "enforce"}
+    allow = {"action": "allow", "rule": "ir-personal-comms-software", "mode": "enforce"}
+    assert metric(client, "exportgate_decisions_total", **block) == 0
+    for _ in range(3):
+        ask(client, headers=nginx(CRYPTO))
+    ask(client, headers=forwarded(CHAT))
+    ask(client, headers={"X-Forwarded-For": IR_CLIENT})
+    ask(client, headers={"X-Original-URI": "/a%2fb"})
+    ask(client, headers={"X-Original-URI": "/" + "a" * 9000})
+    assert metric(client, "exportgate_decisions_total", **block) == 3
+    assert metric(client, "exportgate_decisions_total", **allow) == 1
+    assert metric(client, "exportgate_rejected_requests_total", reason="headers") == 1
+    assert metric(client, "exportgate_rejected_requests_total", reason="path") == 2
+    assert metric(client, "exportgate_record_failures_total") == 0
+    assert metric(client, "exportgate_record_store_healthy") == 1
+    assert metric(client, "exportgate_geo_database_stale") == 0
+
+
+# ------------------------------------------------------------------------------------- store failures
+
+
+def test_store_failure_refuses_and_readiness_says_so(make_app: AppFactory) -> None:
+    _, client, database = make_app()
+    with StoreFault(database):
+        for headers in (nginx(CHAT), forwarded(CHAT), nginx(CRYPTO), forwarded(CRYPTO, client_ip=US_CLIENT)):
+            r = ask(client, headers=headers)
+            assert r.status_code == 503
+            assert b"could not be recorded" in r.get_data()
+            assert "X-Exportgate-Decision" not in r.headers
+        ready = ask(client, "/readyz")
+        assert ready.status_code == 503
+        assert json.loads(ready.get_data())["checks"]["records"]["ok"] is False
+        assert metric(client, "exportgate_record_failures_total") == 4
+        assert metric(client, "exportgate_record_store_healthy") == 0
+    r = ask(client, headers=nginx(CHAT))
+    assert r.status_code == 200
+    assert decision_record(database, r.headers["X-Exportgate-Decision-Id"]) is not None
+    assert ask(client, "/readyz").status_code == 200
+
+
+@pytest.mark.parametrize(("headers", "status", "decision"), [
+    pytest.param(nginx(CHAT), 200, "allow", id="allow served unrecorded"),
+    pytest.param(forwarded(CRYPTO, client_ip=US_CLIENT), 200, "allow", id="US served unrecorded"),
+    pytest.param(nginx(CRYPTO), 403, "block", id="block still blocked (nginx)"),
+    pytest.param(forwarded(CRYPTO), 451, "block", id="block still blocked (451)"),
+])
+def test_fail_open(make_app: AppFactory, headers: dict[str, str], status: int, decision: str) -> None:
+    _, client, database = make_app(fail_open=True)
+    with StoreFault(database):
+        r = ask(client, headers=headers)
+        assert r.status_code == status
+        assert r.headers["X-Exportgate-Decision"] == decision
+        assert metric(client, "exportgate_record_failures_total") == 1
+    assert decision_record(database, r.headers["X-Exportgate-Decision-Id"]) is None  # it was never recorded
