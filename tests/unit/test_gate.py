@@ -137,7 +137,7 @@ def test_decide_and_record_commits_before_returning(tmp_path):
 
 
 def test_store_failure_is_an_error_never_a_silent_success(tmp_path):
-    store = open_store(f"sqlite://{tmp_path / 'r.db'}")
+    store = open_store(f"sqlite://{tmp_path / 'r.db'}?busy_timeout_ms=50")
     recorder = Recorder(store, instance="t")
     gate = Gate(locator=build_locator(), catalog=load_catalog(TEST_CATALOG), policies=load_packs([SHIPPED_DIR]),
                 recorder=recorder)
@@ -147,7 +147,6 @@ def test_store_failure_is_an_error_never_a_silent_success(tmp_path):
     blocker = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
     blocker.execute("PRAGMA busy_timeout=0")
     blocker.execute("BEGIN EXCLUSIVE")
-    store._busy_timeout_ms = 0  # noqa: SLF001 - do not wait 5 s in a test
     try:
         with pytest.raises(RecordStoreError):
             gate.decide_and_record(RequestFacts(client="2.176.0.1", path=CHAT))
