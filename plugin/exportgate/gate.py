@@ -20,7 +20,10 @@ from .classification import Classification
 from .decision import Decision, RequestFacts
 from .errors import ExportGateError
 from .location import CLIENT_UNKNOWN, Location, unknown
-from .records.chain import canonical_text_trusted
+from .recordbody import RecordEncoder
+from .records.chain import format_time
+
+__all__ = ["Gate", "PendingDecision", "format_time", "utc_now"]
 from .policy import PolicySet
 
 
@@ -35,26 +38,11 @@ class Catalog(Protocol):
 
 
 class Recorder(Protocol):
-    def submit(self, kind: str, id: str, at: str, body: dict, body_json: str | None = None) -> Any: ...  # noqa: A002
+    def submit_encoded(self, kind: str, id: str, at: str, body_json: str) -> Any: ...  # noqa: A002
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def format_time(at: dt.datetime) -> str:
-    """UTC, microseconds, ``Z``: the one time format of records (``2026-11-29T03:04:05.000006Z``).
-
-    A naive datetime is refused rather than read as local time. isoformat, not strftime: this runs per decision
-    and strftime costs ten times more.
-    """
-    if at.tzinfo is None:
-        raise ValueError(f"naive datetime {at!r}: give a timezone (decisions are made in UTC)")
-    if at.utcoffset():
-        at = at.astimezone(dt.UTC)
-    if at.year < 1000:
-        return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ").rjust(27, "0")
-    return at.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 class Gate:
@@ -80,22 +68,13 @@ class Gate:
         self.instance = instance or "gate"
         self._prefix = os.urandom(6).hex()
         self._counter = itertools.count(1)
-        # Record views of the location and classification values, by identity: the locator and catalog hand out
-        # the same objects for the same address and artifact, and building the dicts is a third of the record.
-        self._dicts: dict[int, tuple[object, dict[str, object]]] = {}
-
-    def _as_dict(self, value: Any) -> dict[str, object]:
-        hit = self._dicts.get(id(value))
-        if hit is not None and hit[0] is value:
-            return hit[1]
-        if len(self._dicts) >= 262144:
-            self._dicts.clear()
-        as_dict = value.to_dict()
-        self._dicts[id(value)] = (value, as_dict)  # holding ``value`` keeps its id from being reused
-        return as_dict
+        self._encoder = RecordEncoder()
 
     def decide(self, request: RequestFacts, *, at: dt.datetime | None = None) -> Decision:
         """Decide without recording. ``at`` defaults to now; a time before every pack raises NoPackInForce."""
+        return self._decide(request, at)[0]
+
+    def _decide(self, request: RequestFacts, at: dt.datetime | None) -> tuple[Decision, Any]:
         when = at if at is not None else self.clock()
         if request.client_error is not None:
             location = unknown(CLIENT_UNKNOWN, source=f"client address: {request.client_error}")
@@ -103,8 +82,9 @@ class Gate:
             location = self.locator.locate(request.client)
         classification = self.catalog.classify(request.path)
         outcome = self.policies.evaluate(location, classification, when)
-        return Decision.build(f"{self._prefix}-{next(self._counter):x}", when, outcome, location, classification,
-                              request)
+        decision = Decision.build(f"{self._prefix}-{next(self._counter):x}", when, outcome, location,
+                                  classification, request)
+        return decision, outcome
 
     def decide_and_record(self, request: RequestFacts) -> Decision:
         """Decide and commit the record; returns only after the record is durable."""
@@ -118,10 +98,9 @@ class Gate:
         """
         if self.recorder is None:
             raise ExportGateError("this gate has no record store; use decide() to evaluate without recording")
-        decision = self.decide(request)
-        body = decision.to_record(self._as_dict)
-        pending = self.recorder.submit("decision", decision.id, format_time(decision.at), body,
-                                       canonical_text_trusted(body))
+        decision, outcome = self._decide(request, None)
+        body_json = self._encoder.encode(decision, outcome if outcome.shared else None)
+        pending = self.recorder.submit_encoded("decision", decision.id, format_time(decision.at), body_json)
         return PendingDecision(decision, pending)
 
 

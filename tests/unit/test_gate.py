@@ -174,3 +174,27 @@ def test_dry_run_pack_records_but_serves(tmp_path):
     decision = decide(gate, "2.176.0.1", CRYPTO)
     assert (decision.action, decision.mode, decision.enforced_action, decision.served) == (
         "block", "dry-run", "flag", True)
+
+
+def test_record_encoder_matches_canonical_json_of_the_record():
+    from exportgate.authorization import AuthorizationBook, parse_authorization
+    from exportgate.recordbody import RecordEncoder
+    from exportgate.records.chain import canonical_text
+
+    auth = parse_authorization({"id": "A-\u00e9", "basis": "BIS \"quoted\" license", "destinations": ["CU"],
+                                "valid_from": "2000-01-01"}, file="t", line=None)
+    gate = Gate(locator=build_locator(), catalog=load_catalog(TEST_CATALOG),
+                policies=load_packs([SHIPPED_DIR], authorizations=AuthorizationBook([auth])))
+    encoder = RecordEncoder(max_entries=8)  # small: exercise the clearing too
+    clients = ["2.176.0.1", "::ffff:2.176.0.1", "152.206.0.1", "8.8.8.8", "10.0.0.1", "garbage\u2028", ""]
+    paths = [CHAT, CRYPTO, OTHER, "/caf\u00e9/\u0000x"]
+    for _ in range(3):
+        for client in clients:
+            for path in paths:
+                request = RequestFacts(client=client, path=path, method="GET", host="h\"ost", raw_path=path + "?",
+                                       address_chain=(client, "127.0.0.1"),
+                                       client_error="obfuscated" if not client else None)
+                decision, outcome = gate._decide(request, AFTER)  # noqa: SLF001
+                expected = canonical_text(decision.to_record())
+                assert encoder.encode(decision, outcome if outcome.shared else None) == expected
+                assert encoder.encode(decision, None) == expected

@@ -195,9 +195,14 @@ def _check_value(value: Any) -> None:
 
 def format_time(when: datetime) -> str:
     """``when`` in the record form ``2026-11-29T03:04:05.000006Z``; naive datetimes are refused."""
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise InvalidRecord("at", f"naive datetime {when!r}: give a timezone (UTC)")
-    return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if when.tzinfo is not UTC:  # the gate's clock gives UTC: skip the conversion then (this runs per decision)
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise InvalidRecord("at", f"naive datetime {when!r}: give a timezone (UTC)")
+        when = when.astimezone(UTC)
+    if when.year < 1000:
+        return when.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    text = when.isoformat()  # 2026-11-29T03:04:05.000006+00:00, or without .ffffff when microsecond == 0
+    return text[:26] + "Z" if when.microsecond else text[:19] + ".000000Z"
 
 
 def check_fields(kind: str, id: str, at: str) -> None:

@@ -243,6 +243,19 @@ class Recorder:
             index = len(batch.items) - 1
         return Pending(batch, index)
 
+    def submit_encoded(self, kind: str, id: str, at: str, body_json: str) -> Pending:
+        """:meth:`submit` for a body the caller has already encoded as canonical JSON text, unchecked.
+
+        For the gate's own decision records, on the hot path: ``kind`` and ``id`` are its own plain strings, ``at``
+        comes from ``format_time`` and ``body_json`` from :class:`~exportgate.recordbody.RecordEncoder`. The
+        sealed :class:`Record` has ``body=None`` (the text is what is stored and hashed); records read back from
+        the store have their body.
+        """
+        with self._cond:
+            batch = self._enqueue_locked((kind, id, at, None, body_json))
+            index = len(batch.items) - 1
+        return Pending(batch, index)
+
     def record_many(self, items: Iterable[tuple[str, str, str, dict[str, Any]]]) -> list[Record]:
         """Commit many ``(kind, id, at, body)``, in order and contiguous in the chain; return them.
 
