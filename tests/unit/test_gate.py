@@ -198,3 +198,21 @@ def test_record_encoder_matches_canonical_json_of_the_record():
                 expected = canonical_text(decision.to_record())
                 assert encoder.encode(decision, outcome if outcome.shared else None) == expected
                 assert encoder.encode(decision, None) == expected
+
+
+def test_runtime_writes_the_json_lines_sink_after_the_store(tmp_path):
+    import json
+
+    from conftest import IR_CLIENT, write_config
+
+    from exportgate.config import load_config
+    from exportgate.runtime import GateRuntime
+
+    log = tmp_path / "decisions.jsonl"
+    config = load_config(write_config(tmp_path, record_log=str(log)), env={})
+    with GateRuntime(config, record=True) as runtime:
+        first = runtime.gate.decide_and_record(RequestFacts(client=IR_CLIENT, path=CRYPTO))
+        second = runtime.gate.decide_and_record(RequestFacts(client=IR_CLIENT, path=CHAT))
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["id"], x["body"]["action"]) for x in lines] == [(first.id, "block"), (second.id, "allow")]
+    assert lines[1]["prev_hash"] == lines[0]["hash"] and lines[0]["chain"].startswith("test:")
