@@ -46,6 +46,13 @@ def plain(start_response: StartResponse, status: str, text: str,
     return [body]
 
 
+def reject_path(start_response: StartResponse, exc: PathRejected, metrics: Any = None) -> list[bytes]:
+    """A path the gate will not decide on (encoded slash, NUL, escaping the root…): 400, counted."""
+    if metrics is not None:
+        metrics.reject("path")
+    return plain(start_response, "400 Bad Request", f"rejected path: {exc.reason}")
+
+
 class Admission:
     """Decide one download request and say what to answer; shared by every HTTP mode.
 

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
-from .forwardauth import Admission, StartResponse, plain
-from .page import Operator, blocked_body, blocked_headers, decision_headers
+from .forwardauth import Admission, StartResponse, plain, reject_path
+from .page import Operator, decision_headers, send_blocked
 from .paths import PathRejected, normalise_path
 
 DECISION_KEY = "exportgate.decision"
@@ -67,9 +67,7 @@ class GateMiddleware:
             # Case kept for the app; a case-insensitive gate matches ``gated`` (and decides) without case.
             path = normalise_path(raw_uri).path
         except PathRejected as exc:
-            if self.admission.metrics is not None:
-                self.admission.metrics.reject("path")
-            return plain(start_response, "400 Bad Request", f"rejected path: {exc.reason}")
+            return reject_path(start_response, exc, self.admission.metrics)
         # The app gets the path that is matched and decided, not the raw one: /PACKAGES/, /a/../packages/ or
         # %70ackages must not slip past the gate as "not a download", and an app that does not resolve
         # dot-segments itself must not open something other than what was decided.
@@ -82,10 +80,7 @@ class GateMiddleware:
         if decision is None:
             return plain(start_response, status, text)
         if not decision.served:
-            content_type, body = blocked_body(decision, self.operator, environ.get("HTTP_ACCEPT"))
-            start_response("451 Unavailable For Legal Reasons",
-                           blocked_headers(decision, self.operator, content_type, len(body)))
-            return [body] if environ.get("REQUEST_METHOD") != "HEAD" else [b""]
+            return send_blocked(start_response, decision, self.operator, environ)
         environ[DECISION_KEY] = decision
         extra = decision_headers(decision)
 

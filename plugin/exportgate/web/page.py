@@ -133,3 +133,10 @@ def blocked_headers(decision: Decision, operator: Operator, content_type: str, l
     if operator.policy_url:
         headers.append(("Link", f'<{operator.policy_url}>; rel="blocked-by"'))
     return headers
+
+
+def send_blocked(start_response: Any, decision: Decision, operator: Operator, environ: dict[str, Any]) -> list[bytes]:
+    """Answer a blocked download with the 451 page (no body for HEAD): the one way every serving mode refuses."""
+    content_type, body = blocked_body(decision, operator, environ.get("HTTP_ACCEPT"))
+    start_response("451 Unavailable For Legal Reasons", blocked_headers(decision, operator, content_type, len(body)))
+    return [body] if environ.get("REQUEST_METHOD") != "HEAD" else [b""]

@@ -36,9 +36,9 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import NewConnectionError
 
 from ..errors import ConfigError, ExportGateError
-from .forwardauth import Admission, StartResponse, plain
+from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
-from .page import Operator, blocked_body, blocked_headers, decision_headers
+from .page import Operator, decision_headers, send_blocked
 from .paths import PathRejected, normalise_path
 
 log = logging.getLogger("exportgate.web")
@@ -108,19 +108,14 @@ class ProxyApp:
             # decision folds it separately (a case-insensitive upstream resolves both to the same file).
             path = normalise_path(raw_uri).path
         except PathRejected as exc:
-            if self.metrics is not None:
-                self.metrics.reject("path")
-            return plain(start_response, "400 Bad Request", f"rejected path: {exc.reason}")
+            return reject_path(start_response, exc, self.metrics)
         decision = None
         if self.gated is None or self.gated.match(path):
             decision, status, text = self.admission.admit(environ, method, raw_uri, environ.get("HTTP_HOST"))
             if decision is None:
                 return plain(start_response, status, text)
             if not decision.served:
-                content_type, body = blocked_body(decision, self.operator, environ.get("HTTP_ACCEPT"))
-                start_response("451 Unavailable For Legal Reasons",
-                               blocked_headers(decision, self.operator, content_type, len(body)))
-                return [body] if method != "HEAD" else [b""]
+                return send_blocked(start_response, decision, self.operator, environ)
         return self.forward(environ, start_response, method, path, raw_uri, decision)
 
     def forward(self, environ: dict[str, Any], start_response: StartResponse, method: str, path: str,

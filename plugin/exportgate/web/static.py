@@ -35,9 +35,9 @@ from werkzeug.wrappers import Response
 from werkzeug.wsgi import wrap_file
 
 from ..errors import ConfigError
-from .forwardauth import Admission, StartResponse, plain
+from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
-from .page import Operator, blocked_body, blocked_headers, decision_headers
+from .page import Operator, decision_headers, send_blocked
 from .paths import PathRejected, normalise_path
 
 INDEX = "index.html"
@@ -70,9 +70,7 @@ class StaticApp:
         try:
             path = normalise_path(raw_uri).path
         except PathRejected as exc:
-            if self.admission.metrics is not None:
-                self.admission.metrics.reject("path")
-            return plain(start_response, "400 Bad Request", f"rejected path: {exc.reason}")
+            return reject_path(start_response, exc, self.admission.metrics)
         query = raw_uri.partition("#")[0].partition("?")[2]
         # The file served for a directory URL is its index.html; the file served for a symlink is its target
         # (``latest.tar.gz -> crypto-2.0.tar.gz``). Either way the decision is about the file that will be
@@ -90,10 +88,7 @@ class StaticApp:
             if decision is None:
                 return plain(start_response, status, text)
             if not decision.served:
-                content_type, body = blocked_body(decision, self.operator, environ.get("HTTP_ACCEPT"))
-                start_response("451 Unavailable For Legal Reasons",
-                               blocked_headers(decision, self.operator, content_type, len(body)))
-                return [body] if method != "HEAD" else [b""]
+                return send_blocked(start_response, decision, self.operator, environ)
         extra = decision_headers(decision) if decision is not None else []
         # Only now, with the decision recorded, is the file opened.
         found = self.open(real, directory_ok=not target.endswith("/")) if real is not None else None
