@@ -63,8 +63,9 @@ class Gate:
         self.policies = policies
         self.recorder = recorder
         self.clock = clock
-        # Decision ids: a random prefix per gate instance and a counter. Unique across restarts and replicas
-        # without paying for uuid4 (an os.urandom call) on every request.
+        # Decision ids: a random prefix per gate instance and a zero-padded counter. Unique across restarts and
+        # replicas without an os.urandom call per request, and increasing within an instance, so the store's index
+        # on ids grows at its right edge (random or unpadded ids made each insert cost twice as much).
         self.instance = instance or "gate"
         self._prefix = os.urandom(6).hex()
         self._counter = itertools.count(1)
@@ -82,7 +83,7 @@ class Gate:
             location = self.locator.locate(request.client)
         classification = self.catalog.classify(request.path)
         outcome = self.policies.evaluate(location, classification, when)
-        decision = Decision.build(f"{self._prefix}-{next(self._counter):x}", when, outcome, location,
+        decision = Decision.build(f"{self._prefix}-{next(self._counter):012x}", when, outcome, location,
                                   classification, request)
         return decision, outcome
 
