@@ -258,7 +258,10 @@ def main() -> None:
 
     # --- decide alone: the gate -----------------------------------------------------------------------------
     cold = timed(run_decide, min(args.decisions, 200_003))  # first pass fills the caches
-    gate_alone = timed(run_decide, args.decisions)
+    # The machine is shared and noisy: three passes, the median reported (all three printed).
+    passes = sorted(timed(run_decide, args.decisions) for _ in range(3))
+    print("gate decide alone, three passes:", ", ".join(f"{args.decisions / p:,.0f}/s" for p in passes))
+    gate_alone = passes[1]
     gate_rate = args.decisions / gate_alone
     cold_rate = min(args.decisions, 200_003) / cold
     print(f"gate decide (cold caches, first 200k): {cold_rate:,.0f}/s")
@@ -363,7 +366,7 @@ a GeoIP2-Country-shaped database of {len(nets):,} networks.
 
 | run | decisions | rate | vs baseline | target |
 | --- | ---: | ---: | ---: | --- |
-| gate `decide()` alone, one thread | {args.decisions:,} | {gate_rate:,.0f}/s | {gate_rate / base_rate:,.0f}x | >= 150,000/s |
+| gate `decide()` alone, one thread (median of 3 passes) | {args.decisions:,} | {gate_rate:,.0f}/s | {gate_rate / base_rate:,.0f}x | >= 150,000/s |
 | gate `decide()`, first pass (cold caches) | {min(args.decisions, 200_003):,} | {cold_rate:,.0f}/s | {cold_rate / base_rate:,.0f}x | |
 | baseline: geoip2 `country()` + fnmatch loop | {len(sample):,} | {base_rate:,.0f}/s | 1x | |
 | gate `decide_and_record()`, SQLite synchronous=FULL, {args.threads} threads (group commit, mean batch {stats.mean_batch_size:.0f}) | {recorded:,} | {rec_rate:,.0f}/s | {rec_rate / base_rec_rate:,.0f}x | >= 50,000/s |
