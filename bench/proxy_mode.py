@@ -226,6 +226,10 @@ def rss_growth_during(gate_pid: int, run: object) -> tuple[float, float]:
     return hwm / 1024, sampled / 1024
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import machine, write_section  # noqa: E402
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each requests/s run")
@@ -268,16 +272,22 @@ def main(argv: list[str] | None = None) -> int:
             gate.wait(timeout=20)
             upstream.terminate()
             upstream.wait(timeout=10)
-    print(f"Proxy mode (`bench/proxy_mode.py`): upstream {upstream_kind}, gate `exportgate serve --mode proxy` "
-          f"(gunicorn gthread, {args.workers} workers x {args.threads} threads), {os.cpu_count()} CPUs shared "
-          f"by client, gate and upstream, Python {sys.version.split()[0]}.\n")
-    print("| case | direct from upstream | through the gate | gate/direct |")
-    print("| --- | ---: | ---: | ---: |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    verdict = "meets" if hwm < 20 else "MISSES"
-    print(f"| 1 GiB through the gate: worker peak RSS growth | | {hwm:.1f} MiB (VmHWM), {sampled:.1f} MiB sampled "
-          f"| {verdict} < 20 MiB |")
+    lines = [
+        "## Proxy mode (issue #3)",
+        "",
+        f"`.venv/bin/python bench/proxy_mode.py` — {machine()}. Upstream {upstream_kind}, gate `exportgate serve "
+        f"--mode proxy` (gunicorn gthread, {args.workers} workers x {args.threads} threads), {os.cpu_count()} CPUs "
+        "shared by client, gate and upstream.",
+        "",
+        "| case | direct from upstream | through the gate | gate/direct |",
+        "| --- | ---: | ---: | ---: |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        f"| 1 GiB through the gate: worker peak RSS growth | | {hwm:.1f} MiB (VmHWM), {sampled:.1f} MiB sampled "
+        f"| {'meets' if hwm < 20 else 'MISSES'} < 20 MiB |",
+    ]
+    markdown = "\n".join(lines)
+    print(markdown)
+    write_section("proxy", markdown)
     return 0
 
 

@@ -1,19 +1,37 @@
-"""``exportgate serve``: run the gate under a production WSGI server (gunicorn by default, granian if chosen).
+"""``exportgate serve``: run the gate under a production WSGI server, gunicorn (default) or granian.
 
 Each worker process builds its own app after the fork (record store connections, the recorder's writer thread and
-the geo reader must not cross a fork), so every worker writes its own hash chain. ``SIGHUP`` to the master makes
-gunicorn start fresh workers: config, packs, manifest, authorizations and the geo database are re-read without
-dropping connections. Metrics from all workers are summed through ``PROMETHEUS_MULTIPROC_DIR``.
+the geo reader must not cross a fork), so every worker writes its own hash chain. ``SIGHUP`` to the master starts
+fresh workers without dropping the listening socket: packs, manifest, authorizations and the geo database are
+re-read; gate.yaml and the command-line options stay those the master started with (restart to change them).
+Metrics from all workers are summed through ``PROMETHEUS_MULTIPROC_DIR``.
+
+Which server: behind nginx ``auth_request`` (bench/http_forward_auth.py, bench/RESULTS.md) granian answers about
+four times the requests of gunicorn's gthread worker on the same cores, at a quarter of its median latency; gunicorn
+stays the default because it is a required dependency and its access log carries the decision. One worker per
+record store file measures best: workers sharing one SQLite file wait for each other's commits in SQLite's busy
+handler, which sleeps (p99 several times higher).
+
+Caveats for granian: its WSGI environ has no raw request target (no ``RAW_URI``/``REQUEST_URI``), so the Envoy form
+``/auth/<path>`` is refused (400) and proxy/static modes decide on ``PATH_INFO`` re-quoted (a ``%2F`` in the
+client's path arrives as ``/`` and is not refused); the nginx/Traefik/Caddy headers are unaffected. Threads bound
+the requests in flight, each waiting for its commit: behind deploy/nginx (32 connections) 8 per worker halve the
+throughput and some requests wait hundreds of milliseconds; 32 measured best. There is no access log (the front
+end's log carries the decision, see deploy/nginx); the gate's own warnings go to stdout with granian's.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import shutil
 import tempfile
+import threading
 from typing import Any
 
 from .config import GateConfig
+from .errors import ExportGateError
 
 ACCESS_LOG_FORMAT = ('%(h)s "%(r)s" %(s)s %(B)s decision=%({x-exportgate-decision}o)s '
                      'rule=%({x-exportgate-rule}o)s id=%({x-exportgate-decision-id}o)s %(M)sms')
@@ -92,28 +110,104 @@ def _child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-def _run_granian(config: GateConfig) -> None:  # pragma: no cover - optional server
+def granian_options(config: GateConfig) -> dict[str, Any]:
+    """Keyword arguments for ``granian.Granian`` from ``config.serve`` (WSGI interface, one address)."""
+    s = config.serve
+    binds = [b.strip() for b in s.bind.split(",") if b.strip()]
+    if len(binds) != 1:
+        raise ExportGateError(f"granian listens on one address; bind is {s.bind!r}")
+    host, sep, port = binds[0].rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ExportGateError(f"bind must be HOST:PORT for granian, got {binds[0]!r}")
+    options: dict[str, Any] = {
+        "address": host.strip("[]") or "127.0.0.1",
+        "port": int(port),
+        "workers": s.workers,
+        "blocking_threads": s.threads,
+        # gunicorn's behaviour: a worker that dies is replaced, the server stays up (granian's default is to
+        # shut down entirely); a worker that does not stop within the grace period is killed.
+        "respawn_failed_workers": True,
+        "workers_kill_timeout": 10,
+        # Access lines without the decision would only repeat the front end's log, at a cost per request.
+        "log_access": False,
+    }
+    if importlib.util.find_spec("setproctitle") is not None:  # granian refuses process_name without it
+        options["process_name"] = f"exportgate[{config.instance}]"
+    return options
+
+
+def _run_granian(config: GateConfig) -> None:
     try:
         from granian import Granian
         from granian.constants import Interfaces
     except ImportError as exc:
-        raise SystemExit("granian is not installed: pip install 'exportgate[granian]'") from exc
-    host, _, port = config.serve.bind.rpartition(":")
-    os.environ["EXPORTGATE_SERVE_CONFIG_FILE"] = config.file or ""
-    server = Granian("exportgate.serve:granian_app", address=host.strip("[]") or "127.0.0.1", port=int(port),
-                     interface=Interfaces.WSGI, workers=config.serve.workers,
-                     blocking_threads=config.serve.threads)
-    server.serve()
+        raise ExportGateError("granian is not installed: pip install 'exportgate[granian]'") from exc
+    server = Granian("exportgate.web.app:create_app", interface=Interfaces.WSGI, log_dictconfig=_granian_logging(),
+                     **granian_options(config))
+    # The loader runs in each worker after it starts (granian forks or spawns workers): the app, its store
+    # connection, recorder thread and geo reader are built there, from this very config (command-line options
+    # included), never carried across the fork.
+    server.serve(target_loader=functools.partial(_granian_worker_app, config), wrap_loader=False)
 
 
-def granian_app(environ: dict[str, Any], start_response: Any) -> Any:  # pragma: no cover - optional server
-    global _granian_app
-    if _granian_app is None:
-        from .config import load_config
-        from .web.app import create_app
+def _granian_logging() -> dict[str, Any]:
+    """granian's logging setup plus the gate's own loggers (store failures, stale geo data) on the same stream.
 
-        _granian_app = create_app(load_config(os.environ.get("EXPORTGATE_SERVE_CONFIG_FILE") or None))
-    return _granian_app(environ, start_response)
+    gunicorn's ``errorlog`` and granian's defaults configure only the servers' loggers: the gate's warnings would
+    reach stderr bare, without time or level.
+    """
+    import copy
+
+    from granian.log import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["exportgate"] = {"()": "logging.Formatter",
+                                          "fmt": "[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"}
+    config["handlers"]["exportgate"] = {"formatter": "exportgate", "class": "logging.StreamHandler",
+                                        "stream": "ext://sys.stdout"}
+    config["loggers"]["exportgate"] = {"handlers": ["exportgate"], "level": "INFO", "propagate": False}
+    return config
 
 
-_granian_app: Any = None
+def _granian_worker_app(config: GateConfig) -> Any:
+    from .web.app import create_app
+
+    _forget_dead_workers()
+    # After a SIGHUP the old workers stop only once the new ones run (granian waits 3.5 s between workers, then
+    # up to the kill timeout): look again when they are surely gone.
+    later = threading.Timer(60.0, _forget_dead_workers)
+    later.daemon = True
+    later.start()
+    return create_app(config)
+
+
+def _forget_dead_workers() -> None:
+    """Drop the live-gauge files of worker processes that are gone (granian has no child-exit hook).
+
+    Without this a worker replaced after a crash or a ``SIGHUP`` would keep its last store-health and geo
+    readings in ``/metrics`` for good.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    from prometheus_client import multiprocess
+
+    pids: set[int] = set()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        stem, _, pid = name.removesuffix(".db").rpartition("_")
+        if stem.startswith("gauge_live") and pid.isdigit():
+            pids.add(int(pid))
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                multiprocess.mark_process_dead(pid, directory)
+            except OSError:
+                pass  # another worker starting at the same time removed it first
+        except PermissionError:
+            pass  # alive, someone else's

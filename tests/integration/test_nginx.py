@@ -74,14 +74,13 @@ class Stack:
         return next(line for line in text.splitlines() if needle in line)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def build_stack(tmp_path_factory: pytest.TempPathFactory, *server_args: str) -> Iterator[Stack]:
     require(nginx_usable(), "nginx with auth_request and realip", "apt-get install nginx")
     base = tmp_path_factory.mktemp("nginx-stack")
     root = write_mirror(base / "mirror")
     config = write_config(base, geo={"overrides": [*TEST_OVERRIDES,
                                                    {"network": f"{UNTRUSTED_PEER}/32", "country": "IR"}]})
-    gate = GateProcess(workdir=base / "gate", config=config)
+    gate = GateProcess(workdir=base / "gate", config=config, extra_args=server_args)
     port = free_port()
     access_log = base / "nginx" / "access.log"
     conf = render(DEPLOY / "nginx" / "exportgate.conf", {
@@ -101,6 +100,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         nginx.stop()
         gate.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from build_stack(tmp_path_factory)
 
 
 def test_allowed_download_is_served(stack: Stack) -> None:
@@ -266,3 +270,26 @@ def test_record_store_failure_refuses_downloads(stack: Stack) -> None:
     # The store is back: the next download commits its record and is served.
     assert stack.get("/files/chat-1.tar.gz", client=IR_CLIENT).body == CHAT
     assert stack.gate.get("/readyz").status == 200
+
+
+@pytest.fixture(scope="module")
+def granian_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    import importlib.util
+
+    require(importlib.util.find_spec("granian") is not None, "granian", "pip install 'exportgate[granian]'")
+    yield from build_stack(tmp_path_factory, "--server", "granian", "--threads", "8")
+
+
+@pytest.mark.parametrize(("target", "client", "status"), [
+    pytest.param("/files/chat-1.tar.gz", IR_CLIENT, 200, id="allow"),
+    pytest.param("/files/crypto-1.tar.gz", IR_CLIENT, 451, id="block"),
+    pytest.param("/files/%2e%2e/files/crypto-1.tar.gz", IR_CLIENT, 451, id="encoded dot-segment"),
+    pytest.param("/files//crypto-1.tar.gz", IR_CLIENT, 451, id="double slash"),
+    pytest.param("/files/crypto-1.tar.gz", UNKNOWN_CLIENT, 200, id="unknown location flagged"),
+])
+def test_the_same_behind_granian(granian_stack: Stack, target: str, client: str, status: int) -> None:
+    before = decision_count(granian_stack.database)
+    r = granian_stack.get(target, client=client)
+    assert r.status == status
+    assert CRYPTO not in r.body or client != IR_CLIENT
+    assert decision_count(granian_stack.database) == before + 1
