@@ -11,6 +11,7 @@ Every HTTP adapter is a thin shell over these two calls.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import os
 from collections.abc import Callable
@@ -45,6 +46,10 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# The default clock without a Python frame per call (a measurable share of a decision).
+_now_utc = functools.partial(dt.datetime.now, dt.UTC)
+
+
 class Gate:
     """Wires a locator, a catalog, the policy set and (optionally) a recorder."""
 
@@ -55,7 +60,7 @@ class Gate:
         catalog: Catalog,
         policies: PolicySet,
         recorder: Recorder | None = None,
-        clock: Callable[[], dt.datetime] = utc_now,
+        clock: Callable[[], dt.datetime] = _now_utc,
         instance: str | None = None,
     ) -> None:
         self.locator = locator
@@ -73,9 +78,6 @@ class Gate:
 
     def decide(self, request: RequestFacts, *, at: dt.datetime | None = None) -> Decision:
         """Decide without recording. ``at`` defaults to now; a time before every pack raises NoPackInForce."""
-        return self._decide(request, at)[0]
-
-    def _decide(self, request: RequestFacts, at: dt.datetime | None) -> tuple[Decision, Any]:
         when = at if at is not None else self.clock()
         if request.client_error is not None:
             location = unknown(CLIENT_UNKNOWN, source=f"client address: {request.client_error}")
@@ -83,9 +85,8 @@ class Gate:
             location = self.locator.locate(request.client)
         classification = self.catalog.classify(request.path)
         outcome = self.policies.evaluate(location, classification, when)
-        decision = Decision.build(f"{self._prefix}-{next(self._counter):012x}", when, outcome, location,
-                                  classification, request)
-        return decision, outcome
+        return Decision.build(f"{self._prefix}-{next(self._counter):012x}", when, outcome, location,
+                              classification, request)
 
     def decide_and_record(self, request: RequestFacts) -> Decision:
         """Decide and commit the record; returns only after the record is durable."""
@@ -99,8 +100,8 @@ class Gate:
         """
         if self.recorder is None:
             raise ExportGateError("this gate has no record store; use decide() to evaluate without recording")
-        decision, outcome = self._decide(request, None)
-        body_json = self._encoder.encode(decision, outcome if outcome.shared else None)
+        decision = self.decide(request)
+        body_json = self._encoder.encode(decision)
         pending = self.recorder.submit_encoded("decision", decision.id, format_time(decision.at), body_json)
         return PendingDecision(decision, pending)
 

@@ -85,9 +85,6 @@ class Outcome:
     pack: PackRef
     authorization: str | None = None
     reasons: tuple[str, ...] = ()
-    shared: bool = False
-    """True for an outcome the PolicySet hands out for every request it decides (cached), so consumers may cache
-    what they derive from it by identity."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,9 +266,7 @@ class PolicySet:
             rule, reasons = pack.match(location, classification)
             fixed = None
             if not rule.requires_authorization:
-                o = pack.outcome(rule, reasons, location, classification, at, None)
-                fixed = Outcome(action=o.action, mode=o.mode, rule=o.rule, citation=o.citation, pack=o.pack,
-                                authorization=None, reasons=o.reasons, shared=True)
+                fixed = pack.outcome(rule, reasons, location, classification, at, None)
             hit = self._cache[key] = (classification, rule, reasons, fixed)
         if hit[3] is not None:
             return hit[3]

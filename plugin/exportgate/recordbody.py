@@ -1,7 +1,7 @@
 """The decision record body as canonical JSON text, assembled from cached fragments.
 
 Every download produces one record; encoding its ~1 KiB body from scratch is the largest cost of recording. Most
-of it repeats: the policy outcome (action, rule, citation, pack, reasons) is the same object for every request it
+of it repeats: the policy outcome (action, rule, citation, pack, reasons) is shared by every request a rule
 decides, and the locator and catalog hand out the same Location and Classification objects for the same address
 and artifact. So those parts are encoded once and only the request facts are encoded per decision.
 
@@ -26,12 +26,12 @@ def _j(value: Any) -> str:
 
 
 class RecordEncoder:
-    """Encodes decisions of one gate; not shared between threads' *writes* in a way that matters (dict ops are
-    atomic under the GIL, and a lost cache entry only costs a re-encode)."""
+    """Encodes the decisions of one gate. Safe from several threads: each dict operation is atomic, and a cache
+    entry lost to a concurrent clear only costs one more encoding."""
 
     def __init__(self, max_entries: int = 131072) -> None:
         self.max_entries = max_entries
-        self._outcomes: dict[tuple[int, str], tuple[object, tuple[str, str, str, str]]] = {}
+        self._outcomes: dict[tuple[object, ...], tuple[str, str, str, str]] = {}
         self._values: dict[int, tuple[object, str]] = {}
 
     def _value(self, value: Any) -> str:
@@ -44,12 +44,11 @@ class RecordEncoder:
         self._values[id(value)] = (value, text)
         return text
 
-    def _frame(self, d: Decision, outcome: object | None) -> tuple[str, str, str, str]:
-        if outcome is not None:
-            key = (id(outcome), d.mode)
-            hit = self._outcomes.get(key)
-            if hit is not None and hit[0] is outcome:
-                return hit[1]
+    def _frame(self, d: Decision) -> tuple[str, str, str, str]:
+        key = (d.action, d.mode, d.rule, d.citation, d.authorization, d.pack, d.reasons)
+        frame = self._outcomes.get(key)
+        if frame is not None:
+            return frame
         frame = (
             '{"action":' + _j(d.action) + ',"authorization":' + _j(d.authorization) + ',"citation":'
             + _j(d.citation) + ',"classification":',
@@ -58,15 +57,13 @@ class RecordEncoder:
             + ',"request":',
             ',"rule":' + _j(d.rule) + "}",
         )
-        if outcome is not None:
-            if len(self._outcomes) >= self.max_entries:
-                self._outcomes.clear()
-            self._outcomes[key] = (outcome, frame)
+        if len(self._outcomes) >= self.max_entries:
+            self._outcomes.clear()
+        self._outcomes[key] = frame
         return frame
 
-    def encode(self, decision: Decision, outcome: object | None = None) -> str:
-        """Canonical JSON of ``decision.to_record()``. ``outcome``: the policy Outcome the decision came from when
-        it is a shared (cached) object, so its part of the text is encoded once; ``None`` encodes it afresh."""
-        a, b, c, d = self._frame(decision, outcome)
+    def encode(self, decision: Decision) -> str:
+        """Canonical JSON of ``decision.to_record()``."""
+        a, b, c, d = self._frame(decision)
         return (a + self._value(decision.classification) + b + self._value(decision.location) + c
                 + _j(decision.request.to_dict()) + d)
