@@ -358,13 +358,14 @@ class GunicornProcess(_Server):
 NGINX_MAIN = """\
 # Test scaffolding only: the main and http contexts a distribution's nginx.conf provides.
 # The server block under test is deploy/nginx/exportgate.conf, included below.
+{modules}
 daemon off;
 master_process on;
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log info;
 {user}
-events {{ worker_connections 256; }}
+events {{ worker_connections {connections}; }}
 http {{
     default_type application/octet-stream;
     client_body_temp_path {prefix}/client_body;
@@ -383,6 +384,9 @@ class NginxProcess(_Server):
     """nginx in the foreground (``daemon off``) with ``server_conf`` included inside ``http {}``."""
 
     server_conf: str
+    modules: Sequence[Path] = ()
+    """Dynamic modules to load (``load_module``), e.g. the geoip2 module for the benchmark's native baseline."""
+    connections: int = 256
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -396,8 +400,10 @@ class NginxProcess(_Server):
     def write_config(self) -> None:
         # As root, workers would switch to "nobody", which cannot read pytest's 0700 temporary directories.
         user = "user root;" if os.geteuid() == 0 else ""
-        (self.workdir / "nginx.conf").write_text(NGINX_MAIN.format(prefix=self.workdir, user=user),
-                                                 encoding="utf-8")
+        modules = "\n".join(f"load_module {m};" for m in self.modules)
+        (self.workdir / "nginx.conf").write_text(
+            NGINX_MAIN.format(prefix=self.workdir, user=user, modules=modules, connections=self.connections),
+            encoding="utf-8")
         (self.workdir / "exportgate.conf").write_text(self.server_conf, encoding="utf-8")
 
     def check(self) -> None:
