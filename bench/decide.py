@@ -33,7 +33,7 @@ import yaml
 
 from exportgate.catalog import load_catalog
 from exportgate.decision import RequestFacts
-from exportgate.gate import Gate, format_time
+from exportgate.gate import Gate
 from exportgate.geo import build_locator
 from exportgate.geodata import build
 from exportgate.policy import SHIPPED_DIR, load_packs

@@ -416,7 +416,7 @@ def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | N
                 raw = json.loads(Path(heads_file).read_text(encoding="utf-8"))
                 expected = {k: (int(v[0]), str(v[1])) for k, v in raw.items()}
             except (OSError, ValueError, TypeError, IndexError, AttributeError) as exc:
-                raise ExportGateError(f"{heads_file}: not a chain-heads file written by --save-heads ({exc})")
+                raise ExportGateError(f"{heads_file}: not a chain-heads file written by --save-heads ({exc})") from None
         report = verify(store, expected_heads=expected)
         if save_heads:
             heads = chain_heads(store)

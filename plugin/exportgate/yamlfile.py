@@ -63,7 +63,7 @@ def _loader_for(file: str) -> type[yaml.SafeLoader]:
             try:
                 hash(key)
             except TypeError:
-                raise ConfigError("a mapping key must be a plain value", file=file, line=line)
+                raise ConfigError("a mapping key must be a plain value", file=file, line=line) from None
             if key in result:
                 raise ConfigError(
                     f"duplicate key {key!r} (first at line {result.key_lines[key]})",
