@@ -19,7 +19,7 @@ from werkzeug.test import Client, TestResponse
 from conftest import CU_CLIENT, IR_CLIENT, SD_CLIENT, US_CLIENT, write_config
 from exportgate.config import load_config
 from exportgate.web.app import GateApp, create_app
-from integration.serverproc import StoreFault, decision_record
+from integration.serverproc import StoreFault, decision_count, decision_record
 
 FRONT_END = "127.0.0.1"
 CRYPTO = "/files/crypto-1.tar.gz"
@@ -437,3 +437,15 @@ def test_fail_open(make_app: AppFactory, headers: dict[str, str], status: int, d
         assert r.headers["X-Exportgate-Decision"] == decision
         assert metric(client, "exportgate_record_failures_total") == 1
     assert decision_record(database, r.headers["X-Exportgate-Decision-Id"]) is None  # it was never recorded
+
+
+def test_readiness_recovers_without_a_download_once_the_store_can_write(make_app: AppFactory) -> None:
+    # A load balancer that drains the gate on 503 sends it no download: readiness must see the store heal by itself.
+    _, client, database = make_app()
+    with StoreFault(database):
+        assert ask(client, headers=nginx(CHAT)).status_code == 503
+        assert ask(client, "/readyz").status_code == 503
+    ready = ask(client, "/readyz")
+    assert ready.status_code == 200
+    assert json.loads(ready.get_data())["checks"]["records"]["ok"] is True
+    assert decision_count(database) == 0  # the probe kept nothing

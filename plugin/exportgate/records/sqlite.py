@@ -176,6 +176,25 @@ class SQLiteStore:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def check_writable(self) -> None:
+        """Take the write lock and insert a record that is rolled back; RecordStoreError if the store cannot.
+
+        For readiness checks after a failed commit: proves the store would accept the next record (the same
+        statement, triggers and constraints as a real one) without keeping anything.
+        """
+        with self._write_lock:
+            self._check_open()
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_INSERTS[1], ("exportgate:readiness-probe", 0, "probe", "probe",
+                                           "2000-01-01T00:00:00.000000Z", "{}", "", ""))
+            except sqlite3.Error as exc:
+                raise RecordStoreError(f"{self.where}: not writable: {_reason(exc)}") from exc
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
     def append(self, records: Sequence[Record]) -> None:
         params: list[Any] = []
         extend = params.extend

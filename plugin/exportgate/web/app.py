@@ -79,8 +79,17 @@ class GateApp:
             ok = False
         recorder = self.runtime.recorder
         healthy = bool(recorder is not None and recorder.healthy)
-        checks["records"] = {"ok": healthy, "store": _redact(self.runtime.config.records),
-                             "last_error": recorder.last_error if recorder is not None else "no recorder"}
+        last_error = recorder.last_error if recorder is not None else "no recorder"
+        probe = getattr(self.runtime.store, "check_writable", None)
+        if recorder is not None and not healthy and probe is not None:
+            # The recorder turns healthy only with its next commit; a load balancer that drains this gate on 503
+            # would never send that request. Ask the store directly whether it would take a write now.
+            try:
+                probe()
+                healthy = True
+            except ExportGateError as exc:
+                last_error = str(exc)
+        checks["records"] = {"ok": healthy, "store": _redact(self.runtime.config.records), "last_error": last_error}
         ok = ok and healthy
         self.metrics.observe_health(checks["geo"], healthy)
         return ok, checks
