@@ -6,6 +6,7 @@ import json
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -306,7 +307,11 @@ def test_json_lines_sink_writes_one_canonical_object_per_record(
                 for i in range(5)
             ]
         )
-        # Flushed per batch: readable before the sink is closed.
+        # Flushed per batch: readable before the sink is closed. The writer hands a batch to the sinks just after
+        # releasing its callers (a slow log must not delay downloads), so allow it a moment.
+        deadline = time.monotonic() + 5
+        while target.read_text(encoding="utf-8").count("\n") < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert target.read_text(encoding="utf-8").count("\n") == 5
     lines = target.read_bytes().splitlines()
     assert lines == [canonical(r.to_dict()) for r in records]
