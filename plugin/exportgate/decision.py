@@ -34,7 +34,9 @@ class RequestFacts:
     client_source: str = "peer"
     """Where ``client`` came from: ``peer`` (TCP peer), ``x-forwarded-for``, ``forwarded``, ``cli``…"""
     address_chain: tuple[str, ...] = ()
-    """The whole forwarded-for chain, for the record, when proxies were involved."""
+    """The whole forwarded-for chain, for the record, when proxies were involved (left to right, peer last)."""
+    client_hop: int = 0
+    """Which entry of the chain was used, counted from the right: 0 is the TCP peer, 1 the last header entry."""
     client_error: str | None = None
     """Why no client address could be established (``obfuscated``, ``unparseable``, ``too-large``…); the location
     is then unknown for that reason, without a lookup."""
@@ -44,6 +46,7 @@ class RequestFacts:
             "client": self.client,
             "client_source": self.client_source,
             "address_chain": list(self.address_chain),
+            "client_hop": self.client_hop,
             "client_error": self.client_error,
             "method": self.method,
             "host": self.host,

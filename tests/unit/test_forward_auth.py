@@ -449,3 +449,16 @@ def test_readiness_recovers_without_a_download_once_the_store_can_write(make_app
     assert ready.status_code == 200
     assert json.loads(ready.get_data())["checks"]["records"]["ok"] is True
     assert decision_count(database) == 0  # the probe kept nothing
+
+
+def test_the_record_names_the_address_chain_and_the_hop_used(gate: tuple[GateApp, Client, Path]) -> None:
+    # The peer (127.0.0.1) is a trusted proxy; the client prepended a spoofed entry, which is never used.
+    _, client, database = gate
+    r = ask(client, headers=nginx(CRYPTO, client_ip=f"{US_CLIENT}, {IR_CLIENT}"))
+    assert r.status_code == 403
+    record = decision_record(database, r.headers["X-Exportgate-Decision-Id"])
+    assert record is not None
+    request = record["request"]  # type: ignore[index]
+    assert request["client"] == IR_CLIENT and request["client_source"] == "x-forwarded-for"
+    assert request["client_hop"] == 1
+    assert request["address_chain"] == [US_CLIENT, IR_CLIENT, "127.0.0.1"]

@@ -94,6 +94,7 @@ class Admission:
             host=host,
             client_source=origin.source,
             address_chain=origin.chain,
+            client_hop=origin.hop,
             client_error=client_error,
         )
         try:
