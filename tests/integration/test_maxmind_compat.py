@@ -7,10 +7,10 @@ test-data/) and never copied into the repository. Absent, the tests skip with a 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from exportgate.address import normalise
 from exportgate.errors import GeoDatabaseError
@@ -21,14 +21,8 @@ TESTDATA = Path(__file__).parents[2].parent / "shared/testdata/maxmind"
 
 def maxmind_file(name: str) -> Path:
     path = TESTDATA / name
-    if not path.is_file():
-        message = (
-            f"MaxMind test database {name} not found in {TESTDATA}: put the MaxMind-DB repository's"
-            " test-data/ files there (https://github.com/maxmind/MaxMind-DB)"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require(path.is_file(), f"MaxMind test database {name} (in {TESTDATA})",
+            "put the MaxMind-DB repository's test-data/ files there (https://github.com/maxmind/MaxMind-DB)")
     return path
 
 

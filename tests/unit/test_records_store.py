@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from exportgate.errors import ConfigError, RecordStoreError
 from exportgate.records import (
@@ -169,11 +170,7 @@ def test_open_fails_on_a_read_only_database(tmp_path: Path) -> None:
     made = os.path.exists(chattr) and not subprocess.run(
         [chattr, "+i", str(path)], capture_output=True, check=False
     ).returncode
-    if not made:
-        message = "needs chattr +i (e2fsprogs, as root, on ext2/3/4)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require(bool(made), "chattr +i (an immutable file)", "e2fsprogs, run as root, on ext2/3/4")
     try:
         with pytest.raises(StoreOpenError, match="readonly") as info:
             SQLiteStore(str(path))
