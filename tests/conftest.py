@@ -21,7 +21,7 @@ def require(available: bool, what: str, install: str) -> None:
         return
     if in_ci():
         pytest.fail(f"{what} is required in CI but missing ({install})")
-    pytest.skip(f"{what} not available: {install}")
+    pytest.skip(f"{what} not available: {install} (in CI this fails instead)")
 
 
 @pytest.fixture
