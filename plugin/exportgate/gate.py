@@ -22,10 +22,10 @@ from .decision import Decision, RequestFacts
 from .errors import ExportGateError
 from .location import CLIENT_UNKNOWN, Location, unknown
 from .recordbody import RecordEncoder
+from .policy import PolicySet
 from .records.chain import format_time
 
-__all__ = ["Gate", "PendingDecision", "format_time", "utc_now"]
-from .policy import PolicySet
+__all__ = ["Gate", "PendingDecision", "format_time"]
 
 
 class Locator(Protocol):
@@ -40,10 +40,6 @@ class Catalog(Protocol):
 
 class Recorder(Protocol):
     def submit_encoded(self, kind: str, id: str, at: str, body_json: str) -> Any: ...  # noqa: A002
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 # The default clock without a Python frame per call (a measurable share of a decision).

@@ -7,7 +7,6 @@ evaluate (``explain``, ``classify``, ``check``) open no store.
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +108,6 @@ class GateRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def existing_store(config: GateConfig) -> Any:
