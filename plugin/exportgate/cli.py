@@ -126,8 +126,8 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
         store = open_store(cfg)
         try:
             book = authorization_book(store)
-            summary["records"] = {"store": cfg.records, "decisions": store.count("decision"),
-                                  "authorizations": len(book.all)}
+            # No decision count: on a store of millions of records it is a scan, and check runs in CI.
+            summary["records"] = {"store": cfg.records, "authorizations": len(book.all)}
         finally:
             store.close()
     except ConfigError as exc:
@@ -157,8 +157,7 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
     click.echo(f"manifest: {cat.get('manifest') or 'none (every artifact unclassified)'}"
                + (f", {cat.get('rules')} rules" if cat.get("rules") is not None else ""))
     rec = summary.get("records") or {}
-    click.echo(f"records: {rec.get('store')} ({rec.get('decisions')} decisions, {rec.get('authorizations')} "
-               f"authorizations on file)")
+    click.echo(f"records: {rec.get('store')} (writable; {rec.get('authorizations')} authorizations on file)")
     for p in summary.get("packs", []):
         until = p["effective"]["until"] or "open"
         click.echo(f"pack: {p['id']} v{p['version']} {p['effective']['from']} .. {until} ({p['rules']} rules)")
