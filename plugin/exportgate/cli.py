@@ -136,10 +136,12 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
         errors.append(ConfigError(f"record store {cfg.records}: {exc}", file=cfg.file))
     try:
         from .web.clientaddr import TrustedProxies
+        from .web.middleware import compile_gated
 
         TrustedProxies(cfg.serve.trust_proxy, header=cfg.serve.forwarded_header, file=cfg.file)
+        compile_gated(cfg.serve.gated)
     except ConfigError as exc:
-        errors.append(exc)
+        errors.append(exc if exc.file else ConfigError(exc.message, file=cfg.file))
     for f in auth_files:
         try:
             summary.setdefault("authorization_files", {})[f] = len(load_authorization_file(f))
@@ -468,6 +470,9 @@ def serve(ctx: click.Context, **options: Any) -> None:
     from .web.clientaddr import TrustedProxies
 
     TrustedProxies(cfg.serve.trust_proxy, header=cfg.serve.forwarded_header)
+    from .web.middleware import compile_gated
+
+    compile_gated(cfg.serve.gated)  # a bad glob fails here, not in every worker
     if cfg.serve.mode == "proxy" and not cfg.serve.upstream:
         raise ExportGateError("proxy mode needs --upstream URL (or serve.upstream in the config)")
     if cfg.serve.mode == "static" and not cfg.serve.root:

@@ -144,6 +144,8 @@ def test_check_reports_every_bad_file_with_file_and_line(run, tmp_path):
     pytest.param("geo:\n  overrides:\n    - {network: 10.0.0.0/33, country: US}\n", 3, "10.0.0.0/33",
                  id="bad CIDR"),
     pytest.param("serve: {trust_proxy: [nonsense]}\n", None, "nonsense", id="bad trusted proxy"),
+    pytest.param("serve: {gated: ['packages/**']}\n", None, "serve.gated", id="gated glob not absolute"),
+    pytest.param("serve: {gated: ['/a/x**.whl']}\n", None, "whole segment", id="gated glob with ** in a segment"),
 ])
 def test_check_rejects_bad_config(run, tmp_path, text, line, message):
     config = write(tmp_path / "gate.yaml", text)

@@ -18,12 +18,13 @@ a case-insensitive app behind a gate not configured with ``case_insensitive_path
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
+from ..errors import ConfigError
+from ..globs import compile_glob
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .page import Operator, decision_headers, send_blocked
 from .paths import PathRejected, normalise_path
@@ -35,17 +36,20 @@ _SAFE_PATH = "/:@!$&'()*+,;=-._~"
 
 
 def compile_gated(globs: Iterable[str], *, case_insensitive: bool = False) -> re.Pattern[str] | None:
-    """One regex for the gated path globs (``*`` stays within a segment, ``**`` crosses them); None = all.
+    """One regex for the gated path globs; None = every path is gated.
 
-    ``case_insensitive``: match without regard to case, as the decision does for a case-insensitive origin
-    (otherwise a glob written ``/Packages/**`` would never match the case-folded path, and every download
-    under it would pass undecided).
+    The globs are the manifest's (:func:`exportgate.globs.compile_glob`: ``*`` within a segment, ``**`` a whole
+    segment crossing directories), so release engineers and ops write paths one way. A glob that is not valid is
+    a :class:`ConfigError` naming ``serve.gated``. ``case_insensitive``: match without regard to case, as the
+    decision does for a case-insensitive origin (otherwise a glob written ``/Packages/**`` would never match the
+    case-folded path, and every download under it would pass undecided).
     """
     parts = []
     for glob in globs:
-        regex = fnmatch.translate(glob.replace("**", "\0"))
-        regex = regex.replace(".*", "[^/]*").replace("\0", ".*")
-        parts.append(f"(?:{regex})")
+        try:
+            parts.append(f"(?:{compile_glob(glob).source})")
+        except ValueError as exc:
+            raise ConfigError(f"serve.gated: {exc}") from None
     if not parts:
         return None
     return re.compile("|".join(parts), re.IGNORECASE if case_insensitive else 0)
