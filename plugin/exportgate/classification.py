@@ -6,6 +6,7 @@ An artifact no manifest rule matches is :data:`UNCLASSIFIED`; policy packs decid
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Classes of software the 2010 general licenses speak of, and the kinds of personal communication
@@ -20,6 +21,15 @@ PERSONAL_COMMUNICATIONS_KINDS = (
 # like an ECCN (e.g. 4D994); the policy treats anything not listed in a rule as not matching it.
 KNOWN_ECCNS = ("EAR99", "5D992.c", "5D992", "5D002", "5D991", "4D994", "not-subject-to-ear")
 PRICES = ("no-cost", "fee")
+
+
+def is_eccn(value: str) -> bool:
+    """A value a manifest or a pack may give as ``eccn``: one of :data:`KNOWN_ECCNS`, or the shape of an ECCN
+    (``4D994``, ``5A992.c``, ``5D002.c.1``; no empty paragraphs like ``5D002..``)."""
+    return value in KNOWN_ECCNS or _ECCN_SHAPE.fullmatch(value) is not None
+
+
+_ECCN_SHAPE = re.compile(r"[0-9][A-E][0-9]{3}(?:\.[a-z0-9]+)*")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import iso3166, yamlfile
-from .classification import CLASSES, KNOWN_ECCNS, PERSONAL_COMMUNICATIONS_KINDS, PRICES, Classification
+from .classification import CLASSES, PERSONAL_COMMUNICATIONS_KINDS, PRICES, Classification, is_eccn
 from .errors import ConfigError
 from .location import ANONYMIZER_FLAGS, Location
 
@@ -80,7 +80,6 @@ class Conditions:
 
 _YAML_NAMES = {"class": "categories", "kinds": "kinds", "eccn": "eccns", "price": "prices",
                "publicly_available": "publicly_available", "anonymizer": "anonymizer"}
-_ECCN_SHAPE = r"^[0-9][A-E][0-9]{3}(\.[a-z0-9.]+)?$"
 
 
 def parse_conditions(value: Any, *, file: str, line: int | None, what: str) -> Conditions:
@@ -109,13 +108,11 @@ def parse_conditions(value: Any, *, file: str, line: int | None, what: str) -> C
 
 
 def _check_value(yaml_name: str, value: str) -> str | None:
-    import re
-
     allowed = {"class": CLASSES, "kinds": PERSONAL_COMMUNICATIONS_KINDS, "price": PRICES,
                "anonymizer": ANONYMIZER_FLAGS}.get(yaml_name)
     if allowed is not None and value not in allowed:
         return f"{yaml_name} {value!r} is not one of {', '.join(allowed)}"
-    if yaml_name == "eccn" and value not in KNOWN_ECCNS and not re.match(_ECCN_SHAPE, value):
+    if yaml_name == "eccn" and not is_eccn(value):
         return f"eccn {value!r} is not an ECCN (like 5D992.c), EAR99 or not-subject-to-ear"
     return None
 

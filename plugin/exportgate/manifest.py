@@ -21,7 +21,6 @@ unclassified, and unclassified gets whatever the policy pack says.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from .classification import (
     PRICES,
     UNCLASSIFIED,
     Classification,
+    is_eccn,
 )
 from .errors import ConfigError, ConfigErrors
 from .globs import compile_glob
@@ -44,8 +44,6 @@ TOP_KEYS = ("manifest", "version", "artifacts")
 """The keys of the manifest mapping."""
 RULE_KEYS = ("package", "ecosystem", "path", "class", "kinds", "eccn", "price", "publicly_available", "note")
 """The keys of one rule."""
-# Same shape as policy conditions accept (conditions._ECCN_SHAPE), without empty paragraphs like "5D002..".
-_ECCN_SHAPE = re.compile(r"[0-9][A-E][0-9]{3}(?:\.[a-z0-9]+)*")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -239,7 +237,7 @@ def _kinds(f: yamlfile.Fields, category: str | None) -> tuple[str, ...]:
 
 def _eccn(f: yamlfile.Fields) -> str | None:
     value: str | None = f.str("eccn", required=False)
-    if value is None or value in KNOWN_ECCNS or _ECCN_SHAPE.fullmatch(value):
+    if value is None or is_eccn(value):
         return value
     close = [k for k in KNOWN_ECCNS if k.lower() == value.lower().strip()]
     hint = f"; did you mean {close[0]}?" if close else ""
