@@ -8,7 +8,6 @@ the artifact was classified and by which manifest rule. Only the web layer turns
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,15 +104,11 @@ class Decision:
         _set_reasons(d, outcome.reasons)
         return d
 
-    def to_record(self, as_dict: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    def to_record(self) -> dict[str, Any]:
         """The body of the decision record: everything an auditor needs, nothing secret.
 
-        ``as_dict`` may return cached (never mutated) dict views of the location and classification.
+        The gate encodes it through :class:`~exportgate.recordbody.RecordEncoder`, which gives the same text.
         """
-        if as_dict is not None:
-            location, classification = as_dict(self.location), as_dict(self.classification)
-        else:
-            location, classification = self.location.to_dict(), self.classification.to_dict()
         return {
             "action": self.action,
             "mode": self.mode,
@@ -122,8 +117,8 @@ class Decision:
             "citation": self.citation,
             "authorization": self.authorization,
             "pack": self.pack.to_dict(),
-            "location": location,
-            "classification": classification,
+            "location": self.location.to_dict(),
+            "classification": self.classification.to_dict(),
             "request": self.request.to_dict(),
             "reasons": list(self.reasons),
         }
