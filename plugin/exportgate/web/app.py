@@ -18,7 +18,6 @@ import re
 from typing import Any
 
 from ..config import GateConfig
-from ..decision import Decision
 from ..errors import ExportGateError
 from ..policy import describe_pack
 from ..runtime import GateRuntime
@@ -211,8 +210,4 @@ def _create_app(config: GateConfig, runtime: GateRuntime) -> GateApp:
     return GateApp(runtime, mode_app, metrics=metrics, operator=operator)
 
 
-def decision_environ_key() -> str:
-    return "exportgate.decision"
-
-
-__all__ = ["GateApp", "create_app", "Decision"]
+__all__ = ["GateApp", "create_app"]
