@@ -29,7 +29,7 @@ from ..decision import RequestFacts
 from ..errors import ExportGateError, RecordStoreError
 from .clientaddr import TrustedProxies
 from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers
-from .paths import PathRejected, normalise_path
+from .paths import NormalisedPath, PathRejected, normalise_path
 
 log = logging.getLogger("exportgate.web")
 
@@ -70,17 +70,24 @@ class Admission:
         # /readyz is asked on this worker (with several workers it is the minimum over all of them).
         self._store_failing = False
 
-    def admit(self, environ: dict[str, Any], method: str, raw_uri: str, host: str | None) -> tuple[Any, str, str]:
-        if len(raw_uri) > MAX_URI:
+    def admit(self, environ: dict[str, Any], method: str, raw_uri: str, host: str | None,
+              normalised: NormalisedPath | None = None) -> tuple[Any, str, str]:
+        """``normalised``: ``normalise_path(raw_uri)`` when the caller has it already (modes that must match
+        ``gated`` first), so the hot path does not do it twice; case is folded here if the gate is
+        case-insensitive."""
+        if len(raw_uri) > MAX_URI:  # the query string counts too
             if self.metrics is not None:
                 self.metrics.reject("path")
             return None, "414 URI Too Long", "request URI too long"
-        try:
-            normalised = normalise_path(raw_uri, case_insensitive=self.case_insensitive)
-        except PathRejected as exc:
-            if self.metrics is not None:
-                self.metrics.reject("path")
-            return None, "400 Bad Request", f"rejected path: {exc.reason}"
+        if normalised is None:
+            try:
+                normalised = normalise_path(raw_uri, case_insensitive=self.case_insensitive)
+            except PathRejected as exc:
+                if self.metrics is not None:
+                    self.metrics.reject("path")
+                return None, "400 Bad Request", f"rejected path: {exc.reason}"
+        elif self.case_insensitive:
+            normalised = NormalisedPath(path=normalised.path.lower(), raw=normalised.raw)
         origin = self.proxies.resolve_environ(environ)
         client_error = None
         if origin.address is None:

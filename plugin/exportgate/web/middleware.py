@@ -69,9 +69,10 @@ class GateMiddleware:
         raw_uri = _raw_uri(environ)
         try:
             # Case kept for the app; a case-insensitive gate matches ``gated`` (and decides) without case.
-            path = normalise_path(raw_uri).path
+            normalised = normalise_path(raw_uri)
         except PathRejected as exc:
             return reject_path(start_response, exc, self.admission.metrics)
+        path = normalised.path
         # The app gets the path that is matched and decided, not the raw one: /PACKAGES/, /a/../packages/ or
         # %70ackages must not slip past the gate as "not a download", and an app that does not resolve
         # dot-segments itself must not open something other than what was decided.
@@ -80,7 +81,7 @@ class GateMiddleware:
         if self.gated is not None and not self.gated.match(path):
             return self.app(environ, start_response)
         decision, status, text = self.admission.admit(environ, environ.get("REQUEST_METHOD", "GET"), raw_uri,
-                                                      environ.get("HTTP_HOST"))
+                                                      environ.get("HTTP_HOST"), normalised)
         if decision is None:
             return plain(start_response, status, text)
         if not decision.served:

@@ -106,12 +106,14 @@ class ProxyApp:
         try:
             # Case kept: the upstream gets the path as the client wrote it, resolved; a case-insensitive
             # decision folds it separately (a case-insensitive upstream resolves both to the same file).
-            path = normalise_path(raw_uri).path
+            normalised = normalise_path(raw_uri)
         except PathRejected as exc:
             return reject_path(start_response, exc, self.metrics)
+        path = normalised.path
         decision = None
         if self.gated is None or self.gated.match(path):
-            decision, status, text = self.admission.admit(environ, method, raw_uri, environ.get("HTTP_HOST"))
+            decision, status, text = self.admission.admit(environ, method, raw_uri, environ.get("HTTP_HOST"),
+                                                          normalised)
             if decision is None:
                 return plain(start_response, status, text)
             if not decision.served:

@@ -38,7 +38,7 @@ from ..errors import ConfigError
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
 from .page import Operator, decision_headers, send_blocked
-from .paths import PathRejected, normalise_path
+from .paths import NormalisedPath, PathRejected, normalise_path
 
 INDEX = "index.html"
 _SAFE_PATH = "/:@!$&'()*+,;=-._~"
@@ -68,9 +68,11 @@ class StaticApp:
                          [("Allow", "GET, HEAD")])
         raw_uri = _raw_uri(environ)
         try:
-            path = normalise_path(raw_uri).path
+            normalised: NormalisedPath | None = normalise_path(raw_uri)
         except PathRejected as exc:
             return reject_path(start_response, exc, self.admission.metrics)
+        assert normalised is not None
+        path = normalised.path
         query = raw_uri.partition("#")[0].partition("?")[2]
         # The file served for a directory URL is its index.html; the file served for a symlink is its target
         # (``latest.tar.gz -> crypto-2.0.tar.gz``). Either way the decision is about the file that will be
@@ -82,9 +84,11 @@ class StaticApp:
         if decide_on != path:
             # fsencode: a link target that is not UTF-8 stays its bytes, and normalise_path then refuses it.
             raw_uri = quote(os.fsencode(decide_on), safe=_SAFE_PATH) + (f"?{query}" if query else "")
+            normalised = None  # decided on the file served: admit() normalises the rewritten target
         decision = None
         if self.gated is None or self.gated.match(target) or self.gated.match(decide_on):
-            decision, status, text = self.admission.admit(environ, method, raw_uri, environ.get("HTTP_HOST"))
+            decision, status, text = self.admission.admit(environ, method, raw_uri, environ.get("HTTP_HOST"),
+                                                          normalised)
             if decision is None:
                 return plain(start_response, status, text)
             if not decision.served:
