@@ -38,8 +38,17 @@ class Catalog(Protocol):
     def classify(self, path: str) -> Classification: ...
 
 
+class Pending(Protocol):
+    def result(self) -> Any: ...
+
+    @property
+    def transaction(self) -> object: ...
+
+    def on_settled(self, callback: Callable[[], None]) -> None: ...
+
+
 class Recorder(Protocol):
-    def submit_encoded(self, kind: str, id: str, at: str, body_json: str) -> Any: ...  # noqa: A002
+    def submit_encoded(self, kind: str, id: str, at: str, body_json: str) -> Pending: ...  # noqa: A002
 
 
 # The default clock without a Python frame per call (a measurable share of a decision).
@@ -107,7 +116,7 @@ class PendingDecision:
 
     __slots__ = ("decision", "_pending")
 
-    def __init__(self, decision: Decision, pending: Any) -> None:
+    def __init__(self, decision: Decision, pending: Pending) -> None:
         self.decision = decision
         self._pending = pending
 
@@ -115,3 +124,12 @@ class PendingDecision:
         """The decision, once its record is committed; raises RecordStoreError if it could not be."""
         self._pending.result()
         return self.decision
+
+    @property
+    def transaction(self) -> object:
+        """The same token for decisions whose records commit together (one wake-up serves them all)."""
+        return self._pending.transaction
+
+    def on_settled(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (on the writer thread) once ``result()`` would no longer block."""
+        self._pending.on_settled(callback)

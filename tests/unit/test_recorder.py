@@ -353,3 +353,64 @@ def test_recorder_arguments_are_checked(store: SQLiteStore) -> None:
         Recorder(store, instance="")
     with pytest.raises(ValueError):
         Recorder(store, instance="g", max_batch=0)
+
+
+# -- waiting without blocking (event loops) ----------------------------------------------------------------
+
+
+def test_on_settled_tells_once_per_transaction_after_the_commit(store: SQLiteStore) -> None:
+    with Recorder(store, instance="gate-1") as recorder:
+        seen: list[tuple[str, bool]] = []
+        done = threading.Event()
+        pending = recorder.submit("decision", "d-1", AT, decision(1))
+
+        def told() -> None:
+            # On the writer thread, after the commit: the record is in the store and result() does not block.
+            seen.append((threading.current_thread().name, store.get("d-1") is not None))
+            done.set()
+
+        pending.on_settled(told)
+        assert done.wait(5)
+        assert seen == [(f"exportgate-recorder {recorder.chain_id}", True)]
+        assert pending.result().id == "d-1"
+        # Settled already: told at once, on the caller's thread.
+        late: list[str] = []
+        pending.on_settled(lambda: late.append(threading.current_thread().name))
+        assert late == [threading.current_thread().name]
+
+
+def test_records_of_one_transaction_share_its_token(store: SQLiteStore) -> None:
+    with Recorder(store, instance="gate-1") as recorder:
+        first = recorder.submit("decision", "d-1", AT, decision(1))
+        first.result()
+        a = recorder.submit("decision", "d-2", AT, decision(2))
+        b = recorder.submit("decision", "d-3", AT, decision(3))
+        assert first.transaction is not a.transaction
+        a.result()
+        b.result()
+        if a.transaction is b.transaction:  # the writer may take d-2 alone, before d-3 is queued
+            assert store.get("d-2") is not None and store.get("d-3") is not None
+
+
+def test_on_settled_after_a_failed_commit_and_a_broken_callback(store: SQLiteStore, tmp_path: Path) -> None:
+    with Recorder(store, instance="gate-1") as recorder:
+        recorder.record("decision", "before", AT, {})
+        blocker = sqlite3.connect(tmp_path / "records.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            pending = recorder.submit("decision", "during", AT, {})
+            done = threading.Event()
+
+            def broken() -> None:
+                raise RuntimeError("a caller's bug")
+
+            pending.on_settled(broken)
+            pending.on_settled(done.set)
+            assert done.wait(5)  # the broken callback did not stop the next one
+            with pytest.raises(NotCommitted):
+                pending.result()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        # The writer thread survived the broken callback.
+        assert recorder.record("decision", "after", AT, {}).seq == 2

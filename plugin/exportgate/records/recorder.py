@@ -29,7 +29,7 @@ import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
@@ -105,7 +105,7 @@ class _Batch:
     caller re-releases it for the next (a relay), so no caller allocates anything to wait.
     """
 
-    __slots__ = ("_done", "error", "items", "records")
+    __slots__ = ("_callbacks", "_callbacks_lock", "_done", "error", "items", "records")
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str, str, dict[str, Any], str]] = []
@@ -113,6 +113,9 @@ class _Batch:
         self.error: BaseException | None = None
         self._done = _allocate_lock()
         self._done.acquire()
+        # For callers that must not block (an event loop): told once the batch is settled.
+        self._callbacks: list[Callable[[], None]] | None = []
+        self._callbacks_lock = _allocate_lock()
 
     def wait(self) -> None:
         # ``with``: a signal (KeyboardInterrupt in the main thread) cannot land between taking
@@ -122,6 +125,21 @@ class _Batch:
 
     def finish(self) -> None:
         self._done.release()
+        with self._callbacks_lock:
+            callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:  # a caller's callback must not kill the writer thread
+                log.exception("commit callback failed")
+
+    def on_settled(self, callback: Callable[[], None]) -> None:
+        with self._callbacks_lock:
+            callbacks = self._callbacks
+            if callbacks is not None:
+                callbacks.append(callback)
+                return
+        callback()  # settled already
 
 
 class Pending:
@@ -140,6 +158,18 @@ class Pending:
 
     def done(self) -> bool:
         return bool(self._batch.records) or self._batch.error is not None
+
+    @property
+    def transaction(self) -> object:
+        """An opaque token, the same for every record committed in the same transaction as this one."""
+        return self._batch
+
+    def on_settled(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once this record's transaction committed or failed (then :meth:`result` does not
+        block). It runs on the writer thread, or at once if that happened already; it must be quick and
+        thread-safe (``loop.call_soon_threadsafe``). One call per transaction is enough: see :attr:`transaction`.
+        """
+        self._batch.on_settled(callback)
 
     def result(self) -> Record:
         """The committed record; raises :class:`NotCommitted` if its transaction failed."""
