@@ -78,8 +78,10 @@ class ServeConfig:
     metadata outside them are served without a decision."""
     upstream_timeout: float = 30.0
     """Proxy mode: connect and read timeout in seconds."""
-    server: str = "gunicorn"
-    """``gunicorn`` or ``granian`` (if installed)."""
+    server: str = "auto"
+    """``auto``, ``gunicorn`` or ``granian``; ``auto`` is granian in forward-auth mode (its RSGI event loop measured
+    about six times gunicorn's answers behind nginx) and gunicorn in proxy and static modes (they need the raw
+    request target, which granian does not give). See :mod:`exportgate.serve`."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,7 +245,7 @@ def _parse_serve(raw: Any, *, file: str, path_of: Any) -> ServeConfig:
                          or defaults.block_status),
         gated=tuple(str(g) for g in gated),
         upstream_timeout=float(timeout) if timeout is not None else defaults.upstream_timeout,
-        server=s.str("server", required=False, choices=("gunicorn", "granian")) or defaults.server,
+        server=s.str("server", required=False, choices=("auto", "gunicorn", "granian")) or defaults.server,
     )
     s.done()
     return serve

@@ -1,4 +1,17 @@
-"""``exportgate serve``: run the gate under a production WSGI server, gunicorn (default) or granian.
+"""``exportgate serve``: run the gate under a production HTTP server, granian or gunicorn.
+
+Which server (``serve.server``, ``--server``): ``auto``, the default, is granian in forward-auth mode and gunicorn
+in proxy and static modes.
+
+* Forward auth under granian runs on its RSGI interface (:mod:`exportgate.web.rsgi`): one event loop per worker
+  keeps every waiting request's decision in flight, and the recorder settles a whole transaction with one wake-up.
+  Behind nginx ``auth_request`` it answered about six times the requests of gunicorn's gthread worker, at a
+  fraction of its p99 (bench/http_forward_auth.py, bench/RESULTS.md). One worker per record store file measures
+  best: workers sharing one SQLite file wait for each other's commits in SQLite's busy handler, which sleeps.
+* gunicorn serves proxy and static modes, and forward auth for Envoy's ``/auth/<path>`` form: both need the raw
+  request target (``RAW_URI``), which granian does not give (it decodes the path first). Under granian that form
+  is refused with 400, and proxy/static modes would decide on ``PATH_INFO`` re-quoted (a ``%2F`` in the client's
+  path arrives as ``/`` and would not be refused): ``auto`` never picks granian for them.
 
 Each worker process builds its own app after the fork (record store connections, the recorder's writer thread and
 the geo reader must not cross a fork), so every worker writes its own hash chain. ``SIGHUP`` to the master starts
@@ -6,18 +19,8 @@ fresh workers without dropping the listening socket: packs, manifest, authorizat
 re-read; gate.yaml and the command-line options stay those the master started with (restart to change them).
 Metrics from all workers are summed through ``PROMETHEUS_MULTIPROC_DIR``.
 
-Which server: behind nginx ``auth_request`` (bench/http_forward_auth.py, bench/RESULTS.md) granian answers about
-four times the requests of gunicorn's gthread worker on the same cores, at a quarter of its median latency; gunicorn
-stays the default because it is a required dependency and its access log carries the decision. One worker per
-record store file measures best: workers sharing one SQLite file wait for each other's commits in SQLite's busy
-handler, which sleeps (p99 several times higher).
-
-Caveats for granian: its WSGI environ has no raw request target (no ``RAW_URI``/``REQUEST_URI``), so the Envoy form
-``/auth/<path>`` is refused (400) and proxy/static modes decide on ``PATH_INFO`` re-quoted (a ``%2F`` in the
-client's path arrives as ``/`` and is not refused); the nginx/Traefik/Caddy headers are unaffected. Threads bound
-the requests in flight, each waiting for its commit: behind deploy/nginx (32 connections) 8 per worker halve the
-throughput and some requests wait hundreds of milliseconds; 32 measured best. There is no access log (the front
-end's log carries the decision, see deploy/nginx); the gate's own warnings go to stdout with granian's.
+Logs: gunicorn writes an access log with the decision; granian writes none (the front end's log carries the
+decision headers, see deploy/nginx), and the gate's own warnings go to stdout with granian's.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ def _metrics_dir() -> str:
         path = tempfile.mkdtemp(prefix="exportgate-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     return path
+
+
+def server_for(config: GateConfig) -> str:
+    """``gunicorn`` or ``granian``: the configured server, with ``auto`` resolved by mode (module docstring)."""
+    server = config.serve.server
+    if server == "auto":
+        return "granian" if config.serve.mode == "forward-auth" else "gunicorn"
+    return server
 
 
 def gunicorn_options(config: GateConfig) -> dict[str, Any]:
@@ -73,7 +84,7 @@ def run(config: GateConfig) -> None:
     """Serve until stopped (SIGINT/SIGTERM: graceful)."""
     metrics_dir = _metrics_dir()
     try:
-        if config.serve.server == "granian":
+        if server_for(config) == "granian":
             _run_granian(config)
         else:
             _run_gunicorn(config)
@@ -141,13 +152,24 @@ def _run_granian(config: GateConfig) -> None:
         from granian import Granian
         from granian.constants import Interfaces
     except ImportError as exc:
-        raise ExportGateError("granian is not installed: pip install 'exportgate[granian]'") from exc
-    server = Granian("exportgate.web.app:create_app", interface=Interfaces.WSGI, log_dictconfig=_granian_logging(),
-                     **granian_options(config))
+        raise ExportGateError("granian is not installed (a dependency of exportgate): reinstall exportgate, "
+                              "or serve with --server gunicorn") from exc
+    # Forward auth runs on the RSGI interface (one event loop per worker, exportgate.web.rsgi); proxy and static
+    # stream bodies through WSGI.
+    rsgi = config.serve.mode == "forward-auth"
+    options = granian_options(config)
+    if rsgi:
+        options["blocking_threads"] = 1  # RSGI: the loop's own thread; the gate pages use the loop's executor
+        # granian's Rust task implementation drives each request's coroutine with less work per request than
+        # asyncio's Task (~10 % more requests behind nginx here); granian itself falls back to asyncio's on
+        # Python 3.12 and newer, where it is not supported.
+        options["task_impl"] = "rust"
+    server = Granian("exportgate.web.app:create_app", interface=Interfaces.RSGI if rsgi else Interfaces.WSGI,
+                     log_dictconfig=_granian_logging(), **options)
     # The loader runs in each worker after it starts (granian forks or spawns workers): the app, its store
     # connection, recorder thread and geo reader are built there, from this very config (command-line options
     # included), never carried across the fork.
-    server.serve(target_loader=functools.partial(_granian_worker_app, config), wrap_loader=False)
+    server.serve(target_loader=functools.partial(_granian_worker_app, config, rsgi), wrap_loader=False)
 
 
 def _granian_logging() -> dict[str, Any]:
@@ -169,8 +191,9 @@ def _granian_logging() -> dict[str, Any]:
     return config
 
 
-def _granian_worker_app(config: GateConfig) -> Any:
+def _granian_worker_app(config: GateConfig, rsgi: bool) -> Any:
     from .web.app import create_app
+    from .web.rsgi import create_rsgi_app
 
     _forget_dead_workers()
     # After a SIGHUP the old workers stop only once the new ones run (granian waits 3.5 s between workers, then
@@ -178,7 +201,7 @@ def _granian_worker_app(config: GateConfig) -> Any:
     later = threading.Timer(60.0, _forget_dead_workers)
     later.daemon = True
     later.start()
-    return create_app(config)
+    return create_rsgi_app(config) if rsgi else create_app(config)
 
 
 def _forget_dead_workers() -> None:

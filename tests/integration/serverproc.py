@@ -192,6 +192,8 @@ class GateProcess(_Server):
 
     config: Path
     trust_proxy: Sequence[str] = ("127.0.0.1/32",)
+    server: str = "gunicorn"
+    """``--server``: gunicorn unless a test is about another (its access log is what ``mark`` reads)."""
     extra_args: Sequence[str] = ()
     ready_path = "/healthz"
 
@@ -204,7 +206,7 @@ class GateProcess(_Server):
         base = [str(exe)] if exe.exists() else [sys.executable, "-m", "exportgate.cli"]
         trust = [arg for cidr in self.trust_proxy for arg in ("--trust-proxy", cidr)]
         return [*base, "--config", str(self.config), "serve", "--bind", f"127.0.0.1:{self.port}",
-                "--mode", "forward-auth", *trust, "--workers", "1", *self.extra_args]
+                "--mode", "forward-auth", *trust, "--workers", "1", "--server", self.server, *self.extra_args]
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTGATE_")}

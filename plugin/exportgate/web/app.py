@@ -40,11 +40,14 @@ def operator_of(config: GateConfig) -> Operator:
 class GateApp:
     """Dispatches the gate's own routes and hands the rest to the mode's WSGI app."""
 
-    def __init__(self, runtime: GateRuntime, mode_app: Any, *, metrics: Metrics, operator: Operator) -> None:
+    def __init__(self, runtime: GateRuntime, mode_app: Any, *, metrics: Metrics, operator: Operator,
+                 forward_auth: ForwardAuth | None = None) -> None:
         self.runtime = runtime
         self.mode_app = mode_app
         self.metrics = metrics
         self.operator = operator
+        self.forward_auth = forward_auth
+        """forward-auth mode: the ``/auth`` endpoint (the RSGI server calls it directly)."""
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -182,6 +185,7 @@ def _create_app(config: GateConfig, runtime: GateRuntime) -> GateApp:
     admission = build_admission(runtime, config, metrics)
     mode = config.serve.mode
     mode_app: Any
+    auth = None
     if mode == "forward-auth":
         auth = ForwardAuth(admission, operator=operator, block_status=config.serve.block_status)
 
@@ -207,7 +211,7 @@ def _create_app(config: GateConfig, runtime: GateRuntime) -> GateApp:
         mode_app = StaticApp(admission, root=config.serve.root, operator=operator, gated=config.serve.gated)
     else:
         raise ExportGateError(f"unknown mode {mode!r}")
-    return GateApp(runtime, mode_app, metrics=metrics, operator=operator)
+    return GateApp(runtime, mode_app, metrics=metrics, operator=operator, forward_auth=auth)
 
 
 __all__ = ["GateApp", "create_app"]

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..decision import RequestFacts
 from ..errors import ExportGateError, RecordStoreError
-from .clientaddr import TrustedProxies
+from .clientaddr import ClientOrigin, TrustedProxies
 from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers
 from .paths import NormalisedPath, PathRejected, normalise_path
 
@@ -75,6 +75,18 @@ class Admission:
         """``normalised``: ``normalise_path(raw_uri)`` when the caller has it already (modes that must match
         ``gated`` first), so the hot path does not do it twice; case is folded here if the gate is
         case-insensitive."""
+        facts, status, text = self.facts(self.proxies.resolve_environ(environ), method, raw_uri, host, normalised)
+        if facts is None:
+            return None, status, text
+        try:
+            decision = self.gate.decide_and_record(facts)
+        except ExportGateError as exc:
+            return self.failed(facts, exc)
+        return self.recorded(decision), "", ""
+
+    def facts(self, origin: ClientOrigin, method: str, raw_uri: str, host: str | None,
+              normalised: NormalisedPath | None = None) -> tuple[RequestFacts | None, str, str]:
+        """What the gate decides on, or ``(None, status, text)`` for a request it will not decide on."""
         if len(raw_uri) > MAX_URI:  # the query string counts too
             if self.metrics is not None:
                 self.metrics.reject("path")
@@ -88,11 +100,10 @@ class Admission:
                 return None, "400 Bad Request", f"rejected path: {exc.reason}"
         elif self.case_insensitive:
             normalised = NormalisedPath(path=normalised.path.lower(), raw=normalised.raw)
-        origin = self.proxies.resolve_environ(environ)
         client_error = None
         if origin.address is None:
             client_error = origin.error or "unparseable"
-        facts = RequestFacts(
+        return RequestFacts(
             client=origin.address or "",
             path=normalised.path,
             # Without the query string: signed-URL tokens stay out of the records.
@@ -103,27 +114,36 @@ class Admission:
             address_chain=origin.chain,
             client_hop=origin.hop,
             client_error=client_error,
-        )
-        try:
-            decision = self.gate.decide_and_record(facts)
-        except RecordStoreError as exc:
+        ), "", ""
+
+    def recorded(self, decision: Any) -> Any:
+        """Account for a decision whose record is committed; returns it."""
+        if self._store_failing:
+            self._store_failing = False
             if self.metrics is not None:
-                self.metrics.record_failed()
-                self.metrics.store_healthy.set(0)
-            self._store_failing = True
-            if not self.fail_open:
-                log.error("decision record not committed, refusing download of %s: %s", facts.path, exc)
-                return None, "503 Service Unavailable", "decision could not be recorded; download refused"
-            log.error("decision record not committed, serving anyway (fail_open) %s: %s", facts.path, exc)
-            decision = self.gate.decide(facts)
-        except ExportGateError as exc:
+                self.metrics.store_healthy.set(1)
+        if self.metrics is not None:
+            self.metrics.decided(decision)
+        return decision
+
+    def failed(self, facts: RequestFacts, exc: ExportGateError) -> tuple[Any, str, str]:
+        """No committed record for ``facts``: refuse (503), or with ``fail_open`` serve what the gate decides."""
+        if not isinstance(exc, RecordStoreError):
             log.error("no decision for %s: %s", facts.path, exc)
             return None, "503 Service Unavailable", f"no decision: {exc}"
-        else:
-            if self._store_failing:
-                self._store_failing = False
-                if self.metrics is not None:
-                    self.metrics.store_healthy.set(1)
+        if self.metrics is not None:
+            self.metrics.record_failed()
+            self.metrics.store_healthy.set(0)
+        self._store_failing = True
+        if not self.fail_open:
+            log.error("decision record not committed, refusing download of %s: %s", facts.path, exc)
+            return None, "503 Service Unavailable", "decision could not be recorded; download refused"
+        log.error("decision record not committed, serving anyway (fail_open) %s: %s", facts.path, exc)
+        try:
+            decision = self.gate.decide(facts)
+        except ExportGateError as again:
+            log.error("no decision for %s: %s", facts.path, again)
+            return None, "503 Service Unavailable", f"no decision: {again}"
         if self.metrics is not None:
             self.metrics.decided(decision)
         return decision, "", ""
@@ -151,7 +171,8 @@ class ForwardAuth:
             path_uri = _after_auth(environ.get("RAW_URI") or environ.get("REQUEST_URI") or "")
             if path_uri is None:
                 # Never PATH_INFO: it is decoded once already, and deciding on it would decode twice.
-                return None, "", "", "cannot read the raw request target (no RAW_URI or REQUEST_URI)"
+                return None, "", "", ("cannot read the raw request target (no RAW_URI or REQUEST_URI); serve this "
+                                      "form (Envoy's path_prefix) with --server gunicorn")
             header_uri = nginx_uri if nginx_uri is not None else fwd_uri
             if header_uri is not None and header_uri != path_uri:
                 return None, "", "", "the path after /auth and the X-Original-URI/X-Forwarded-Uri header disagree"
@@ -163,23 +184,42 @@ class ForwardAuth:
             return path_uri, environ.get("REQUEST_METHOD", "GET"), "envoy", None
         return None, "", "", "missing X-Original-URI (nginx) or X-Forwarded-Uri (Traefik, Caddy)"
 
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    def request(self, environ: dict[str, Any]) -> tuple[RequestFacts | None, str, str]:
+        """``(facts, style, "")`` for the request to decide on, or ``(None, status, text)`` to answer at once."""
         uri, method, style, problem = self.original_request(environ)
         if uri is None:
             if self.admission.metrics is not None:
                 self.admission.metrics.reject("headers")
-            return plain(start_response, "400 Bad Request", problem or "bad request")
+            return None, "400 Bad Request", problem or "bad request"
         host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST")
-        decision, status, text = self.admission.admit(environ, method, uri, host)
-        if decision is None:
-            return plain(start_response, status, text)
+        admission = self.admission
+        facts, status, text = admission.facts(admission.proxies.resolve_environ(environ), method, uri, host)
+        if facts is None:
+            return None, status, text
+        return facts, style, ""
+
+    def answer(self, environ: dict[str, Any], decision: Any, style: str) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Status line, headers and body for a decision (see the module docstring)."""
         if decision.served:
-            start_response("200 OK", [("Content-Length", "0"), *decision_headers(decision)])
-            return [b""]
+            return "200 OK", [("Content-Length", "0"), *decision_headers(decision)], b""
         nginx = self.block_status == "403" or (self.block_status == "auto" and style == "nginx")
         content_type, body = blocked_body(decision, self.operator, environ.get("HTTP_ACCEPT"))
         status_line = "403 Forbidden" if nginx else "451 Unavailable For Legal Reasons"
-        start_response(status_line, blocked_headers(decision, self.operator, content_type, len(body)))
+        return status_line, blocked_headers(decision, self.operator, content_type, len(body)), body
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        facts, style, text = self.request(environ)
+        if facts is None:
+            return plain(start_response, style, text)
+        admission = self.admission
+        try:
+            decision = admission.recorded(admission.gate.decide_and_record(facts))
+        except ExportGateError as exc:
+            decision, status, text = admission.failed(facts, exc)
+            if decision is None:
+                return plain(start_response, status, text)
+        status_line, headers, body = self.answer(environ, decision, style)
+        start_response(status_line, headers)
         return [body]
 
 

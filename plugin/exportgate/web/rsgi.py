@@ -1,0 +1,175 @@
+"""Forward auth on granian's RSGI interface: every waiting request on one event loop, none on a thread of its own.
+
+Why: behind a front end, each ``/auth`` answer waits for its record's commit. Under WSGI each waiting request holds
+a thread, and the writer wakes every thread separately (bench/RESULTS.md: thread hand-offs, not SQLite, bounded
+gunicorn and granian's WSGI mode). Here a request decides, hands its record to the writer
+(:meth:`~exportgate.gate.Gate.submit`) and awaits a future; the writer settles a whole transaction with one
+``call_soon_threadsafe``, and the answer leaves only once its record is committed, as in every other mode.
+
+The request is read into the same small environ the WSGI endpoint sees (headers repeated are joined with ``,``
+as WSGI servers do), so :class:`~exportgate.web.forwardauth.ForwardAuth` decides what to answer in both. RSGI
+gives the path already percent-decoded and no raw request target: the Envoy form ``/auth/<path>`` is refused
+(400), as under granian's WSGI mode; the nginx, Traefik and Caddy headers carry the raw target and are unaffected.
+Every other route (``/healthz``, ``/readyz``, ``/metrics``, the 451 pages) is the WSGI :class:`GateApp`, run on
+a worker thread through werkzeug: they may block (the readiness probe writes to the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+from ..errors import ExportGateError
+from .app import GateApp
+from .forwardauth import ForwardAuth
+
+log = logging.getLogger("exportgate.web")
+
+# The request headers the forward-auth endpoint reads, by their WSGI environ keys.
+_HEADERS = (
+    ("x-original-uri", "HTTP_X_ORIGINAL_URI"),
+    ("x-original-method", "HTTP_X_ORIGINAL_METHOD"),
+    ("x-forwarded-uri", "HTTP_X_FORWARDED_URI"),
+    ("x-forwarded-method", "HTTP_X_FORWARDED_METHOD"),
+    ("x-forwarded-host", "HTTP_X_FORWARDED_HOST"),
+    ("x-forwarded-for", "HTTP_X_FORWARDED_FOR"),
+    ("forwarded", "HTTP_FORWARDED"),
+    ("host", "HTTP_HOST"),
+    ("accept", "HTTP_ACCEPT"),
+)
+
+_PLAIN = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
+
+
+def peer_address(client: str) -> str:
+    """The TCP peer's address from RSGI's ``scope.client``: ``192.0.2.1:5678`` or ``[2001:db8::1]:5678``.
+
+    Anything else is passed on whole, and the client-address resolver calls it unparseable: an unbracketed IPv6
+    address with a port cannot be split without guessing, and a wrong guess could match a trusted proxy.
+    """
+    if client.startswith("["):
+        host, sep, port = client[1:].partition("]:")
+        return host if sep and port.isdigit() else client
+    host, sep, port = client.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        return host
+    return client
+
+
+class ForwardAuthRSGI:
+    """The RSGI application of ``exportgate serve --server granian`` in forward-auth mode."""
+
+    def __init__(self, app: GateApp, auth: ForwardAuth) -> None:
+        self.app = app
+        self.auth = auth
+        self.admission = auth.admission
+        self.gate = auth.admission.gate
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Requests waiting for the transaction their record went into; the writer settles them all at once.
+        self._transaction: object = None
+        self._waiting: list[asyncio.Future[None]] = []
+
+    # granian calls these on the worker's event loop when the worker starts and stops.
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Commits what is queued (each of those requests is still waiting for it) and closes the store.
+        self.app.runtime.close()
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":  # websockets: not ours
+            return
+        path = scope.path
+        if not (path == "/auth" or path.startswith("/auth/")):
+            await self._wsgi(scope, protocol)
+            return
+        environ = self._environ(scope)
+        facts, style, text = self.auth.request(environ)
+        if facts is None:
+            protocol.response_str(int(style[:3]), _PLAIN, text + "\n")
+            return
+        admission = self.admission
+        try:
+            pending = self.gate.submit(facts)
+            await self._settled(pending)
+            decision = admission.recorded(pending.result())
+        except ExportGateError as exc:
+            decision, status, text = admission.failed(facts, exc)
+            if decision is None:
+                protocol.response_str(int(status[:3]), _PLAIN, text + "\n")
+                return
+        status_line, headers, body = self.auth.answer(environ, decision, style)
+        protocol.response_bytes(int(status_line[:3]), headers, body)
+
+    def _environ(self, scope: Any) -> dict[str, Any]:
+        environ = {"REQUEST_METHOD": scope.method, "PATH_INFO": scope.path, "REMOTE_ADDR": peer_address(scope.client)}
+        get_all = scope.headers.get_all
+        for name, key in _HEADERS:
+            values = get_all(name)
+            if values:
+                environ[key] = ",".join(values)
+        return environ
+
+    def _settled(self, pending: Any) -> asyncio.Future[None]:
+        """A future done once ``pending``'s transaction is settled (committed or failed)."""
+        loop = self._loop or asyncio.get_running_loop()
+        future = loop.create_future()
+        transaction = pending.transaction
+        if transaction is not self._transaction:
+            # Records go into the writer's open transaction until it takes it: one callback per transaction.
+            self._transaction = transaction
+            self._waiting = waiting = [future]
+            pending.on_settled(lambda: loop.call_soon_threadsafe(_wake, waiting))
+        else:
+            self._waiting.append(future)
+        return future
+
+    async def _wsgi(self, scope: Any, protocol: Any) -> None:
+        """The gate's own pages: the WSGI app on a worker thread."""
+        body = await protocol() if scope.method not in ("GET", "HEAD") else b""
+        builder = EnvironBuilder(
+            path=scope.path, method=scope.method, query_string=scope.query_string or None,
+            headers=list(scope.headers.items()), data=body,
+            environ_base={"REMOTE_ADDR": peer_address(scope.client)},
+        )
+        environ = builder.get_environ()
+        loop = self._loop or asyncio.get_running_loop()
+        status, headers, content = await loop.run_in_executor(None, _call_wsgi, self.app, environ)
+        protocol.response_bytes(status, headers, content)
+
+
+def _call_wsgi(app: GateApp, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+    app_iter, status, headers = run_wsgi_app(app, environ, buffered=True)
+    try:
+        content = b"".join(app_iter)
+    finally:
+        close = getattr(app_iter, "close", None)
+        if close is not None:
+            close()
+    return int(status[:3]), list(headers.items()), content
+
+
+def _wake(waiting: list[asyncio.Future[None]]) -> None:
+    for future in waiting:
+        if not future.done():  # a request whose client went away may have been cancelled
+            future.set_result(None)
+
+
+def create_rsgi_app(config: Any) -> ForwardAuthRSGI:
+    """Build the gate's resources in this (worker) process and wrap them for RSGI; forward-auth mode only."""
+    from .app import create_app
+
+    if config.serve.mode != "forward-auth":
+        raise ExportGateError("the RSGI server runs forward-auth mode only; proxy and static use WSGI")
+    app = create_app(config)
+    auth = app.forward_auth
+    if auth is None:
+        raise ExportGateError("forward-auth mode without its endpoint")
+    return ForwardAuthRSGI(app, auth)
+
+
+__all__ = ["ForwardAuthRSGI", "create_rsgi_app", "peer_address"]
