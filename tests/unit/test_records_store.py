@@ -301,3 +301,77 @@ def test_readers_run_while_the_writer_commits(tmp_path: Path) -> None:
         seen.extend(r.seq for r in iterator)
         assert seen == list(range(1, 201))  # the reader's snapshot predates the second commit
         assert s.count() == 400
+
+
+# -- several writing processes -----------------------------------------------------------------------------
+
+
+def test_writers_of_one_file_take_turns_through_the_lock_file(tmp_path: Path) -> None:
+    import fcntl
+    import time
+
+    path = tmp_path / "r.db"
+    store = SQLiteStore(str(path), busy_timeout_ms=2000)
+    other = os.open(f"{path}.lock", os.O_RDWR)  # another process's writer, committing
+    fcntl.flock(other, fcntl.LOCK_EX)
+    done = threading.Event()
+    records = sealed("gate-a", 3)
+
+    def commit() -> None:
+        store.append(records)
+        done.set()
+
+    writer = threading.Thread(target=commit)
+    writer.start()
+    time.sleep(0.05)
+    assert not done.is_set()  # waits for its turn
+    fcntl.flock(other, fcntl.LOCK_UN)
+    assert done.wait(2)  # and goes as soon as the other is done
+    writer.join()
+    assert store.last("gate-a") == records[-1]
+    os.close(other)
+    store.close()
+
+
+def test_a_writer_that_never_ends_its_turn_fails_the_commit_in_bounded_time(tmp_path: Path) -> None:
+    import fcntl
+    import time
+
+    path = tmp_path / "r.db"
+    store = SQLiteStore(str(path), busy_timeout_ms=100)
+    other = os.open(f"{path}.lock", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    started = time.monotonic()
+    with pytest.raises(RecordStoreError, match="3 record\\(s\\) not committed: another writer held"):
+        store.append(sealed("gate-a", 3))
+    assert time.monotonic() - started < 2
+    fcntl.flock(other, fcntl.LOCK_UN)
+    store.append(sealed("gate-a", 3))  # the turn came back: commits again
+    assert store.count() == 3
+    os.close(other)
+    store.close()
+
+
+def test_two_stores_on_one_file_interleave_their_commits(tmp_path: Path) -> None:
+    a = SQLiteStore(str(tmp_path / "r.db"))
+    b = SQLiteStore(str(tmp_path / "r.db"))
+    chains = {"gate-a": a, "gate-b": b}
+    failures: list[BaseException] = []
+
+    def write(chain_id: str) -> None:
+        chain = Chain(chain_id)
+        try:
+            for i in range(50):
+                chains[chain_id].append([chain.seal("decision", f"{chain_id}/{i}", AT, {"i": i})])
+        except BaseException as exc:  # noqa: BLE001
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(c,)) for c in chains]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert a.count() == 100
+    a.close()
+    b.close()
