@@ -1,10 +1,10 @@
 """Benchmark: the gate behind real nginx ``auth_request``, side by side with nginx alone, nginx's own geoip2
 country block and the obvious Flask/gunicorn forward-auth endpoint, in one run with one load generator (issue #3).
 
-Run by hand (about four minutes; needs nginx, wrk and libnginx-mod-http-geoip2, granian optional)::
+Run by hand (about four minutes; needs nginx, wrk and libnginx-mod-http-geoip2)::
 
-    .venv/bin/python bench/http_forward_auth.py [--seconds 10] [--gunicorn 2x8,2x32] [--granian 2x32,1x32]
-    .venv/bin/python bench/http_forward_auth.py --profile granian [--spec 1x32]   # where a worker's time goes
+    .venv/bin/python bench/http_forward_auth.py [--seconds 10] [--gunicorn 2x8,2x32] [--granian 1,2]
+    .venv/bin/python bench/http_forward_auth.py --profile granian [--spec 1x1]   # where a worker's time goes
 
 Everything runs on 127.0.0.1 with ``wrk -t2 -c32 --latency`` for ``--seconds`` per run (after a 2 s warm-up), all
 requests ``GET`` of 1 KiB files, each carrying ``X-Forwarded-For``, which nginx believes from 127.0.0.1
@@ -20,7 +20,9 @@ requests ``GET`` of 1 KiB files, each carrying ``X-Forwarded-For``, which nginx 
 4. ``deploy/nginx/exportgate.conf`` as shipped (rendered like tests/integration/test_nginx.py does) in front of
    ``exportgate serve`` (forward-auth, SQLite records, ``synchronous=FULL``), an Iranian client (2.176.0.1) and an
    artifact the shipped pack allows to Iran, so every request is a committed ``allow`` record: under gunicorn
-   (gthread) and granian, ``WORKERSxTHREADS`` each;
+   (gthread, ``WORKERSxTHREADS``) and under granian's RSGI interface (the default for forward auth: one event loop
+   per worker, ``WORKERS``); and once more with the record store in memory (not durable, for scale only: what
+   the commits cost);
 5. the mixed workload, 90 % metadata (index page, ``.json``, ``.sha256``, ``.html``) and 10 % artifacts, through
    deploy/nginx with the fastest gate of (4), against nginx alone on the same workload.
 
@@ -214,7 +216,7 @@ def write_geo_database(path: Path) -> Path:
     return build(load_networks(REPO / "geodata" / "networks.yaml"), path, kind="Country")
 
 
-def write_gate_config(directory: Path, database: Path) -> Path:
+def write_gate_config(directory: Path, database: Path, records: str | None = None) -> Path:
     import yaml
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -223,7 +225,7 @@ def write_gate_config(directory: Path, database: Path) -> Path:
         "operator": "Benchmark Mirror",
         "geo": {"database": str(database)},
         "catalog": str(REPO / "tests" / "data" / "catalog.yaml"),
-        "records": f"sqlite://{directory / 'records.db'}",  # synchronous=FULL: the default
+        "records": records or f"sqlite://{directory / 'records.db'}",  # synchronous=FULL: the default
     }
     path = directory / "gate.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
@@ -413,10 +415,11 @@ def plain_run(label: str, group: str, nginx: NginxProcess, paths: Sequence[str],
 
 
 def gate_run(label: str, group: str, *, base: Path, root: Path, geo_database: Path, server_args: Sequence[str],
-             paths: Sequence[str], seconds: float) -> Row:
-    """deploy/nginx + ``exportgate serve ARGS`` under load, with the decision records counted before and after."""
+             paths: Sequence[str], seconds: float, in_memory: bool = False) -> Row:
+    """deploy/nginx + ``exportgate serve ARGS`` under load, with the decision records counted before and after
+    (``in_memory``: a store that is not durable, counted through the gate's metrics instead)."""
     work = base / slug(label)
-    config = write_gate_config(work / "gate", geo_database)
+    config = write_gate_config(work / "gate", geo_database, "sqlite::memory:" if in_memory else None)
     gate = GateProcess(workdir=work / "gate", config=config, extra_args=list(server_args))
     log = work / "nginx" / "access.log"
     port = free_port()
@@ -428,13 +431,13 @@ def gate_run(label: str, group: str, *, base: Path, root: Path, geo_database: Pa
         expect(port, BLOCKED_ARTIFACT, IR_CLIENT, 451)
         wrk(port, paths, IR_CLIENT, WARMUP_SECONDS, work)
         time.sleep(0.5)  # every warm-up request answered and logged: the count below is stable
-        before = decision_count(database)
+        before = metric_decisions(gate.port) if in_memory else decision_count(database)
         log.write_text("")  # nginx appends (O_APPEND): the log restarts at 0 for the measured run
         with accounting(usage, nginx, gate):
             load = wrk(port, paths, IR_CLIENT, seconds, work)
         time.sleep(0.5)
         answered, served, abandoned = count_gate_lines(log, ARTIFACT)
-        after = settle(database, before + answered)
+        after = metric_decisions(gate.port) if in_memory else settle(database, before + answered)
     new = after - before
     # wrk counts per thread, each cycling through ``paths`` from its start: allow one short cycle per thread.
     counted = paths.count(ARTIFACT) * load.requests // len(paths) - WRK_THREADS
@@ -453,12 +456,24 @@ def gate_run(label: str, group: str, *, base: Path, root: Path, geo_database: Pa
     return Row(label=label, load=load, group=group, check=check, ok=ok, usage=usage, args=list(server_args))
 
 
-def granian_available() -> bool:
-    try:
-        import granian  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def metric_decisions(port: int) -> int:
+    """Decisions the gate counted (``exportgate_decisions_total``), from its ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = request(port, "/metrics").text
+    return int(sum(sample.value for family in text_string_to_metric_families(body)
+                   if family.name == "exportgate_decisions" for sample in family.samples
+                   if sample.name == "exportgate_decisions_total"))
+
+
+def parse_workers(text: str) -> list[int]:
+    """``1,2`` -> ``[1, 2]`` (worker processes); empty -> none."""
+    counts = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if not part.isdigit() or int(part) < 1:
+            raise argparse.ArgumentTypeError(f"expected worker counts like 1,2, got {part!r}")
+        counts.append(int(part))
+    return counts
 
 
 def parse_specs(text: str) -> list[tuple[int, int]]:
@@ -515,15 +530,18 @@ def run(args: argparse.Namespace) -> list[Row]:
         for workers, threads in args.gunicorn:
             gates.append((f"gate, gunicorn {workers} workers x {threads} gthreads",
                           ["--workers", str(workers), "--threads", str(threads), "--server", "gunicorn"]))
-        if granian_available():
-            for workers, threads in args.granian:
-                gates.append((f"gate, granian {workers} workers x {threads} threads",
-                              ["--workers", str(workers), "--threads", str(threads), "--server", "granian"]))
-        elif args.granian:
-            print("  granian not installed (pip install 'exportgate[granian]'): not measured", file=sys.stderr)
+        for workers in args.granian:
+            gates.append((f"gate, granian RSGI {workers} worker{'s' if workers > 1 else ''} (event loop)",
+                          ["--workers", str(workers), "--server", "granian"]))
         for label, server_args in gates:
             rows.append(gate_run(label, "gate", base=base, root=root, geo_database=geo_database,
                                  server_args=server_args, paths=[ARTIFACT], seconds=seconds))
+            say(rows[-1])
+        if args.granian:
+            rows.append(gate_run(f"scale: granian RSGI {args.granian[0]} worker(s), records in memory (not durable)",
+                                 "scale", base=base, root=root, geo_database=geo_database,
+                                 server_args=["--workers", str(args.granian[0]), "--server", "granian"],
+                                 paths=[ARTIFACT], seconds=seconds, in_memory=True))
             say(rows[-1])
 
         rows.append(plain_run("mixed: nginx alone", "mixed", nginx(
@@ -550,11 +568,12 @@ def markdown(rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:
     baseline = by_label[BASELINE].load.rate
     alone_mixed = next((r.load.rate for r in rows if r.label == "mixed: nginx alone"), None)
     specs = lambda s: ",".join(f"{w}x{t}" for w, t in s)
+    counts = lambda s: ",".join(str(w) for w in s)
     out = [
         "## Forward auth behind nginx (issue #3)",
         "",
         (f"`.venv/bin/python bench/http_forward_auth.py --seconds {args.seconds:g} --gunicorn {specs(args.gunicorn)} "
-        f"--granian {specs(args.granian)}` — {machine()}, {os.cpu_count()} cores, {elapsed:.0f} s"),
+        f"--granian {counts(args.granian)}` — {machine()}, {os.cpu_count()} cores, {elapsed:.0f} s"),
         "",
         (f"`wrk -t{WRK_THREADS} -c{CONNECTIONS} -d{args.seconds:g}s --latency` on 127.0.0.1 (after a "
         f"{WARMUP_SECONDS} s warm-up), GET of a 1 KiB file, `X-Forwarded-For` believed from 127.0.0.1; nginx with "
@@ -717,11 +736,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured wrk run")
     parser.add_argument("--gunicorn", type=parse_specs, default=parse_specs("2x8,2x32"),
                         help="gunicorn gthread configurations, WORKERSxTHREADS, comma-separated (default 2x8,2x32)")
-    parser.add_argument("--granian", type=parse_specs, default=parse_specs("2x32,1x32"),
-                        help="granian configurations, WORKERSxTHREADS (default 2x32,1x32; '' for none)")
+    parser.add_argument("--granian", type=parse_workers, default=parse_workers("1,2"),
+                        help="granian (RSGI) worker counts, comma-separated (default 1,2; '' for none)")
     parser.add_argument("--profile", choices=["gunicorn", "granian"],
                         help="instead: py-spy one gate worker under this server while under load")
-    parser.add_argument("--spec", type=parse_specs, default=parse_specs("1x32"), help="--profile: WORKERSxTHREADS")
+    parser.add_argument("--spec", type=parse_specs, default=parse_specs("1x1"),
+                        help="--profile: WORKERSxTHREADS (threads: gunicorn only)")
     parser.add_argument("--top", type=int, default=20, help="--profile: functions listed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -166,10 +167,21 @@ def _run_granian(config: GateConfig) -> None:
         options["task_impl"] = "rust"
     server = Granian("exportgate.web.app:create_app", interface=Interfaces.RSGI if rsgi else Interfaces.WSGI,
                      log_dictconfig=_granian_logging(), **options)
+    server.on_startup(_tell_systemd_ready)
     # The loader runs in each worker after it starts (granian forks or spawns workers): the app, its store
     # connection, recorder thread and geo reader are built there, from this very config (command-line options
     # included), never carried across the fork.
     server.serve(target_loader=functools.partial(_granian_worker_app, config, rsgi), wrap_loader=False)
+
+
+def _tell_systemd_ready() -> None:
+    """``READY=1`` to systemd (``Type=notify``, deploy/systemd) once granian listens, as gunicorn does itself.
+
+    gunicorn's own helper: a no-op outside systemd; the variable is dropped so the workers do not inherit it.
+    """
+    from gunicorn.systemd import sd_notify
+
+    sd_notify("READY=1", logging.getLogger("exportgate.serve"), unset_environment=True)
 
 
 def _granian_logging() -> dict[str, Any]:

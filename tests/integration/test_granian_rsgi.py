@@ -241,3 +241,19 @@ def test_store_failure_refuses_then_recovers(granian: None, tmp_path: Path) -> N
         r = nginx_auth(process, CHAT)
         assert r.status == 200
         committed(process, r)
+
+
+def test_tells_systemd_it_is_ready(granian: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/systemd runs the gate as Type=notify: granian does not notify, the gate does once it listens."""
+    import socket
+
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(20)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    with _start(tmp_path / "gate") as process:
+        message = listener.recv(256)
+        assert message == b"READY=1"
+        assert process.get("/healthz").status == 200
+    listener.close()
