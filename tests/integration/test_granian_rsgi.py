@@ -193,6 +193,28 @@ def test_missing_uri_header_is_400(gate: GateProcess) -> None:
     assert r.status == 400 and b"missing X-Original-URI" in r.body
 
 
+def test_two_uri_lines_are_no_artifact_at_all(gate: GateProcess) -> None:
+    r = gate.get("/auth", headers=[("X-Original-URI", CHAT), ("X-Original-URI", CRYPTO),
+                                   ("X-Forwarded-For", IR_CLIENT)])
+    # Joined as WSGI servers join them: a path nobody classified, blocked to Iran (never the allowed one).
+    assert r.status == 403
+    assert committed(gate, r)["action"] == "block"
+
+
+def test_metrics_count_every_decision(gate: GateProcess) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def allowed() -> float:
+        families = text_string_to_metric_families(gate.get("/metrics").text)
+        return sum(s.value for f in families if f.name == "exportgate_decisions" for s in f.samples
+                   if s.name == "exportgate_decisions_total" and s.labels["action"] == "allow")
+
+    before = allowed()
+    for _ in range(5):
+        assert nginx_auth(gate, CHAT).status == 200
+    assert allowed() == before + 5
+
+
 def test_disagreeing_uri_headers_are_400(gate: GateProcess) -> None:
     r = gate.get("/auth", headers={"X-Original-URI": CHAT, "X-Forwarded-Uri": CRYPTO, "X-Forwarded-For": IR_CLIENT})
     assert r.status == 400 and b"disagree" in r.body

@@ -116,13 +116,14 @@ class Admission:
             client_error=client_error,
         ), "", ""
 
-    def recorded(self, decision: Any) -> Any:
-        """Account for a decision whose record is committed; returns it."""
+    def recorded(self, decision: Any, *, count: bool = True) -> Any:
+        """Account for a decision whose record is committed; returns it. ``count=False``: the caller counts it
+        in the metrics itself (the RSGI endpoint, once per turn of its loop)."""
         if self._store_failing:
             self._store_failing = False
             if self.metrics is not None:
                 self.metrics.store_healthy.set(1)
-        if self.metrics is not None:
+        if count and self.metrics is not None:
             self.metrics.decided(decision)
         return decision
 

@@ -37,11 +37,23 @@ class Metrics:
         self._decision_children: dict[tuple[str, str, str], Any] = {}
 
     def decided(self, decision: Any) -> None:
-        key = (decision.enforced_action, decision.rule, decision.mode)
+        self._decisions_child(self.decision_key(decision)).inc()
+
+    @staticmethod
+    def decision_key(decision: Any) -> tuple[str, str, str]:
+        """The labels a decision is counted under, for :meth:`decided_many`."""
+        return (decision.enforced_action, decision.rule, decision.mode)
+
+    def decided_many(self, counts: dict[tuple[str, str, str], int]) -> None:
+        """Count several decisions at once: ``{decision_key(d): how many}``."""
+        for key, n in counts.items():
+            self._decisions_child(key).inc(n)
+
+    def _decisions_child(self, key: tuple[str, str, str]) -> Any:
         child = self._decision_children.get(key)
         if child is None:
             child = self._decision_children[key] = self.decisions.labels(*key)
-        child.inc()
+        return child
 
     def record_failed(self) -> None:
         self.record_failures.inc()

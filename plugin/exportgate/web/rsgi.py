@@ -28,18 +28,13 @@ from .forwardauth import ForwardAuth
 
 log = logging.getLogger("exportgate.web")
 
-# The request headers the forward-auth endpoint reads, by their WSGI environ keys.
-_HEADERS = (
-    ("x-original-uri", "HTTP_X_ORIGINAL_URI"),
-    ("x-original-method", "HTTP_X_ORIGINAL_METHOD"),
-    ("x-forwarded-uri", "HTTP_X_FORWARDED_URI"),
-    ("x-forwarded-method", "HTTP_X_FORWARDED_METHOD"),
-    ("x-forwarded-host", "HTTP_X_FORWARDED_HOST"),
-    ("x-forwarded-for", "HTTP_X_FORWARDED_FOR"),
-    ("forwarded", "HTTP_FORWARDED"),
-    ("host", "HTTP_HOST"),
-    ("accept", "HTTP_ACCEPT"),
-)
+# The request headers the forward-auth endpoint reads (granian gives names in lower case), by WSGI environ key.
+_ENVIRON_KEYS = {
+    name: "HTTP_" + name.upper().replace("-", "_")
+    for name in ("x-original-uri", "x-original-method", "x-forwarded-uri", "x-forwarded-method", "x-forwarded-host",
+                 "x-forwarded-for", "forwarded", "host", "accept")
+}
+_PEER_CACHE_SIZE = 4096
 
 _PLAIN = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
 
@@ -71,6 +66,10 @@ class ForwardAuthRSGI:
         # Requests waiting for the transaction their record went into; the writer settles them all at once.
         self._transaction: object = None
         self._waiting: list[asyncio.Future[None]] = []
+        # Decisions counted for /metrics once per turn of the loop rather than per request (each count is a
+        # write to a shared metrics file).
+        self._counts: dict[Any, int] = {}
+        self._peers: dict[str, str] = {}
 
     # granian calls these on the worker's event loop when the worker starts and stops.
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -96,7 +95,8 @@ class ForwardAuthRSGI:
         try:
             pending = self.gate.submit(facts)
             await self._settled(pending)
-            decision = admission.recorded(pending.result())
+            decision = admission.recorded(pending.result(), count=False)
+            self._count(decision)
         except ExportGateError as exc:
             decision, status, text = admission.failed(facts, exc)
             if decision is None:
@@ -106,13 +106,35 @@ class ForwardAuthRSGI:
         protocol.response_bytes(int(status_line[:3]), headers, body)
 
     def _environ(self, scope: Any) -> dict[str, Any]:
-        environ = {"REQUEST_METHOD": scope.method, "PATH_INFO": scope.path, "REMOTE_ADDR": peer_address(scope.client)}
-        get_all = scope.headers.get_all
-        for name, key in _HEADERS:
-            values = get_all(name)
-            if values:
-                environ[key] = ",".join(values)
+        client = scope.client
+        peer = self._peers.get(client)
+        if peer is None:
+            if len(self._peers) >= _PEER_CACHE_SIZE:
+                self._peers.clear()
+            peer = self._peers[client] = peer_address(client)
+        environ = {"REQUEST_METHOD": scope.method, "PATH_INFO": scope.path, "REMOTE_ADDR": peer}
+        keys = _ENVIRON_KEYS
+        for name, value in scope.headers.items():  # one call into granian, every line of every header
+            key = keys.get(name)
+            if key is not None:
+                # A repeated header is one value joined with "," (as WSGI servers do): X-Forwarded-For stays
+                # one chain, and two X-Original-URI lines are no URI at all.
+                environ[key] = f"{environ[key]},{value}" if key in environ else value
         return environ
+
+    def _count(self, decision: Any) -> None:
+        metrics = self.admission.metrics
+        if metrics is None:
+            return
+        counts = self._counts
+        if not counts:
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush_counts)
+        key = metrics.decision_key(decision)
+        counts[key] = counts.get(key, 0) + 1
+
+    def _flush_counts(self) -> None:
+        counts, self._counts = self._counts, {}
+        self.admission.metrics.decided_many(counts)
 
     def _settled(self, pending: Any) -> asyncio.Future[None]:
         """A future done once ``pending``'s transaction is settled (committed or failed)."""
