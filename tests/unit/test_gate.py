@@ -7,6 +7,8 @@ import datetime as dt
 
 import iptocc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from conftest import TEST_CATALOG
 
 from exportgate.catalog import load_catalog
@@ -165,6 +167,19 @@ def test_format_time_refuses_naive_and_converts_offsets():
         format_time(dt.datetime(2026, 1, 1))
     tz = dt.timezone(dt.timedelta(hours=-5))
     assert format_time(dt.datetime(2026, 1, 1, 19, tzinfo=tz)) == "2026-01-02T00:00:00.000000Z"
+
+
+@given(st.lists(st.datetimes(min_value=dt.datetime(1, 1, 1, 0, 0, 1), timezones=st.just(dt.UTC)), min_size=1,
+                max_size=20))
+def test_format_time_is_isoformat_whatever_came_before(times: list[dt.datetime]) -> None:
+    # The text of the last second is reused: consecutive times in the same or other seconds must not leak into
+    # each other.
+    for when in times:
+        expected = when.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+        assert format_time(when) == expected
+        assert format_time(when.replace(microsecond=(when.microsecond + 1) % 1_000_000)) == (
+            when.replace(tzinfo=None, microsecond=(when.microsecond + 1) % 1_000_000)
+            .isoformat(timespec="microseconds") + "Z")
 
 
 def test_dry_run_pack_records_but_serves(tmp_path):
