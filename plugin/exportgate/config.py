@@ -68,7 +68,8 @@ class ServeConfig:
     """``x-forwarded-for`` or ``forwarded`` (RFC 7239): which header trusted proxies set."""
     workers: int = 2
     threads: int = 16
-    """Threads per worker: concurrent requests share one group commit of their decision records."""
+    """Threads per worker under gunicorn (and granian's WSGI modes): concurrent requests share one group commit of
+    their decision records. granian's forward-auth endpoint needs none: its event loop keeps every request."""
     fail_open: bool = False
     """Serve downloads when the record store cannot commit (logged and counted). Default: refuse (503)."""
     block_status: str = "auto"
