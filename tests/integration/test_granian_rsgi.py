@@ -279,3 +279,24 @@ def test_tells_systemd_it_is_ready(granian: None, tmp_path: Path, monkeypatch: p
         assert message == b"READY=1"
         assert process.get("/healthz").status == 200
     listener.close()
+
+
+def test_head_and_pipelined_requests_on_one_connection(gate: GateProcess) -> None:
+    """A HEAD answer carries the page's headers without its body; the next request on the connection is intact."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as conn:
+        conn.sendall((f"HEAD /auth HTTP/1.1\r\nHost: gate\r\nX-Forwarded-Uri: {CRYPTO}\r\n"
+                      f"X-Forwarded-For: {IR_CLIENT}\r\n\r\n"
+                      f"GET /auth HTTP/1.1\r\nHost: gate\r\nX-Original-URI: {CHAT}\r\n"
+                      f"X-Forwarded-For: {IR_CLIENT}\r\n\r\n").encode())
+        data = b""
+        while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"\r\n\r\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, second = data.split(b"HTTP/1.1 200 OK", 1)
+    assert head.startswith(b"HTTP/1.1 451 ")
+    assert b"content-length: " in head.lower() and head.endswith(b"\r\n\r\n")  # no body after the headers
+    assert b"x-exportgate-decision: allow" in second.lower()
