@@ -41,12 +41,13 @@ ACCESS_LOG_FORMAT = ('%(h)s "%(r)s" %(s)s %(B)s decision=%({x-exportgate-decisio
                      'rule=%({x-exportgate-rule}o)s id=%({x-exportgate-decision-id}o)s %(M)sms')
 
 
-def _metrics_dir() -> str:
+def _metrics_dir() -> str | None:
+    """Set ``PROMETHEUS_MULTIPROC_DIR`` if it is not; returns the directory when this call created it."""
     # prometheus_client reads this when it is first imported: set it before anything imports it.
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not path:
-        path = tempfile.mkdtemp(prefix="exportgate-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    path = tempfile.mkdtemp(prefix="exportgate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     return path
 
 
@@ -83,15 +84,19 @@ def gunicorn_options(config: GateConfig) -> dict[str, Any]:
 
 def run(config: GateConfig) -> None:
     """Serve until stopped (SIGINT/SIGTERM: graceful)."""
-    metrics_dir = _metrics_dir()
+    created = _metrics_dir()
+    master = os.getpid()
     try:
         if server_for(config) == "granian":
             _run_granian(config)
         else:
             _run_gunicorn(config)
     finally:
-        if metrics_dir.startswith(tempfile.gettempdir()) and "exportgate-metrics-" in metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        # Only the master removes the directory it made. gunicorn's workers are forked inside run() and leave
+        # through this very frame (SystemExit) whenever they stop - at every SIGHUP reload, for one: removing it
+        # there took the live workers' metric files away, and the next worker failed to boot.
+        if created is not None and os.getpid() == master:
+            shutil.rmtree(created, ignore_errors=True)
 
 
 def _run_gunicorn(config: GateConfig) -> None:
