@@ -300,3 +300,20 @@ def test_head_and_pipelined_requests_on_one_connection(gate: GateProcess) -> Non
     assert head.startswith(b"HTTP/1.1 451 ")
     assert b"content-length: " in head.lower() and head.endswith(b"\r\n\r\n")  # no body after the headers
     assert b"x-exportgate-decision: allow" in second.lower()
+
+
+def test_fail_open_serves_when_the_store_fails_and_says_so(granian: None, tmp_path: Path) -> None:
+    directory = tmp_path / "gate"
+    directory.mkdir()
+    config = write_config(directory, serve={"fail_open": True})
+    with GateProcess(workdir=directory, config=config, server="granian") as process:
+        with StoreFault(database(process)):
+            allowed = nginx_auth(process, CHAT)
+            blocked = nginx_auth(process, CRYPTO)
+        # Served without a record (the operator chose availability), but never turned into an allow.
+        assert allowed.status == 200 and allowed.header("X-Exportgate-Decision") == "allow"
+        assert blocked.status == 403 and blocked.header("X-Exportgate-Decision") == "block"
+        assert decision_record(database(process), allowed.header("X-Exportgate-Decision-Id") or "") is None
+        assert "serving anyway (fail_open)" in process.log_text()
+        metrics = process.get("/metrics").text
+        assert "exportgate_record_failures_total 2.0" in metrics
