@@ -6,8 +6,9 @@ in proxy and static modes.
 * Forward auth under granian runs on its RSGI interface (:mod:`exportgate.web.rsgi`): one event loop per worker
   keeps every waiting request's decision in flight, and the recorder settles a whole transaction with one wake-up.
   Behind nginx ``auth_request`` it answered about six times the requests of gunicorn's gthread worker, at a
-  fraction of its p99 (bench/http_forward_auth.py, bench/RESULTS.md). One worker per record store file measures
-  best: workers sharing one SQLite file wait for each other's commits in SQLite's busy handler, which sleeps.
+  fraction of its p99 (bench/http_forward_auth.py, bench/RESULTS.md). Workers: about one per core the front end
+  leaves free. On the 2-core benchmark machine, shared with nginx and the load generator, one worker measured best
+  (p99 7 ms; two: 16 ms, and no more throughput): workers writing one SQLite file take turns for each commit.
 * gunicorn serves proxy and static modes, and forward auth for Envoy's ``/auth/<path>`` form: both need the raw
   request target (``RAW_URI``), which granian does not give (it decodes the path first). Under granian that form
   is refused with 400, and proxy/static modes would decide on ``PATH_INFO`` re-quoted (a ``%2F`` in the client's
