@@ -446,8 +446,7 @@ def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | N
 @click.option("--trust-proxy", "trust_proxy", multiple=True, help="CIDR of a proxy whose X-Forwarded-For is "
               "believed (repeatable). Default: none, only the TCP peer counts.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes.")
-@click.option("--threads", type=click.IntRange(min=1), help="Threads per worker (gunicorn, and granian's WSGI "
-              "modes).")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads per worker (gunicorn).")
 @click.option("--fail-open", "fail_open", is_flag=True, default=None,
               help="Serve downloads even when the decision cannot be recorded (default: refuse with 503).")
 @click.option("--server", type=click.Choice(["auto", "gunicorn", "granian"]), help="HTTP server. auto (default): "
@@ -459,13 +458,14 @@ def serve(ctx: click.Context, **options: Any) -> None:
     import dataclasses
 
     from .runtime import GateRuntime
-    from .serve import run
+    from .serve import run, server_for
 
     cfg = _config(ctx)
     changes = {k: v for k, v in options.items() if v not in (None, ())}
     if "trust_proxy" in changes:
         changes["trust_proxy"] = tuple(changes["trust_proxy"])
     cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, **changes))
+    server_for(cfg)  # a server that cannot serve this mode safely: refused before anything starts
     # Open everything once in the master, so a broken config fails here with file:line, not in every worker.
     with GateRuntime(cfg, record=True):
         pass

@@ -68,8 +68,8 @@ class ServeConfig:
     """``x-forwarded-for`` or ``forwarded`` (RFC 7239): which header trusted proxies set."""
     workers: int = 2
     threads: int = 16
-    """Threads per worker under gunicorn (and granian's WSGI modes): concurrent requests share one group commit of
-    their decision records. granian's forward-auth endpoint needs none: its event loop keeps every request."""
+    """Threads per worker under gunicorn: concurrent requests share one group commit of their decision records.
+    granian's forward-auth endpoint needs none: its event loop keeps every request."""
     fail_open: bool = False
     """Serve downloads when the record store cannot commit (logged and counted). Default: refuse (503)."""
     block_status: str = "auto"
@@ -82,7 +82,7 @@ class ServeConfig:
     server: str = "auto"
     """``auto``, ``gunicorn`` or ``granian``; ``auto`` is granian in forward-auth mode (its RSGI event loop measured
     about six times gunicorn's answers behind nginx) and gunicorn in proxy and static modes (they need the raw
-    request target, which granian does not give). See :mod:`exportgate.serve`."""
+    request target, which granian does not give: granian is refused there). See :mod:`exportgate.serve`."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,8 +11,8 @@ in proxy and static modes.
   (p99 7 ms; two: 16 ms, and no more throughput): workers writing one SQLite file take turns for each commit.
 * gunicorn serves proxy and static modes, and forward auth for Envoy's ``/auth/<path>`` form: both need the raw
   request target (``RAW_URI``), which granian does not give (it decodes the path first). Under granian that form
-  is refused with 400, and proxy/static modes would decide on ``PATH_INFO`` re-quoted (a ``%2F`` in the client's
-  path arrives as ``/`` and would not be refused): ``auto`` never picks granian for them.
+  is refused with 400; proxy and static modes under granian would decide on an already-decoded path (a ``%2F``
+  in the client's path would arrive as ``/`` and not be refused), so asking for that is a configuration error.
 
 Each worker process builds its own app after the fork (record store connections, the recorder's writer thread and
 the geo reader must not cross a fork), so every worker writes its own hash chain. ``SIGHUP`` to the master starts
@@ -54,9 +54,13 @@ def _metrics_dir() -> str | None:
 
 def server_for(config: GateConfig) -> str:
     """``gunicorn`` or ``granian``: the configured server, with ``auto`` resolved by mode (module docstring)."""
-    server = config.serve.server
+    server, mode = config.serve.server, config.serve.mode
     if server == "auto":
-        return "granian" if config.serve.mode == "forward-auth" else "gunicorn"
+        return "granian" if mode == "forward-auth" else "gunicorn"
+    if server == "granian" and mode != "forward-auth":
+        raise ExportGateError(f"granian serves forward-auth mode only: in {mode} mode it would hand the gate an "
+                              "already-decoded path (a %2F would not be refused); use gunicorn (the default "
+                              "for this mode)")
     return server
 
 
@@ -129,7 +133,7 @@ def _child_exit(server: Any, worker: Any) -> None:
 
 
 def granian_options(config: GateConfig) -> dict[str, Any]:
-    """Keyword arguments for ``granian.Granian`` from ``config.serve`` (WSGI interface, one address)."""
+    """Keyword arguments for ``granian.Granian`` from ``config.serve`` (RSGI interface, one address)."""
     s = config.serve
     binds = [b.strip() for b in s.bind.split(",") if b.strip()]
     if len(binds) != 1:
@@ -141,7 +145,12 @@ def granian_options(config: GateConfig) -> dict[str, Any]:
         "address": host.strip("[]") or "127.0.0.1",
         "port": int(port),
         "workers": s.workers,
-        "blocking_threads": s.threads,
+        # RSGI: the loop's own thread; the gate's pages use the loop's executor.
+        "blocking_threads": 1,
+        # granian's Rust task implementation drives each request's coroutine with less work per request than
+        # asyncio's Task (~10 % more requests behind nginx here); granian itself falls back to asyncio's on
+        # Python 3.12 and newer, where it is not supported.
+        "task_impl": "rust",
         # gunicorn's behaviour: a worker that dies is replaced, the server stays up (granian's default is to
         # shut down entirely); a worker that does not stop within the grace period is killed.
         "respawn_failed_workers": True,
@@ -161,23 +170,13 @@ def _run_granian(config: GateConfig) -> None:
     except ImportError as exc:
         raise ExportGateError("granian is not installed (a dependency of exportgate): reinstall exportgate, "
                               "or serve with --server gunicorn") from exc
-    # Forward auth runs on the RSGI interface (one event loop per worker, exportgate.web.rsgi); proxy and static
-    # stream bodies through WSGI.
-    rsgi = config.serve.mode == "forward-auth"
-    options = granian_options(config)
-    if rsgi:
-        options["blocking_threads"] = 1  # RSGI: the loop's own thread; the gate pages use the loop's executor
-        # granian's Rust task implementation drives each request's coroutine with less work per request than
-        # asyncio's Task (~10 % more requests behind nginx here); granian itself falls back to asyncio's on
-        # Python 3.12 and newer, where it is not supported.
-        options["task_impl"] = "rust"
-    server = Granian("exportgate.web.app:create_app", interface=Interfaces.RSGI if rsgi else Interfaces.WSGI,
-                     log_dictconfig=_granian_logging(), **options)
+    server = Granian("exportgate.web.rsgi:create_rsgi_app", interface=Interfaces.RSGI,
+                     log_dictconfig=_granian_logging(), **granian_options(config))
     server.on_startup(_tell_systemd_ready)
     # The loader runs in each worker after it starts (granian forks or spawns workers): the app, its store
     # connection, recorder thread and geo reader are built there, from this very config (command-line options
     # included), never carried across the fork.
-    server.serve(target_loader=functools.partial(_granian_worker_app, config, rsgi), wrap_loader=False)
+    server.serve(target_loader=functools.partial(_granian_worker_app, config), wrap_loader=False)
 
 
 def _tell_systemd_ready() -> None:
@@ -209,8 +208,7 @@ def _granian_logging() -> dict[str, Any]:
     return config
 
 
-def _granian_worker_app(config: GateConfig, rsgi: bool) -> Any:
-    from .web.app import create_app
+def _granian_worker_app(config: GateConfig) -> Any:
     from .web.rsgi import create_rsgi_app
 
     _forget_dead_workers()
@@ -219,7 +217,7 @@ def _granian_worker_app(config: GateConfig, rsgi: bool) -> Any:
     later = threading.Timer(60.0, _forget_dead_workers)
     later.daemon = True
     later.start()
-    return create_rsgi_app(config) if rsgi else create_app(config)
+    return create_rsgi_app(config)
 
 
 def _forget_dead_workers() -> None:

@@ -15,7 +15,6 @@ import importlib.util
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,19 +47,22 @@ def nginx_auth(gate: GateProcess, uri: str) -> Response:
     return gate.get("/auth", headers={"X-Original-URI": uri, "X-Forwarded-For": IR_CLIENT})
 
 
-def metrics_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("exportgate-metrics-*")}
+def metrics_dirs(directory: Path) -> set[str]:
+    return {p.name for p in directory.glob("exportgate-metrics-*")}
 
 
 @pytest.mark.parametrize("server", ["granian", "gunicorn"])
-def test_sighup_rereads_the_manifest_without_dropping_the_socket(tmp_path: Path, server: str) -> None:
+def test_sighup_rereads_the_manifest_without_dropping_the_socket(tmp_path: Path, server: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Release engineers retag an artifact; ``systemctl reload`` (SIGHUP) makes the running gate decide by it."""
     if server == "granian":
         require(importlib.util.find_spec("granian") is not None, "granian", "pip install 'exportgate[granian]'")
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(TEST_CATALOG.read_text(encoding="utf-8"), encoding="utf-8")
     config = write_config(tmp_path, catalog=str(catalog))
-    dirs_before = metrics_dirs()
+    temporary = tmp_path / "tmp"  # where the gate makes its metrics directory (TMPDIR)
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
     with GateProcess(workdir=tmp_path, config=config, server=server) as process:
         assert nginx_auth(process, CRYPTO).status == 403
         # Retagged: free, public, EAR99 chat software (the pack allows it to Iran).
@@ -91,7 +93,8 @@ def test_sighup_rereads_the_manifest_without_dropping_the_socket(tmp_path: Path,
         assert record is not None and record["action"] == "allow"
         metrics = process.get("/metrics")
         assert metrics.status == 200 and b"exportgate_decisions_total" in metrics.body
-    assert metrics_dirs() == dirs_before  # the gate's own metrics directory is gone with it
+        assert len(metrics_dirs(temporary)) == 1
+    assert metrics_dirs(temporary) == set()  # the gate's own metrics directory is gone with it
 
 
 @pytest.mark.parametrize("server", SERVERS)

@@ -262,6 +262,15 @@ def test_every_command_has_help(run, command):
     assert "Usage:" in result.output and len(result.output.splitlines()) > 3
 
 
+@pytest.mark.parametrize("mode", ["proxy", "static"])
+def test_serve_refuses_granian_where_it_would_weaken_path_checks(run, tmp_path, mode):
+    config = write_config(tmp_path)
+    result = run("serve", "--mode", mode, "--server", "granian", "--root", str(tmp_path),
+                 "--upstream", "http://127.0.0.1:9", config=config)
+    assert result.exit_code != 0
+    assert "granian serves forward-auth mode only" in result.output and "%2F" in result.output
+
+
 def test_packs_lists_settings(run):
     result = run("packs")
     assert "cuba_software" in result.output and "not legal advice" in result.output

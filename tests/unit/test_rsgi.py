@@ -32,11 +32,17 @@ def test_peer_address(client: str, peer: str) -> None:
     ("auto", "proxy", "gunicorn"),  # needs the raw request target
     ("auto", "static", "gunicorn"),
     ("gunicorn", "forward-auth", "gunicorn"),  # Envoy's /auth/<path> form
-    ("granian", "static", "granian"),
 ])
 def test_which_server_serves(gate_config: Any, server: str, mode: str, chosen: str) -> None:
     config = gate_config(serve={"server": server, "mode": mode, "root": "/srv/mirror", "upstream": "http://m"})
     assert server_for(config) == chosen
+
+
+@pytest.mark.parametrize("mode", ["proxy", "static"])
+def test_granian_is_refused_where_it_would_weaken_path_checks(gate_config: Any, mode: str) -> None:
+    config = gate_config(serve={"server": "granian", "mode": mode, "root": "/srv/mirror", "upstream": "http://m"})
+    with pytest.raises(ExportGateError, match="already-decoded path"):
+        server_for(config)
 
 
 def test_granian_options_for_forward_auth(gate_config: Any) -> None:
