@@ -145,12 +145,10 @@ def granian_options(config: GateConfig) -> dict[str, Any]:
         "address": host.strip("[]") or "127.0.0.1",
         "port": int(port),
         "workers": s.workers,
-        # RSGI: the loop's own thread; the gate's pages use the loop's executor.
+        # RSGI: the loop's own thread; the gate's pages use the loop's executor. (granian's experimental Rust
+        # task implementation measured within this machine's noise of asyncio's Task: not worth it on the path
+        # that must fail closed.)
         "blocking_threads": 1,
-        # granian's Rust task implementation drives each request's coroutine with less work per request than
-        # asyncio's Task (~10 % more requests behind nginx here); granian itself falls back to asyncio's on
-        # Python 3.12 and newer, where it is not supported.
-        "task_impl": "rust",
         # gunicorn's behaviour: a worker that dies is replaced, the server stays up (granian's default is to
         # shut down entirely); a worker that does not stop within the grace period is killed.
         "respawn_failed_workers": True,

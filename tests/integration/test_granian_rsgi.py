@@ -317,3 +317,22 @@ def test_fail_open_serves_when_the_store_fails_and_says_so(granian: None, tmp_pa
         assert "serving anyway (fail_open)" in process.log_text()
         metrics = process.get("/metrics").text
         assert "exportgate_record_failures_total 2.0" in metrics
+
+
+def test_an_encoded_question_mark_after_auth_is_neither_endpoint_nor_page(gate: GateProcess) -> None:
+    before = decision_count(database(gate))
+    r = gate.get("/auth%3Fz", headers={"X-Original-URI": CHAT, "X-Forwarded-For": IR_CLIENT})
+    assert r.status == 404
+    assert decision_count(database(gate)) == before
+
+
+def test_gate_pages_ignore_request_bodies(gate: GateProcess) -> None:
+    r = gate.get("/healthz", method="POST", headers={"Content-Length": "5"})  # announced, never sent
+    assert r.status == 200
+
+
+def test_the_envoy_form_is_reported_once_in_the_log(granian: None, tmp_path: Path) -> None:
+    with _start(tmp_path / "gate") as process:
+        for _ in range(3):
+            assert process.get("/auth" + CHAT, headers={"X-Forwarded-For": IR_CLIENT}).status == 400
+        assert process.log_text().count("serve Envoy with --server gunicorn") == 1

@@ -375,3 +375,22 @@ def test_two_stores_on_one_file_interleave_their_commits(tmp_path: Path) -> None
     assert a.count() == 100
     a.close()
     b.close()
+
+
+def test_without_a_usable_lock_file_the_store_still_works(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "r.db.lock").mkdir()  # something that cannot be opened as the lock file
+    store = SQLiteStore(str(tmp_path / "r.db"))
+    assert "lock file" in caplog.text
+    store.append(sealed("gate-a", 2))
+    assert store.count() == 2
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give files away")
+def test_a_lock_file_made_by_root_belongs_to_the_database_owner(tmp_path: Path) -> None:
+    SQLiteStore(str(tmp_path / "r.db")).close()
+    os.chown(tmp_path / "r.db", 65534, 65534)
+    os.unlink(tmp_path / "r.db.lock")
+    SQLiteStore(str(tmp_path / "r.db")).close()  # root again, e.g. `exportgate audit verify`
+    st = os.stat(tmp_path / "r.db.lock")
+    assert (st.st_uid, st.st_gid) == (65534, 65534)

@@ -26,6 +26,7 @@ A reader that iterates for a long time keeps WAL from being checkpointed past it
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -43,6 +44,8 @@ try:
     import fcntl
 except ImportError:  # Windows: SQLite's busy handler alone
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SYNCHRONOUS_MODES = ("FULL", "EXTRA", "NORMAL")
@@ -119,13 +122,28 @@ class SQLiteStore:
             self._writer.close()
             raise StoreOpenError(self.where, _reason(exc)) from None
         if self.path is not None and fcntl is not None:
-            try:
-                self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                self._writer.close()
-                raise StoreOpenError(self.where, f"cannot open the writers' lock file: {exc.strerror}") from None
+            self._lock_fd = self._open_lock_file(os.path.realpath(self.path) + ".lock")
 
     # -- opening ---------------------------------------------------------------------------
+
+    def _open_lock_file(self, path: str) -> int | None:
+        """The writers' lock file beside the database, owned like the database (or ``None``: SQLite alone)."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            # Correct without it (SQLite's own locking), only slower under contention: never a reason not to run.
+            log.warning("%s: cannot open the writers' lock file %s (%s); SQLite's busy handler alone orders "
+                        "the writers", self.where, path, exc.strerror or exc)
+            return None
+        try:
+            # Created by root (an `exportgate audit` as root, say), it must still open for the service's user,
+            # as SQLite's own -wal and -shm files do: give it the database's owner.
+            if hasattr(os, "geteuid") and os.geteuid() == 0:
+                st = os.stat(os.path.realpath(self.path or path))
+                os.fchown(fd, st.st_uid, st.st_gid)
+        except OSError:
+            pass
+        return fd
 
     @staticmethod
     def _prepare_path(path: str) -> None:
@@ -205,6 +223,10 @@ class SQLiteStore:
             self._check_open()
             conn = self._writer
             try:
+                self._take_turn()
+            except RecordStoreError as exc:
+                raise RecordStoreError(f"{self.where}: not writable: {exc}") from exc
+            try:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(_INSERTS[1], ("exportgate:readiness-probe", 0, "probe", "probe",
                                            "2000-01-01T00:00:00.000000Z", "{}", "", ""))
@@ -213,6 +235,7 @@ class SQLiteStore:
             finally:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._end_turn()
 
     def append(self, records: Sequence[Record]) -> None:
         params: list[Any] = []

@@ -70,6 +70,7 @@ class ForwardAuthRSGI:
         # write to a shared metrics file).
         self._counts: dict[Any, int] = {}
         self._peers: dict[str, str] = {}
+        self._told_about_envoy = False
 
     # granian calls these on the worker's event loop when the worker starts and stops.
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -84,11 +85,19 @@ class ForwardAuthRSGI:
             return
         path = scope.path
         if not (path == "/auth" or path.startswith("/auth/")):
+            if path.startswith("/auth"):  # "/auth?x" decoded from "/auth%3Fx": not the endpoint, not a page
+                protocol.response_str(404, _PLAIN, "forward-auth mode: ask /auth\n")
+                return
             await self._wsgi(scope, protocol)
             return
         environ = self._environ(scope)
         facts, style, text = self.auth.request(environ)
         if facts is None:
+            if path != "/auth" and not self._told_about_envoy:
+                # Every download through a front end configured this way is refused: say so loudly, once.
+                self._told_about_envoy = True
+                log.error("refusing /auth/<path> requests (Envoy's path_prefix form): granian does not give the "
+                          "raw request target; serve Envoy with --server gunicorn (deploy/envoy/envoy.yaml)")
             protocol.response_str(int(style[:3]), _PLAIN, text + "\n")
             return
         admission = self.admission
@@ -151,12 +160,12 @@ class ForwardAuthRSGI:
         return future
 
     async def _wsgi(self, scope: Any, protocol: Any) -> None:
-        """The gate's own pages: the WSGI app on a worker thread."""
-        body = await protocol() if scope.method not in ("GET", "HEAD") else b""
+        """The gate's own pages: the WSGI app on a worker thread. None of them reads a request body, so none is
+        read (a large one would otherwise sit in the memory of the worker that answers /auth)."""
         builder = EnvironBuilder(
-            path=scope.path, method=scope.method, query_string=scope.query_string or None,
-            headers=list(scope.headers.items()), data=body,
-            environ_base={"REMOTE_ADDR": peer_address(scope.client)},
+            # The query string as given, even empty: werkzeug would otherwise split a "?" out of the decoded path.
+            path=scope.path, method=scope.method, query_string=scope.query_string or "",
+            headers=list(scope.headers.items()), environ_base={"REMOTE_ADDR": peer_address(scope.client)},
         )
         environ = builder.get_environ()
         loop = self._loop or asyncio.get_running_loop()
