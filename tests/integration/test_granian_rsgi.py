@@ -336,3 +336,37 @@ def test_the_envoy_form_is_reported_once_in_the_log(granian: None, tmp_path: Pat
         for _ in range(3):
             assert process.get("/auth" + CHAT, headers={"X-Forwarded-For": IR_CLIENT}).status == 400
         assert process.log_text().count("serve Envoy with --server gunicorn") == 1
+
+
+@pytest.fixture(scope="module")
+def forwarded_gate(granian: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateProcess]:
+    """Trusting RFC 7239 ``Forwarded`` from the front end instead of X-Forwarded-For."""
+    directory = tmp_path_factory.mktemp("rsgi-forwarded")
+    config = write_config(directory, serve={"forwarded_header": "forwarded"})
+    with GateProcess(workdir=directory, config=config, server="granian") as process:
+        yield process
+
+
+@pytest.mark.parametrize(("lines", "decision"), [
+    pytest.param([f"for={IR_CLIENT}"], "block", id="plain"),
+    pytest.param([f'for="{IR_CLIENT}:4711"'], "block", id="quoted with port"),
+    pytest.param([f"for={US_CLIENT}", f"for={IR_CLIENT}"], "block", id="two lines: rightmost counts"),
+    pytest.param([f"for={IR_CLIENT};proto=https, for={US_CLIENT}"], "allow", id="list: rightmost is the US client"),
+    pytest.param(['for="[::ffff:192.0.2.10]"'], "block", id="bracketed IPv4-mapped IPv6"),
+    pytest.param(["for=_hidden"], "flag", id="obfuscated: unknown, flagged"),
+    pytest.param(["for="], "flag", id="empty: unknown, flagged"),
+    pytest.param(["garbage;;;=="], "flag", id="unparseable: unknown, flagged"),
+])
+def test_forwarded_header_through_rsgi(forwarded_gate: GateProcess, lines: list[str], decision: str) -> None:
+    headers = [("X-Original-URI", CRYPTO), ("X-Forwarded-For", US_CLIENT)]  # XFF is not the configured header
+    headers += [("Forwarded", line) for line in lines]
+    r = forwarded_gate.get("/auth", headers=headers)
+    assert r.header("X-Exportgate-Decision") == decision, r
+    assert r.status == (403 if decision == "block" else 200)
+    committed(forwarded_gate, r)
+
+
+@pytest.mark.parametrize("xff", ["::ffff:192.0.2.10", "2002:c000:020a::1", "64:ff9b::192.0.2.10"])
+def test_embedded_iranian_addresses_are_located_through_rsgi(gate: GateProcess, xff: str) -> None:
+    r = nginx_auth(gate, CRYPTO, client=xff)
+    assert r.status == 403, (xff, r)
