@@ -26,7 +26,7 @@ CRYPTO = "/files/crypto-1.tar.gz"
 
 @pytest.fixture(scope="module")
 def granian() -> None:
-    require(importlib.util.find_spec("granian") is not None, "granian", "pip install 'exportgate[granian]'")
+    require(importlib.util.find_spec("granian") is not None, "granian", "pip install -e . (granian is a dependency)")
 
 
 def _start(directory: Path, **kwargs: object) -> GateProcess:

@@ -56,7 +56,8 @@ def test_sighup_rereads_the_manifest_without_dropping_the_socket(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Release engineers retag an artifact; ``systemctl reload`` (SIGHUP) makes the running gate decide by it."""
     if server == "granian":
-        require(importlib.util.find_spec("granian") is not None, "granian", "pip install 'exportgate[granian]'")
+        require(importlib.util.find_spec("granian") is not None, "granian",
+                "pip install -e . (granian is a dependency)")
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(TEST_CATALOG.read_text(encoding="utf-8"), encoding="utf-8")
     config = write_config(tmp_path, catalog=str(catalog))
