@@ -219,13 +219,7 @@ class SQLiteStore:
         For readiness checks after a failed commit: proves the store would accept the next record (the same
         statement, triggers and constraints as a real one) without keeping anything.
         """
-        with self._write_lock:
-            self._check_open()
-            conn = self._writer
-            try:
-                self._take_turn()
-            except RecordStoreError as exc:
-                raise RecordStoreError(f"{self.where}: not writable: {exc}") from exc
+        with self._writing("not writable") as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(_INSERTS[1], ("exportgate:readiness-probe", 0, "probe", "probe",
@@ -235,7 +229,6 @@ class SQLiteStore:
             finally:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                self._end_turn()
 
     def append(self, records: Sequence[Record]) -> None:
         params: list[Any] = []
@@ -256,13 +249,7 @@ class SQLiteStore:
         count = len(records)
         if not count:
             return
-        with self._write_lock:
-            self._check_open()
-            conn = self._writer
-            try:
-                self._take_turn()
-            except RecordStoreError as exc:
-                raise RecordStoreError(f"{self.where}: {count} record(s) not committed: {exc}") from exc
+        with self._writing(f"{count} record(s) not committed") as conn:
             try:
                 if count <= _ROWS_PER_STATEMENT:
                     conn.execute(_INSERTS[count], params)
@@ -282,6 +269,19 @@ class SQLiteStore:
                 raise RecordStoreError(
                     f"{self.where}: {count} record(s) not committed: {_reason(exc)}"
                 ) from exc
+
+    @contextmanager
+    def _writing(self, failure: str) -> Iterator[sqlite3.Connection]:
+        """The writer connection, for this thread (the write lock) and this process (the writers' turn) alone;
+        ``failure`` says what did not happen if the turn never comes."""
+        with self._write_lock:
+            self._check_open()
+            try:
+                self._take_turn()
+            except RecordStoreError as exc:
+                raise RecordStoreError(f"{self.where}: {failure}: {exc}") from exc
+            try:
+                yield self._writer
             finally:
                 self._end_turn()
 
