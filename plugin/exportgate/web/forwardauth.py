@@ -28,7 +28,7 @@ from typing import Any
 from ..decision import RequestFacts
 from ..errors import ExportGateError, RecordStoreError
 from .clientaddr import ClientOrigin, TrustedProxies
-from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers
+from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers, send_blocked
 from .paths import NormalisedPath, PathRejected, normalise_path
 
 log = logging.getLogger("exportgate.web")
@@ -83,6 +83,18 @@ class Admission:
         except ExportGateError as exc:
             return self.failed(facts, exc)
         return self.recorded(decision), "", ""
+
+    def admit_download(self, environ: dict[str, Any], start_response: StartResponse, raw_uri: str,
+                       normalised: NormalisedPath | None, operator: Operator) -> tuple[Any, list[bytes] | None]:
+        """For the modes that serve the download themselves (middleware, proxy, static): ``(decision, None)`` to
+        serve it, or ``(None, answer)`` refusing it: why it could not be decided, or the 451 page."""
+        decision, status, text = self.admit(environ, environ.get("REQUEST_METHOD", "GET"), raw_uri,
+                                            environ.get("HTTP_HOST"), normalised)
+        if decision is None:
+            return None, plain(start_response, status, text)
+        if not decision.served:
+            return None, send_blocked(start_response, decision, operator, environ)
+        return decision, None
 
     def facts(self, origin: ClientOrigin, method: str, raw_uri: str, host: str | None,
               normalised: NormalisedPath | None = None) -> tuple[RequestFacts | None, str, str]:

@@ -26,7 +26,7 @@ from urllib.parse import quote
 from ..errors import ConfigError
 from ..globs import compile_glob
 from .forwardauth import Admission, StartResponse, plain, reject_path
-from .page import Operator, decision_headers, send_blocked
+from .page import Operator, decision_headers
 from .paths import PathRejected, normalise_path
 
 DECISION_KEY = "exportgate.decision"
@@ -80,12 +80,9 @@ class GateMiddleware:
             return plain(start_response, "404 Not Found", "not found")
         if self.gated is not None and not self.gated.match(path):
             return self.app(environ, start_response)
-        decision, status, text = self.admission.admit(environ, environ.get("REQUEST_METHOD", "GET"), raw_uri,
-                                                      environ.get("HTTP_HOST"), normalised)
-        if decision is None:
-            return plain(start_response, status, text)
-        if not decision.served:
-            return send_blocked(start_response, decision, self.operator, environ)
+        decision, refusal = self.admission.admit_download(environ, start_response, raw_uri, normalised, self.operator)
+        if refusal is not None:
+            return refusal
         environ[DECISION_KEY] = decision
         extra = decision_headers(decision)
 

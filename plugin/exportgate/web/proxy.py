@@ -38,7 +38,7 @@ from urllib3.exceptions import NewConnectionError
 from ..errors import ConfigError, ExportGateError
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
-from .page import Operator, decision_headers, send_blocked
+from .page import Operator, decision_headers
 from .paths import PathRejected, normalise_path
 
 log = logging.getLogger("exportgate.web")
@@ -112,12 +112,10 @@ class ProxyApp:
         path = normalised.path
         decision = None
         if self.gated is None or self.gated.match(path):
-            decision, status, text = self.admission.admit(environ, method, raw_uri, environ.get("HTTP_HOST"),
-                                                          normalised)
-            if decision is None:
-                return plain(start_response, status, text)
-            if not decision.served:
-                return send_blocked(start_response, decision, self.operator, environ)
+            decision, refusal = self.admission.admit_download(environ, start_response, raw_uri, normalised,
+                                                              self.operator)
+            if refusal is not None:
+                return refusal
         return self.forward(environ, start_response, method, path, raw_uri, decision)
 
     def forward(self, environ: dict[str, Any], start_response: StartResponse, method: str, path: str,

@@ -37,7 +37,7 @@ from werkzeug.wsgi import wrap_file
 from ..errors import ConfigError
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
-from .page import Operator, decision_headers, send_blocked
+from .page import Operator, decision_headers
 from .paths import NormalisedPath, PathRejected, normalise_path
 
 INDEX = "index.html"
@@ -87,12 +87,10 @@ class StaticApp:
             normalised = None  # decided on the file served: admit() normalises the rewritten target
         decision = None
         if self.gated is None or self.gated.match(target) or self.gated.match(decide_on):
-            decision, status, text = self.admission.admit(environ, method, raw_uri, environ.get("HTTP_HOST"),
-                                                          normalised)
-            if decision is None:
-                return plain(start_response, status, text)
-            if not decision.served:
-                return send_blocked(start_response, decision, self.operator, environ)
+            decision, refusal = self.admission.admit_download(environ, start_response, raw_uri, normalised,
+                                                              self.operator)
+            if refusal is not None:
+                return refusal
         extra = decision_headers(decision) if decision is not None else []
         # Only now, with the decision recorded, is the file opened.
         found = self.open(real, directory_ok=not target.endswith("/")) if real is not None else None
