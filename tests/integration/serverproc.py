@@ -35,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -317,6 +317,40 @@ def decision_record(database: Path, decision_id: str) -> dict[str, object] | Non
     finally:
         conn.close()
     return None if row is None else dict(json.loads(row[0]))
+
+
+def check_only_downloads_ask_the_gate(get: Callable[..., Response], gate: GateProcess, database: Path,
+                                      root_listing: bytes, client: str) -> None:
+    """Through a front end from ``deploy/``: index pages and metadata are served without asking the gate (no
+    record; under gunicorn, not even a line in its access log), a download asks it once. ``client``: a
+    sanctioned destination, so that anything unclassified the gate were asked about would be refused."""
+    before = decision_count(database)
+    gunicorn = gate.server == "gunicorn"  # its access log shows the gate was not even asked
+    if gunicorn:
+        gate.mark("index-start")
+    for target, content in [
+        ("/", root_listing),
+        ("/files/", b"crypto-1.tar.gz"),
+        ("/simple/chatpkg/", MIRROR_FILES["simple/chatpkg/index.html"]),
+        ("/simple/chatpkg/index.html", MIRROR_FILES["simple/chatpkg/index.html"]),
+        ("/files/index.json", MIRROR_FILES["files/index.json"]),
+        ("/files/crypto-1.tar.gz.sha256", MIRROR_FILES["files/crypto-1.tar.gz.sha256"]),
+    ]:
+        r = get(target, client=client)
+        assert r.status == 200, target
+        assert content in r.body, target
+    if gunicorn:
+        gate.mark("index-end")
+        assert gate.requests_between("index-start", "index-end") == []
+    assert decision_count(database) == before
+    # ...whereas a download does ask it, once.
+    if gunicorn:
+        gate.mark("download-start")
+    assert get("/files/chat-1.tar.gz", client=client).status == 200
+    assert decision_count(database) == before + 1
+    if gunicorn:
+        gate.mark("download-end")
+        assert len(gate.requests_between("download-start", "download-end")) == 1
 
 
 def wait_for_text(path: Path, needle: str, timeout: float = 5.0) -> str:

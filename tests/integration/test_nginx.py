@@ -24,6 +24,7 @@ import pytest
 
 from conftest import IR_CLIENT, TEST_OVERRIDES, US_CLIENT, require, write_config
 from serverproc import (
+    check_only_downloads_ask_the_gate,
     DEPLOY,
     MIRROR_FILES,
     GateProcess,
@@ -210,33 +211,7 @@ def test_path_variants_never_serve_crypto_to_iran(stack: Stack, target: str, sta
 
 
 def test_index_pages_and_metadata_do_not_ask_the_gate(stack: Stack) -> None:
-    before = decision_count(stack.database)
-    gunicorn = stack.gate.server == "gunicorn"  # its access log shows the gate was not even asked
-    if gunicorn:
-        stack.gate.mark("index-start")
-    for target, content in [
-        ("/", b"Index of /"),
-        ("/files/", b"crypto-1.tar.gz"),
-        ("/simple/chatpkg/", MIRROR_FILES["simple/chatpkg/index.html"]),
-        ("/simple/chatpkg/index.html", MIRROR_FILES["simple/chatpkg/index.html"]),
-        ("/files/index.json", MIRROR_FILES["files/index.json"]),
-        ("/files/crypto-1.tar.gz.sha256", MIRROR_FILES["files/crypto-1.tar.gz.sha256"]),
-    ]:
-        r = stack.get(target, client=IR_CLIENT)  # Iran: the gate would block anything unclassified
-        assert r.status == 200, target
-        assert content in r.body, target
-    if gunicorn:
-        stack.gate.mark("index-end")
-        assert stack.gate.requests_between("index-start", "index-end") == []
-    assert decision_count(stack.database) == before
-    # ...whereas a download does ask it, once.
-    if gunicorn:
-        stack.gate.mark("download-start")
-    assert stack.get("/files/chat-1.tar.gz", client=IR_CLIENT).status == 200
-    assert decision_count(stack.database) == before + 1
-    if gunicorn:
-        stack.gate.mark("download-end")
-        assert len(stack.gate.requests_between("download-start", "download-end")) == 1
+    check_only_downloads_ask_the_gate(stack.get, stack.gate, stack.database, b"Index of /", IR_CLIENT)
 
 
 def test_policy_page_is_public_and_blocked_pages_are_not(stack: Stack) -> None:
