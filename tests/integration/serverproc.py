@@ -353,6 +353,52 @@ def check_only_downloads_ask_the_gate(get: Callable[..., Response], gate: GatePr
         assert len(gate.requests_between("download-start", "download-end")) == 1
 
 
+# ------------------------------------------------------------------- what every front end in deploy/ must do
+
+UNTRUSTED_PEER = "127.0.0.2"
+"""A peer the front ends in deploy/ do not trust as a proxy (the tests' geo overrides place it in Iran)."""
+
+FRONT_END_PATH_VARIANTS = [
+    ("/files/crypto-1.tar.gz", 451, "plain"),
+    ("/files/%2e%2e/files/crypto-1.tar.gz", 451, "encoded dot-dot"),
+    ("/files/%2E%2E/files/crypto-1.tar.gz", 451, "encoded dot-dot upper case"),
+    ("/files/a/../crypto-1.tar.gz", 451, "dot-dot"),
+    ("/files//crypto-1.tar.gz", 451, "double slash"),
+    ("//files/crypto-1.tar.gz", 451, "leading double slash"),
+    ("/files/./crypto-1.tar.gz", 451, "dot segment"),
+    ("/files/%63rypto-1.tar.gz", 451, "encoded letter"),
+    ("/%66iles/%63rypto-1.tar.%67z", 451, "several encoded letters"),
+    ("/files/crypto-1.tar.gz?x=/files/chat-1.tar.gz", 451, "query naming another file"),
+    ("/files/crypto-1.tar.gz#/files/chat-1.tar.gz", 451, "fragment"),
+]
+"""``(target, status, case)``: encoding, dot-segment, slash, query and fragment variants of a restricted artifact, which
+every front end must refuse (451) to an Iranian client; each front end's tests add the cases where they differ."""
+
+TRUSTED_PROXY_CASES = [
+    # 127.0.0.2 is not a proxy the front end trusts: its X-Forwarded-For is ignored, it is located itself (Iran).
+    (UNTRUSTED_PEER, "192.0.2.40", 451, "untrusted peer claims US"),
+    (UNTRUSTED_PEER, "192.0.2.40, 127.0.0.1", 451, "untrusted peer claims a trusted chain"),
+    # The trusted load balancer (127.0.0.1) is believed: the same claim gets the file.
+    ("127.0.0.1", "192.0.2.40", 200, "trusted proxy says US"),
+]
+"""``(source, claimed X-Forwarded-For, status, case)`` for a download of the 5D002 artifact."""
+
+
+def check_forwarded_for_only_from_trusted_proxies(get: Callable[..., Response], database: Path, source: str,
+                                                  claimed: str, status: int) -> None:
+    crypto = MIRROR_FILES["files/crypto-1.tar.gz"]
+    r = get("/files/crypto-1.tar.gz", client=claimed, source=source)
+    assert r.status == status
+    if status == 451:
+        assert crypto not in r.body
+        record = decision_record(database, r.header("x-exportgate-decision-id") or "")
+        assert record is not None
+        assert record["request"]["client"] == UNTRUSTED_PEER  # type: ignore[index]
+        assert record["location"]["country"] == "IR"  # type: ignore[index]
+    else:
+        assert r.body == crypto
+
+
 def wait_for_text(path: Path, needle: str, timeout: float = 5.0) -> str:
     """The content of ``path`` once it contains ``needle`` (servers write access logs after answering)."""
     deadline = time.monotonic() + timeout

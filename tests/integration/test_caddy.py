@@ -26,13 +26,17 @@ import pytest
 
 from conftest import IR_CLIENT, TEST_OVERRIDES, US_CLIENT, require, write_config
 from serverproc import (
-    check_only_downloads_ask_the_gate,
     DEPLOY,
+    FRONT_END_PATH_VARIANTS,
     MIRROR_FILES,
+    TRUSTED_PROXY_CASES,
+    UNTRUSTED_PEER,
     CaddyProcess,
     GateProcess,
     Response,
     StoreFault,
+    check_forwarded_for_only_from_trusted_proxies,
+    check_only_downloads_ask_the_gate,
     decision_count,
     decision_record,
     free_port,
@@ -42,7 +46,6 @@ from serverproc import (
     write_mirror,
 )
 
-UNTRUSTED_PEER = "127.0.0.2"
 UNKNOWN_CLIENT = "198.51.100.7"  # TEST-NET-2: no country in registry data, no override
 CHAT = MIRROR_FILES["files/chat-1.tar.gz"]
 CRYPTO = MIRROR_FILES["files/crypto-1.tar.gz"]
@@ -156,35 +159,13 @@ def test_client_cannot_name_another_uri_or_decision(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(("source", "claimed", "status"), [
-    pytest.param(UNTRUSTED_PEER, US_CLIENT, 451, id="untrusted peer claims US"),
-    pytest.param(UNTRUSTED_PEER, f"{US_CLIENT}, 127.0.0.1", 451, id="untrusted peer claims a trusted chain"),
-    pytest.param("127.0.0.1", US_CLIENT, 200, id="trusted proxy says US"),
-])
+    pytest.param(source, claimed, status, id=case) for source, claimed, status, case in TRUSTED_PROXY_CASES])
 def test_forwarded_for_only_from_trusted_proxies(stack: Stack, source: str, claimed: str, status: int) -> None:
-    r = stack.get("/files/crypto-1.tar.gz", client=claimed, source=source)
-    assert r.status == status
-    if status == 451:
-        assert CRYPTO not in r.body
-        record = decision_record(stack.database, r.header("x-exportgate-decision-id") or "")
-        assert record is not None
-        assert record["request"]["client"] == UNTRUSTED_PEER  # type: ignore[index]
-        assert record["location"]["country"] == "IR"  # type: ignore[index]
-    else:
-        assert r.body == CRYPTO
+    check_forwarded_for_only_from_trusted_proxies(stack.get, stack.database, source, claimed, status)
 
 
 @pytest.mark.parametrize(("target", "status"), [
-    pytest.param("/files/crypto-1.tar.gz", 451, id="plain"),
-    pytest.param("/files/%2e%2e/files/crypto-1.tar.gz", 451, id="encoded dot-dot"),
-    pytest.param("/files/%2E%2E/files/crypto-1.tar.gz", 451, id="encoded dot-dot upper case"),
-    pytest.param("/files/a/../crypto-1.tar.gz", 451, id="dot-dot"),
-    pytest.param("/files//crypto-1.tar.gz", 451, id="double slash"),
-    pytest.param("//files/crypto-1.tar.gz", 451, id="leading double slash"),
-    pytest.param("/files/./crypto-1.tar.gz", 451, id="dot segment"),
-    pytest.param("/files/%63rypto-1.tar.gz", 451, id="encoded letter"),
-    pytest.param("/%66iles/%63rypto-1.tar.%67z", 451, id="several encoded letters"),
-    pytest.param("/files/crypto-1.tar.gz?x=/files/chat-1.tar.gz", 451, id="query naming another file"),
-    pytest.param("/files/crypto-1.tar.gz#/files/chat-1.tar.gz", 451, id="fragment"),
+    *[pytest.param(target, status, id=case) for target, status, case in FRONT_END_PATH_VARIANTS],
     # Not an existing directory, so not an index page: gated, decided as the unclassified path
     # /files/crypto-1.tar.gz/ (blocked to Iran), and file_server would not serve a file with a trailing "/".
     pytest.param("/files/crypto-1.tar.gz/", 451, id="trailing slash"),

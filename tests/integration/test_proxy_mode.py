@@ -327,7 +327,8 @@ def test_restricted_artifact_is_never_served_to_iran(make_gate: Any, upstream: U
     pytest.param("/Files/Crypto-1.tar.gz", id="mixed"),
     pytest.param("/files/%43RYPTO-1.tar.gz", id="encoded upper"),
 ])
-@pytest.mark.parametrize("gated", [pytest.param((), id="all gated"), pytest.param(("/Files/**",), id="gated glob in caps")])
+@pytest.mark.parametrize("gated", [pytest.param((), id="all gated"),
+                                   pytest.param(("/Files/**",), id="gated glob in caps")])
 def test_case_variants_with_case_insensitive_paths(make_gate: Any, upstream: Upstream, raw: str,
                                                   gated: tuple[str, ...]) -> None:
     app = make_gate(top={"case_insensitive_paths": True}, gated=list(gated))
