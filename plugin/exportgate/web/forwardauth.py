@@ -78,6 +78,11 @@ class Admission:
         facts, status, text = self.facts(self.proxies.resolve_environ(environ), method, raw_uri, host, normalised)
         if facts is None:
             return None, status, text
+        return self.decide_and_record(facts)
+
+    def decide_and_record(self, facts: RequestFacts) -> tuple[Any, str, str]:
+        """``(decision, "", "")`` once its record is committed (or, with ``fail_open``, could not be), or
+        ``(None, status, text)`` refusing the download."""
         try:
             decision = self.gate.decide_and_record(facts)
         except ExportGateError as exc:
@@ -224,13 +229,9 @@ class ForwardAuth:
         facts, style, text = self.request(environ)
         if facts is None:
             return plain(start_response, style, text)
-        admission = self.admission
-        try:
-            decision = admission.recorded(admission.gate.decide_and_record(facts))
-        except ExportGateError as exc:
-            decision, status, text = admission.failed(facts, exc)
-            if decision is None:
-                return plain(start_response, status, text)
+        decision, status, text = self.admission.decide_and_record(facts)
+        if decision is None:
+            return plain(start_response, status, text)
         status_line, headers, body = self.answer(environ, decision, style)
         start_response(status_line, headers)
         return [body]
