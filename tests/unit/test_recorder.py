@@ -353,6 +353,47 @@ def test_recorder_arguments_are_checked(store: SQLiteStore) -> None:
         Recorder(store, instance="")
     with pytest.raises(ValueError):
         Recorder(store, instance="g", max_batch=0)
+    for delay in (-0.001, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            Recorder(store, instance="g", commit_delay=delay)
+
+
+def _mean_batch(store: SQLiteStore, commit_delay: float, threads: int = 16, each: int = 60) -> float:
+    def caller(t: int) -> None:
+        for i in range(each):
+            recorder.record("decision", f"t{t}-{i}", AT, decision(i))
+
+    with Recorder(store, instance=f"gate-{commit_delay}", commit_delay=commit_delay) as recorder:
+        workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return recorder.stats().mean_batch_size
+
+
+def test_commit_delay_lets_transactions_fill_while_others_are_deciding(store: SQLiteStore) -> None:
+    # 16 callers and a generous delay: nearly every caller is queued by the time the writer takes the batch.
+    # Without the delay the writer takes whatever is there, often one or two.
+    assert _mean_batch(store, 0.02) > 8
+    assert verify(store).ok
+
+
+def test_a_lone_caller_never_waits_for_the_commit_delay(store: SQLiteStore) -> None:
+    with Recorder(store, instance="gate-1", commit_delay=0.5) as recorder:
+        started = time.monotonic()
+        for i in range(5):
+            recorder.record("decision", f"d{i}", AT, decision(i))
+        # One record per transaction: the delay (0.5 s each) would have taken 2 s or more.
+        assert time.monotonic() - started < 1.0
+        assert recorder.stats().batches == 5
+
+
+def test_closing_does_not_wait_for_the_commit_delay(store: SQLiteStore) -> None:
+    recorder = Recorder(store, instance="gate-1", commit_delay=0.05)
+    pending = [recorder.submit("decision", f"d{i}", AT, decision(i)) for i in range(20)]
+    recorder.close()  # drains: everything queued is committed
+    assert [p.result().seq for p in pending] == list(range(1, 21))
 
 
 # -- waiting without blocking (event loops) ----------------------------------------------------------------

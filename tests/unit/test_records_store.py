@@ -53,9 +53,12 @@ def test_open_store_absolute_relative_and_memory(
     assert isinstance(absolute, SQLiteStore) and absolute.path == str(tmp_path / "abs/records.db")
     absolute.close()
     monkeypatch.chdir(tmp_path)
-    relative = open_store("sqlite:rel/records.db?synchronous=normal&busy_timeout_ms=250")
+    relative = open_store("sqlite:rel/records.db?synchronous=normal&busy_timeout_ms=250&commit_delay_ms=2.5")
     assert isinstance(relative, SQLiteStore) and relative.path == str(tmp_path / "rel/records.db")
+    assert relative.commit_delay == 0.0025
     relative.close()
+    assert absolute.commit_delay == 0.0005  # the default
+    assert open_store("sqlite::memory:?commit_delay_ms=0").commit_delay == 0.0
     memory = open_store("sqlite::memory:")
     assert isinstance(memory, SQLiteStore) and memory.path is None
     assert isinstance(memory, Store)
@@ -86,6 +89,11 @@ def test_open_store_absolute_relative_and_memory(
         pytest.param("sqlite:r.db?busy_timeout_ms=-1", "busy_timeout_ms", id="negative timeout"),
         pytest.param("sqlite:r.db?busy_timeout_ms=1e3", "busy_timeout_ms", id="float timeout"),
         pytest.param("sqlite:r.db?journal=delete", "unknown option", id="unknown option"),
+        pytest.param("sqlite:r.db?commit_delay_ms=-1", "commit_delay_ms", id="negative delay"),
+        pytest.param("sqlite:r.db?commit_delay_ms=1001", "commit_delay_ms", id="delay over a second"),
+        pytest.param("sqlite:r.db?commit_delay_ms=nan", "commit_delay_ms", id="delay NaN"),
+        pytest.param("sqlite:r.db?commit_delay_ms=", "commit_delay_ms", id="delay empty"),
+        pytest.param("sqlite:r.db?commit_delay_ms=0x10", "commit_delay_ms", id="delay hex"),
         pytest.param("sqlite:r.db?synchronous=full&synchronous=normal", "twice", id="option twice"),
         pytest.param("sqlite:r.db?synchronous", "malformed query", id="option without value"),
         pytest.param("sqlite:r%00.db", "NUL", id="NUL"),

@@ -9,11 +9,13 @@ Store URLs (one per line in ``gate.yaml``; percent-encode ``?``, ``#`` and ``%``
     sqlite:///var/lib/exportgate/records.db      absolute path (three slashes, as in SQLAlchemy)
     sqlite:records/gate.db                       relative to the working directory
     sqlite::memory:                              in memory, gone at close (tests, dry runs)
-    sqlite:///…/records.db?synchronous=normal&busy_timeout_ms=10000
+    sqlite:///…/records.db?synchronous=normal&busy_timeout_ms=10000&commit_delay_ms=0.5
 
 ``synchronous`` is ``full`` (default: a commit survives power loss), ``extra`` or ``normal``
 (survives a crash of the process, not of the machine). ``off`` is refused: it would break the
-promise that a served download has a record.
+promise that a served download has a record. ``commit_delay_ms`` (default 0.5, 0 to 1000) is how
+long a transaction waits for more records while other downloads are being decided
+(:mod:`exportgate.records.recorder`); 0 commits as soon as the writer is free.
 
 Caveat: the store is append-only through this API only. Anyone who can write the database file
 can change it; :mod:`exportgate.records.verify` finds what the hash chain can show.
@@ -127,7 +129,7 @@ def open_store(url: str, *, file: str | None = None, line: int | None = None) ->
 
 
 def _open_sqlite(url: str, file: str | None, line: int | None) -> Store:
-    from exportgate.records.sqlite import SYNCHRONOUS_MODES, SQLiteStore
+    from exportgate.records.sqlite import DEFAULT_COMMIT_DELAY, SYNCHRONOUS_MODES, SQLiteStore
 
     def bad(why: str) -> ConfigError:
         return ConfigError(
@@ -166,14 +168,26 @@ def _open_sqlite(url: str, file: str | None, line: int | None) -> Store:
     timeout_text = options.pop("busy_timeout_ms", "5000")
     if not timeout_text.isdigit() or not 0 < int(timeout_text) <= 600_000:
         raise bad(f"busy_timeout_ms={timeout_text!r} is not a whole number of ms in 1..600000")
+    delay_text = options.pop("commit_delay_ms", None)
+    commit_delay = DEFAULT_COMMIT_DELAY
+    if delay_text is not None:
+        try:
+            delay_ms = float(delay_text)
+        except ValueError:
+            delay_ms = -1.0
+        if not 0.0 <= delay_ms <= 1000.0:  # also NaN
+            raise bad(f"commit_delay_ms={delay_text!r} is not a number of ms in 0..1000")
+        commit_delay = delay_ms / 1000.0
     if options:
         raise bad(
-            f"unknown option(s) {', '.join(sorted(options))} (known: synchronous, busy_timeout_ms)"
+            f"unknown option(s) {', '.join(sorted(options))} "
+            f"(known: synchronous, busy_timeout_ms, commit_delay_ms)"
         )
     return SQLiteStore(
         None if path == ":memory:" else path,
         synchronous=synchronous,
         busy_timeout_ms=int(timeout_text),
+        commit_delay=commit_delay,
     )
 
 
