@@ -20,11 +20,12 @@ import asyncio
 import logging
 from typing import Any
 
-from werkzeug.test import EnvironBuilder, run_wsgi_app
+from werkzeug.test import EnvironBuilder
 
 from ..errors import ExportGateError
 from .app import GateApp
 from .forwardauth import ForwardAuth
+from .settle import CountsPerTurn, TransactionWaits, call_page
 
 log = logging.getLogger("exportgate.web")
 
@@ -63,18 +64,16 @@ class ForwardAuthRSGI:
         self.admission = auth.admission
         self.gate = auth.admission.gate
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Requests waiting for the transaction their record went into; the writer settles them all at once.
-        self._transaction: object = None
-        self._waiting: list[asyncio.Future[None]] = []
-        # Decisions counted for /metrics once per turn of the loop rather than per request (each count is a
-        # write to a shared metrics file).
-        self._counts: dict[Any, int] = {}
+        self._waits: TransactionWaits | None = None
+        self._counts: CountsPerTurn | None = None
         self._peers: dict[str, str] = {}
         self._told_about_envoy = False
 
     # granian calls these on the worker's event loop when the worker starts and stops.
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._waits = TransactionWaits(loop)
+        self._counts = CountsPerTurn(loop, self.admission.metrics)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Commits what is queued (each of those requests is still waiting for it) and closes the store.
@@ -105,7 +104,7 @@ class ForwardAuthRSGI:
             pending = self.gate.submit(facts)
             await self._settled(pending)
             decision = admission.recorded(pending.result(), count=False)
-            self._count(decision)
+            self._counter().count(decision)
         except ExportGateError as exc:
             decision, status, text = admission.failed(facts, exc)
             if decision is None:
@@ -131,32 +130,17 @@ class ForwardAuthRSGI:
                 environ[key] = f"{environ[key]},{value}" if key in environ else value
         return environ
 
-    def _count(self, decision: Any) -> None:
-        metrics = self.admission.metrics
-        if metrics is None:
-            return
-        counts = self._counts
-        if not counts:
-            (self._loop or asyncio.get_running_loop()).call_soon(self._flush_counts)
-        key = metrics.decision_key(decision)
-        counts[key] = counts.get(key, 0) + 1
-
-    def _flush_counts(self) -> None:
-        counts, self._counts = self._counts, {}
-        self.admission.metrics.decided_many(counts)
+    def _counter(self) -> CountsPerTurn:
+        if self._counts is None:  # a granian that did not call __rsgi_init__
+            self._counts = CountsPerTurn(asyncio.get_running_loop(), self.admission.metrics)
+        return self._counts
 
     def _settled(self, pending: Any) -> asyncio.Future[None]:
         """A future done once ``pending``'s transaction is settled (committed or failed)."""
-        loop = self._loop or asyncio.get_running_loop()
-        future = loop.create_future()
-        transaction = pending.transaction
-        if transaction is not self._transaction:
-            # Records go into the writer's open transaction until it takes it: one callback per transaction.
-            self._transaction = transaction
-            self._waiting = waiting = [future]
-            pending.on_settled(lambda: loop.call_soon_threadsafe(_wake, waiting))
-        else:
-            self._waiting.append(future)
+        if self._waits is None:
+            self._waits = TransactionWaits(asyncio.get_running_loop())
+        future = (self._loop or asyncio.get_running_loop()).create_future()
+        self._waits.when_settled(pending, lambda: _wake(future))
         return future
 
     async def _wsgi(self, scope: Any, protocol: Any) -> None:
@@ -169,25 +153,13 @@ class ForwardAuthRSGI:
         )
         environ = builder.get_environ()
         loop = self._loop or asyncio.get_running_loop()
-        status, headers, content = await loop.run_in_executor(None, _call_wsgi, self.app, environ)
+        status, headers, content = await loop.run_in_executor(None, call_page, self.app, environ)
         protocol.response_bytes(status, headers, content)
 
 
-def _call_wsgi(app: GateApp, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
-    app_iter, status, headers = run_wsgi_app(app, environ, buffered=True)
-    try:
-        content = b"".join(app_iter)
-    finally:
-        close = getattr(app_iter, "close", None)
-        if close is not None:
-            close()
-    return int(status[:3]), list(headers.items()), content
-
-
-def _wake(waiting: list[asyncio.Future[None]]) -> None:
-    for future in waiting:
-        if not future.done():  # a request whose client went away may have been cancelled
-            future.set_result(None)
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a request whose client went away may have been cancelled
+        future.set_result(None)
 
 
 def create_rsgi_app(config: Any) -> ForwardAuthRSGI:
