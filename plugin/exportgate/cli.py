@@ -446,11 +446,12 @@ def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | N
 @click.option("--trust-proxy", "trust_proxy", multiple=True, help="CIDR of a proxy whose X-Forwarded-For is "
               "believed (repeatable). Default: none, only the TCP peer counts.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes.")
-@click.option("--threads", type=click.IntRange(min=1), help="Threads per worker (gunicorn).")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads per worker (gunicorn, proxy and static modes).")
 @click.option("--fail-open", "fail_open", is_flag=True, default=None,
               help="Serve downloads even when the decision cannot be recorded (default: refuse with 503).")
 @click.option("--server", type=click.Choice(["auto", "gunicorn", "granian"]), help="HTTP server. auto (default): "
-              "granian for forward-auth (an event loop, see serve.py), gunicorn for proxy and static.")
+              "gunicorn (an event-loop worker for forward-auth, threads for proxy and static); granian: forward-auth "
+              "only.")
 @click.pass_context
 @_guarded
 def serve(ctx: click.Context, **options: Any) -> None:

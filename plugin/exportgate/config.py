@@ -68,8 +68,8 @@ class ServeConfig:
     """``x-forwarded-for`` or ``forwarded`` (RFC 7239): which header trusted proxies set."""
     workers: int = 2
     threads: int = 16
-    """Threads per worker under gunicorn: concurrent requests share one group commit of their decision records.
-    granian's forward-auth endpoint needs none: its event loop keeps every request."""
+    """Threads per gunicorn worker in proxy and static modes: concurrent requests share one group commit of their
+    decision records. Forward auth needs none: its worker's event loop keeps every request."""
     fail_open: bool = False
     """Serve downloads when the record store cannot commit (logged and counted). Default: refuse (503)."""
     block_status: str = "auto"
@@ -80,9 +80,9 @@ class ServeConfig:
     upstream_timeout: float = 30.0
     """Proxy mode: connect and read timeout in seconds."""
     server: str = "auto"
-    """``auto``, ``gunicorn`` or ``granian``; ``auto`` is granian in forward-auth mode (its RSGI event loop measured
-    about six times gunicorn's answers behind nginx) and gunicorn in proxy and static modes (they need the raw
-    request target, which granian does not give: granian is refused there). See :mod:`exportgate.serve`."""
+    """``auto`` (gunicorn), ``gunicorn`` or ``granian``. gunicorn runs forward auth on the gate's event-loop worker
+    and proxy and static modes on threads; granian serves forward auth only (it gives no raw request target, which
+    the other modes need to refuse ``%2F``). See :mod:`exportgate.serve`."""
 
 
 @dataclass(frozen=True, kw_only=True)

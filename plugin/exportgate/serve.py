@@ -1,18 +1,20 @@
-"""``exportgate serve``: run the gate under a production HTTP server, granian or gunicorn.
+"""``exportgate serve``: run the gate under a production HTTP server, gunicorn (default) or granian.
 
-Which server (``serve.server``, ``--server``): ``auto``, the default, is granian in forward-auth mode and gunicorn
-in proxy and static modes.
+Which server (``serve.server``, ``--server``): ``auto``, the default, is gunicorn in every mode; its worker class
+follows the mode.
 
-* Forward auth under granian runs on its RSGI interface (:mod:`exportgate.web.rsgi`): one event loop per worker
-  keeps every waiting request's decision in flight, and the recorder settles a whole transaction with one wake-up.
-  Behind nginx ``auth_request`` it answered about six times the requests of gunicorn's gthread worker, at a
-  fraction of its p99 (bench/http_forward_auth.py, bench/RESULTS.md). Workers: about one per core the front end
-  leaves free. On the 2-core benchmark machine, shared with nginx and the load generator, one worker measured best
-  (p99 7 ms; two: 16 ms, and no more throughput): workers writing one SQLite file take turns for each commit.
-* gunicorn serves proxy and static modes, and forward auth for Envoy's ``/auth/<path>`` form: both need the raw
-  request target (``RAW_URI``), which granian does not give (it decodes the path first). Under granian that form
-  is refused with 400; proxy and static modes under granian would decide on an already-decoded path (a ``%2F``
-  in the client's path would arrive as ``/`` and not be refused), so asking for that is a configuration error.
+* Forward auth runs gunicorn's master with the gate's own event-loop worker (:mod:`exportgate.web.loopworker`,
+  :mod:`exportgate.web.authprotocol`): every waiting request's decision is in flight on one loop, and the recorder
+  settles a whole transaction with one wake-up. Behind nginx ``auth_request`` it answered about 1.2 times
+  granian's RSGI endpoint and six times gunicorn's gthread worker, on less CPU per answer
+  (bench/http_forward_auth.py, bench/RESULTS.md). It reads the raw request target, so Envoy's ``/auth/<path>``
+  form is served. Workers: about one per core the front end leaves free; on the 2-core benchmark machine, shared
+  with nginx and the load generator, one and two measured alike.
+* Proxy and static modes run gunicorn's gthread worker (WSGI; ``threads`` per worker).
+* ``--server granian`` serves forward auth on granian's RSGI interface (:mod:`exportgate.web.rsgi`), for those
+  who run granian already. It gives no raw request target: the Envoy form is refused with 400 there, and proxy or
+  static mode under granian would decide on an already-decoded path (a ``%2F`` in the client's path would arrive
+  as ``/`` and not be refused), so asking for that is a configuration error.
 
 Each worker process builds its own app after the fork (record store connections, the recorder's writer thread and
 the geo reader must not cross a fork), so every worker writes its own hash chain. ``SIGHUP`` to the master starts
@@ -20,8 +22,9 @@ fresh workers without dropping the listening socket: packs, manifest, authorizat
 re-read; gate.yaml and the command-line options stay those the master started with (restart to change them).
 Metrics from all workers are summed through ``PROMETHEUS_MULTIPROC_DIR``.
 
-Logs: gunicorn writes an access log with the decision; granian writes none (the front end's log carries the
-decision headers, see deploy/nginx), and the gate's own warnings go to stdout with granian's.
+Logs: in proxy and static modes gunicorn writes an access log with the decision; in forward-auth mode neither
+server writes one (the front end's log carries the decision headers, see deploy/nginx), and the gate's own
+warnings go to the same stream as the server's.
 """
 
 from __future__ import annotations
@@ -53,10 +56,10 @@ def _metrics_dir() -> str | None:
 
 
 def server_for(config: GateConfig) -> str:
-    """``gunicorn`` or ``granian``: the configured server, with ``auto`` resolved by mode (module docstring)."""
+    """``gunicorn`` or ``granian``: the configured server, with ``auto`` resolved (module docstring)."""
     server, mode = config.serve.server, config.serve.mode
     if server == "auto":
-        return "granian" if mode == "forward-auth" else "gunicorn"
+        return "gunicorn"
     if server == "granian" and mode != "forward-auth":
         raise ExportGateError(f"granian serves forward-auth mode only: in {mode} mode it would hand the gate an "
                               "already-decoded path (a %2F would not be refused); use gunicorn (the default "
@@ -70,7 +73,7 @@ def gunicorn_options(config: GateConfig) -> dict[str, Any]:
         "bind": [b.strip() for b in s.bind.split(",")],
         "workers": s.workers,
         "threads": s.threads,
-        "worker_class": "gthread" if s.threads > 1 else "sync",
+        "worker_class": _worker_class(s),
         "preload_app": False,
         "accesslog": "-",
         "errorlog": "-",
@@ -85,6 +88,13 @@ def gunicorn_options(config: GateConfig) -> dict[str, Any]:
         # take it over. Not needed to run the gate; skipped on versions that do not have it.
         "control_socket_disable": True,
     }
+
+
+def _worker_class(serve: Any) -> str:
+    """The event-loop worker for forward auth, WSGI threads for the modes that serve the download themselves."""
+    if serve.mode == "forward-auth":
+        return "exportgate.web.loopworker.ForwardAuthWorker"
+    return "gthread" if serve.threads > 1 else "sync"
 
 
 def run(config: GateConfig) -> None:

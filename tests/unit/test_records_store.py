@@ -57,7 +57,7 @@ def test_open_store_absolute_relative_and_memory(
     assert isinstance(relative, SQLiteStore) and relative.path == str(tmp_path / "rel/records.db")
     assert relative.commit_delay == 0.0025
     relative.close()
-    assert absolute.commit_delay == 0.0005  # the default
+    assert absolute.commit_delay == 0.00025  # the default
     assert open_store("sqlite::memory:?commit_delay_ms=0").commit_delay == 0.0
     memory = open_store("sqlite::memory:")
     assert isinstance(memory, SQLiteStore) and memory.path is None

@@ -28,10 +28,10 @@ def test_peer_address(client: str, peer: str) -> None:
 
 
 @pytest.mark.parametrize(("server", "mode", "chosen"), [
-    ("auto", "forward-auth", "granian"),
+    ("auto", "forward-auth", "gunicorn"),  # the event-loop worker
     ("auto", "proxy", "gunicorn"),  # needs the raw request target
     ("auto", "static", "gunicorn"),
-    ("gunicorn", "forward-auth", "gunicorn"),  # Envoy's /auth/<path> form
+    ("granian", "forward-auth", "granian"),
 ])
 def test_which_server_serves(gate_config: Any, server: str, mode: str, chosen: str) -> None:
     config = gate_config(serve={"server": server, "mode": mode, "root": "/srv/mirror", "upstream": "http://m"})

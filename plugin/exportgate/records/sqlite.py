@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SYNCHRONOUS_MODES = ("FULL", "EXTRA", "NORMAL")
-# 0.5 ms: behind nginx with 32 connections, transactions of ~5 records became ~15, and the gate answered 10 %
-# more downloads on 17 % less CPU each (bench/RESULTS.md); about two fsyncs' time on the benchmark machine.
-DEFAULT_COMMIT_DELAY = 0.0005
+# 0.25 ms: behind nginx with 32 connections the gate answered about 25 % more downloads than with none, on less
+# CPU each; 0.1 to 0.4 ms measured alike, 0.75 ms less (bench/RESULTS.md). Near one fsync on the benchmark machine.
+DEFAULT_COMMIT_DELAY = 0.00025
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",

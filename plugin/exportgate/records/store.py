@@ -9,11 +9,11 @@ Store URLs (one per line in ``gate.yaml``; percent-encode ``?``, ``#`` and ``%``
     sqlite:///var/lib/exportgate/records.db      absolute path (three slashes, as in SQLAlchemy)
     sqlite:records/gate.db                       relative to the working directory
     sqlite::memory:                              in memory, gone at close (tests, dry runs)
-    sqlite:///…/records.db?synchronous=normal&busy_timeout_ms=10000&commit_delay_ms=0.5
+    sqlite:///…/records.db?synchronous=normal&busy_timeout_ms=10000&commit_delay_ms=0.25
 
 ``synchronous`` is ``full`` (default: a commit survives power loss), ``extra`` or ``normal``
 (survives a crash of the process, not of the machine). ``off`` is refused: it would break the
-promise that a served download has a record. ``commit_delay_ms`` (default 0.5, 0 to 1000) is how
+promise that a served download has a record. ``commit_delay_ms`` (default 0.25, 0 to 1000) is how
 long a transaction waits for more records while other downloads are being decided
 (:mod:`exportgate.records.recorder`); 0 commits as soon as the writer is free.
 

@@ -1,0 +1,393 @@
+"""Forward auth on an asyncio protocol: the ``/auth`` endpoint of ``exportgate serve`` under gunicorn.
+
+Why not a WSGI or ASGI server: behind a front end every answer waits for its record's commit, and at the rates
+nginx asks, what the server does around the gate's own work dominates. Under WSGI each waiting request holds a
+thread; granian's RSGI and uvicorn's ASGI hop between threads or through a coroutine for every request
+(bench/RESULTS.md). Here a connection's bytes go through llhttp (``httptools``, the parser of Node.js and
+uvicorn), a complete ``/auth`` request is decided at once and its record handed to the writer, and the writer's
+one wake-up per transaction (:class:`~exportgate.web.settle.TransactionWaits`) writes every answer of that
+transaction. An answer still leaves only once its record is committed.
+
+What the endpoint decides on is exactly what the WSGI endpoint sees: the same small environ (a repeated header
+joined with ``,`` as WSGI servers do), ``PATH_INFO`` decoded once and ``RAW_URI`` the request target as sent
+(Envoy's ``/auth/<path>`` form reads it), then :class:`~exportgate.web.forwardauth.ForwardAuth`. Every other
+route (``/healthz``, ``/readyz``, ``/metrics``, the 451 pages) is the WSGI :class:`~exportgate.web.app.GateApp`
+on a worker thread: those may block (the readiness probe writes to the store).
+
+HTTP/1.1 as front ends use it: keep-alive, pipelining (answers in request order), ``HEAD``; a request is
+answered once its head is read, and a body is parsed past and dropped (nothing here reads one). Limits: a request head over 64 KiB is a 431, a head not complete within 30 s or
+a connection idle longer than the keep-alive timeout is closed; a connection with 64 requests waiting stops
+being read until they are answered. Upgrades (websockets, h2c) are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+from werkzeug.test import EnvironBuilder
+
+from ..errors import ExportGateError
+from .app import GateApp
+from .settle import CountsPerTurn, TransactionWaits, call_page
+
+log = logging.getLogger("exportgate.web")
+
+MAX_HEAD = 64 * 1024
+HEAD_TIMEOUT = 30.0
+MAX_WAITING = 64
+
+# The request headers the forward-auth endpoint reads, by WSGI environ key (httptools gives names as sent).
+_ENVIRON_KEYS = {
+    name.encode(): "HTTP_" + name.upper().replace("-", "_")
+    for name in ("x-original-uri", "x-original-method", "x-forwarded-uri", "x-forwarded-method", "x-forwarded-host",
+                 "x-forwarded-for", "forwarded", "host", "accept")
+}
+_PLAIN = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 414: "URI Too Long",
+            431: "Request Header Fields Too Large", 451: "Unavailable For Legal Reasons",
+            500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def response_bytes(status: str, headers: list[tuple[str, str]], body: bytes, *, head: bool, close: bool) -> bytes:
+    """One HTTP/1.1 response. ``status`` is ``"200 OK"`` or ``"200"``; a header with CR or LF is refused
+    (ValueError): it would split the response."""
+    code, _, reason = status.partition(" ")
+    lines = [f"HTTP/1.1 {code} {reason or _REASONS.get(int(code), 'Unknown')}"]
+    length = False
+    for name, value in headers:
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise ValueError(f"header {name!r} has a line break")
+        length = length or name.lower() == "content-length"
+        lines.append(f"{name}: {value}")
+    if not length:
+        lines.append(f"Content-Length: {len(body)}")
+    if close:
+        lines.append("Connection: close")
+    lines.append("\r\n")
+    out = "\r\n".join(lines).encode("latin-1")
+    return out if head else out + body
+
+
+def plain_response(status: str, text: str, *, head: bool, close: bool) -> bytes:
+    return response_bytes(status, _PLAIN, (text + "\n").encode(), head=head, close=close)
+
+
+class ForwardAuthServer:
+    """One worker's endpoint: the protocol factory for ``loop.create_server`` and the connections it made."""
+
+    def __init__(self, app: GateApp, loop: asyncio.AbstractEventLoop, *, keepalive: float = 75.0) -> None:
+        auth = getattr(app, "forward_auth", None)
+        if auth is None:
+            raise ExportGateError("the forward-auth worker serves exportgate's own app in forward-auth mode "
+                                  "(exportgate serve, or gunicorn with 'exportgate.web.wsgi:create()')")
+        self.app = app
+        self.auth = auth
+        self.admission = auth.admission
+        self.gate = auth.admission.gate
+        self.loop = loop
+        self.keepalive = keepalive
+        self.waits = TransactionWaits(loop)
+        self.counts = CountsPerTurn(loop, self.admission.metrics)
+        self.connections: set[AuthConnection] = set()
+        self.stopping = False
+        self._told_about_upgrades = False
+
+    def __call__(self) -> AuthConnection:
+        return AuthConnection(self)
+
+    def sweep(self) -> None:
+        """Close connections idle past the keep-alive timeout, or slow to send a request head."""
+        now = time.monotonic()
+        for conn in list(self.connections):
+            conn.expire(now)
+
+    def busy(self) -> int:
+        """Requests received and not yet answered."""
+        return sum(len(conn.answers) for conn in self.connections)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Answer what was asked (each answer after its commit), close idle connections, then the rest."""
+        self.stopping = True
+        deadline = self.loop.time() + timeout
+        while True:
+            for conn in list(self.connections):
+                if not conn.answers and not conn.in_request:
+                    conn.close()
+            if not self.connections or self.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        self.counts.flush()
+
+
+class AuthConnection(asyncio.Protocol):
+    """One front-end connection: parses requests, answers them in order."""
+
+    def __init__(self, server: ForwardAuthServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        # Answers in request order: each a one-item list, filled when ready (pipelining).
+        self.answers: deque[list[bytes | None]] = deque()
+        self.in_request = False
+        self.closing = False
+        self.paused = False
+        self.last_active = time.monotonic()
+        self.head_started = 0.0
+        self.head_bytes = 0
+        self._url = b""
+        self._head_size = 0
+        self._environ: dict[str, Any] = {}
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        # (host, port) or (host, port, flowinfo, scope id); a Unix socket has no address: unknown client.
+        self.peer = peer[0] if isinstance(peer, tuple) and peer else ""
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.closing = True
+        self.answers.clear()  # the records of requests still waiting are committed all the same
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_active = time.monotonic()
+        if not self.in_request:
+            if not self.head_bytes:
+                self.head_started = self.last_active
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse("400 Bad Request", "upgrades are not served here")
+            return
+        except httptools.HttpParserError as exc:
+            if self._head_size > MAX_HEAD:  # on_headers_complete stopped the parser
+                self._refuse("431 Request Header Fields Too Large", "request head too large")
+            else:
+                self._refuse("400 Bad Request", f"malformed request: {_parser_reason(exc)}")
+            return
+        if not self.in_request and self.head_bytes > MAX_HEAD:  # a head still coming, already too large
+            self._refuse("431 Request Header Fields Too Large", "request head too large")
+
+    def pause_writing(self) -> None:
+        self._pause()
+
+    def resume_writing(self) -> None:
+        self._resume()
+
+    # -- httptools callbacks -----------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._head_size = 0
+        self._url = b""
+        self._environ = {"REMOTE_ADDR": self.peer}
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        self._headers.append((name, value))
+        key = _ENVIRON_KEYS.get(name.lower())
+        if key is not None:
+            environ = self._environ
+            text = value.decode("latin-1")
+            # A repeated header is one value joined with "," (as WSGI servers do): X-Forwarded-For stays one
+            # chain, and two X-Original-URI lines are no URI at all.
+            environ[key] = f"{environ[key]},{text}" if key in environ else text
+
+    def on_headers_complete(self) -> None:
+        # Answered from the head alone: nothing here reads a body (the parser skips it), and a body announced
+        # and never sent must not hold the answer back.
+        self.in_request = True
+        self.head_bytes = 0
+        if self._head_size > MAX_HEAD:
+            raise _HeadTooLarge  # stops the parser: data_received answers 431
+        slot: list[bytes | None] = [None]
+        self.answers.append(slot)
+        if len(self.answers) >= MAX_WAITING:
+            self._pause()
+        method = self.parser.get_method().decode("latin-1")
+        head = method == "HEAD"
+        close = not self.parser.should_keep_alive() or self.server.stopping
+        try:
+            self._handle(slot, method, head=head, close=close)
+        except Exception:  # a bug must not take the connection's other answers, or the worker, with it
+            log.exception("forward-auth request failed")
+            self._answer(slot, plain_response("500", "internal error", head=head, close=True))
+
+    def on_message_complete(self) -> None:
+        self.in_request = False
+
+    # -- requests ----------------------------------------------------------------------------------------------
+
+    def _handle(self, slot: list[bytes | None], method: str, *, head: bool, close: bool) -> None:
+        raw = self._url
+        try:
+            url = httptools.parse_url(raw)
+        except httptools.HttpParserInvalidURLError:
+            url = None
+        if url is None or not url.path or not url.path.startswith(b"/"):
+            self._answer(slot, plain_response("400", "bad request target", head=head, close=True))
+            return
+        path = unquote_to_bytes(url.path).decode("latin-1")  # PATH_INFO, as WSGI servers decode it
+        environ = self._environ
+        environ["REQUEST_METHOD"] = method
+        environ["PATH_INFO"] = path
+        environ["RAW_URI"] = raw.decode("latin-1")
+        if not (path == "/auth" or path.startswith("/auth/")):
+            self._page(slot, url, environ, head=head, close=close)
+            return
+        server = self.server
+        auth = server.auth
+        facts, style, text = auth.request(environ)
+        if facts is None:
+            self._answer(slot, plain_response(style, text, head=head, close=close))
+            return
+        try:
+            pending = server.gate.submit(facts)
+        except ExportGateError as exc:
+            self._failed(slot, environ, facts, exc, style, head=head, close=close)
+            return
+
+        def settled() -> None:
+            try:
+                decision = server.admission.recorded(pending.result(), count=False)
+            except ExportGateError as exc:
+                self._failed(slot, environ, facts, exc, style, head=head, close=close)
+                return
+            except Exception:
+                log.exception("forward-auth answer failed")
+                self._answer(slot, plain_response("500", "internal error", head=head, close=True))
+                return
+            server.counts.count(decision)
+            self._decided(slot, environ, decision, style, head=head, close=close)
+
+        server.waits.when_settled(pending, settled)
+
+    def _decided(self, slot: list[bytes | None], environ: dict[str, Any], decision: Any, style: str, *,
+                 head: bool, close: bool) -> None:
+        try:
+            status, headers, body = self.server.auth.answer(environ, decision, style)
+            answer = response_bytes(status, headers, body, head=head, close=close)
+        except Exception:
+            log.exception("forward-auth answer failed")
+            answer = plain_response("500", "internal error", head=head, close=True)
+        self._answer(slot, answer)
+
+    def _failed(self, slot: list[bytes | None], environ: dict[str, Any], facts: Any, exc: ExportGateError,
+                style: str, *, head: bool, close: bool) -> None:
+        decision, status, text = self.server.admission.failed(facts, exc)
+        if decision is None:
+            self._answer(slot, plain_response(status, text, head=head, close=close))
+        else:  # fail_open: served, and said so in the log and the metrics
+            self._decided(slot, environ, decision, style, head=head, close=close)
+
+    def _page(self, slot: list[bytes | None], url: Any, environ: dict[str, Any], *, head: bool, close: bool) -> None:
+        """The gate's own pages: the WSGI app on a worker thread."""
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._headers]
+        builder = EnvironBuilder(
+            method=environ["REQUEST_METHOD"], query_string=(url.query or b"").decode("latin-1"), headers=headers,
+            environ_base={"REMOTE_ADDR": self.peer, "RAW_URI": environ["RAW_URI"]},
+        )
+        page_environ = builder.get_environ()
+        # Decoded once, as a WSGI server does (bytes as latin-1): werkzeug would split a decoded "?" out of it.
+        page_environ["PATH_INFO"] = environ["PATH_INFO"]
+        future = self.server.loop.run_in_executor(None, call_page, self.server.app, page_environ)
+
+        def done(f: asyncio.Future[tuple[int, list[tuple[str, str]], bytes]]) -> None:
+            try:
+                status, page_headers, content = f.result()
+                answer = response_bytes(str(status), page_headers, content, head=head, close=close)
+            except Exception:
+                log.exception("gate page failed")
+                answer = plain_response("500", "internal error", head=head, close=True)
+            self._answer(slot, answer)
+
+        future.add_done_callback(done)
+
+    # -- answering ---------------------------------------------------------------------------------------------
+
+    def _answer(self, slot: list[bytes | None], answer: bytes) -> None:
+        """Fill ``slot`` and write every answer that is ready, in request order; an answer that says
+        ``Connection: close`` is the connection's last."""
+        slot[0] = answer
+        answers = self.answers
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        while answers and answers[0][0] is not None:
+            out = answers.popleft()[0]
+            assert out is not None
+            transport.write(out)
+            if _closes(out):
+                self.close()
+                return
+        self.last_active = time.monotonic()
+        if self.paused and len(answers) < MAX_WAITING // 2:
+            self._resume()
+
+    def _refuse(self, status: str, text: str) -> None:
+        """A request that cannot be parsed: answered after those before it, then the connection is closed."""
+        log.info("closing a connection from %s: %s", self.peer or "?", text)
+        self.parser = httptools.HttpRequestParser(self)  # no further callbacks from the bad bytes
+        slot: list[bytes | None] = [None]
+        self.answers.append(slot)
+        self._answer(slot, plain_response(status, text, head=False, close=True))
+        self.closing = True
+
+    def expire(self, now: float) -> None:
+        if self.answers:
+            return  # waiting for commits: never cut off
+        slow_head = self.head_bytes and now - self.head_started > HEAD_TIMEOUT
+        if slow_head or now - self.last_active > self.server.keepalive:
+            self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None and not self.transport.is_closing():
+            self.paused = False
+            self.transport.resume_reading()
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+def _closes(answer: bytes) -> bool:
+    # response_bytes puts it last in the head; the body cannot start with it (find stops at the first blank line).
+    end = answer.find(b"\r\n\r\n")
+    return answer.endswith(b"\r\nConnection: close", 0, end)
+
+
+def _parser_reason(exc: Exception) -> str:
+    return str(exc).strip() or type(exc).__name__
+
+
+__all__ = ["AuthConnection", "ForwardAuthServer", "response_bytes"]

@@ -1,0 +1,187 @@
+"""The HTTP that gunicorn's forward-auth worker (:mod:`exportgate.web.authprotocol`) parses itself, over raw sockets.
+
+Malformed and hostile bytes on the connection: bad request lines, oversized heads, upgrades, ``OPTIONS *``,
+pipelined requests mixing the endpoint and the gate's pages, chunked bodies, clients that leave before their
+answer. None may crash the worker, answer out of order, or let an answer out before its record is committed.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import IR_CLIENT, write_config
+from serverproc import GateProcess, decision_count
+
+CHAT = "/files/chat-1.tar.gz"
+CRYPTO = "/files/crypto-1.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateProcess]:
+    directory = tmp_path_factory.mktemp("loopworker")
+    config = write_config(directory, serve={"block_status": "auto"})
+    with GateProcess(workdir=directory, config=config, server="gunicorn") as process:
+        yield process
+
+
+def database(gate: GateProcess) -> Path:
+    return gate.workdir / "records.db"
+
+
+def auth_request(uri: str, *, client: str = IR_CLIENT, extra: str = "", method: str = "GET") -> bytes:
+    return (f"{method} /auth HTTP/1.1\r\nHost: gate\r\nX-Original-URI: {uri}\r\nX-Forwarded-For: {client}\r\n"
+            f"{extra}\r\n").encode()
+
+
+def exchange(gate: GateProcess, data: bytes, *, answers: int = 1, timeout: float = 10.0) -> list[bytes]:
+    """Send ``data`` at once and read until ``answers`` responses (or the gate closes): each response's head."""
+    with socket.create_connection(("127.0.0.1", gate.port), timeout=timeout) as conn:
+        conn.sendall(data)
+        received = b""
+        while _complete(received) < answers:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    return _heads(received)
+
+
+def _heads(data: bytes) -> list[bytes]:
+    heads = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        heads.append(head)
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        data = rest[length:]  # no HEAD requests here: every answer has the body its length says
+    return heads
+
+
+def _complete(data: bytes) -> int:
+    return len(_heads(data))
+
+
+def status(head: bytes) -> int:
+    return int(head.split(b" ", 2)[1])
+
+
+def header(head: bytes, name: str) -> str | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name.encode():
+            return value.strip().decode()
+    return None
+
+
+def test_pipelined_answers_come_back_in_request_order(gate: GateProcess) -> None:
+    # The pages run on a thread and the decisions wait for their commit: whatever finishes first, the answers
+    # leave in the order asked.
+    data = (b"GET /readyz HTTP/1.1\r\nHost: gate\r\n\r\n" + auth_request(CRYPTO) +
+            b"GET /healthz HTTP/1.1\r\nHost: gate\r\n\r\n" + auth_request(CHAT) +
+            b"GET /metrics HTTP/1.1\r\nHost: gate\r\n\r\n")
+    heads = exchange(gate, data, answers=5)
+    assert [status(h) for h in heads] == [200, 403, 200, 200, 200]
+    assert header(heads[0], "content-type") == "application/json"
+    assert header(heads[1], "x-exportgate-decision") == "block"
+    assert header(heads[3], "x-exportgate-decision") == "allow"
+    assert header(heads[4], "content-type").startswith("text/plain")
+
+
+@pytest.mark.parametrize("line", [
+    b"GARBAGE\r\n\r\n",
+    b"GET /auth HTTP/9.9\r\n\r\n",
+    b"GET /auth HTTP/1.1\r\nBad Header Line\r\n\r\n",
+    b"GET /auth HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+    b"GET /auth HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"GET /auth HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+    b"GET /au\x00th HTTP/1.1\r\n\r\n",
+], ids=["garbage", "bad version", "bad header", "negative length", "two lengths", "chunked and length", "NUL"])
+def test_malformed_requests_are_400_and_the_connection_closes(gate: GateProcess, line: bytes) -> None:
+    before = decision_count(database(gate))
+    heads = exchange(gate, line + auth_request(CHAT), answers=2)
+    assert [status(h) for h in heads] == [400]  # nothing after the bad bytes is read
+    assert header(heads[0], "connection") == "close"
+    assert decision_count(database(gate)) == before
+    assert gate.get("/healthz").status == 200
+
+
+def test_a_request_head_over_64_kib_is_431(gate: GateProcess) -> None:
+    filler = "".join(f"X-Filler-{i}: {'a' * 1000}\r\n" for i in range(70))
+    heads = exchange(gate, auth_request(CHAT, extra=filler))
+    assert [status(h) for h in heads] == [431]
+    # One header line that never ends: refused once it passes the limit, not buffered forever.
+    with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as conn:
+        conn.sendall(b"GET /auth HTTP/1.1\r\nX-Endless: ")
+        answer = b""
+        try:
+            for _ in range(200):
+                conn.sendall(b"a" * 4096)
+        except OSError:
+            pass  # closed on us: expected
+        try:
+            while chunk := conn.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert gate.get("/healthz").status == 200
+
+
+@pytest.mark.parametrize("data", [
+    b"GET /auth HTTP/1.1\r\nHost: gate\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: gate\r\n\r\n",
+    b"CONNECT gate:443 HTTP/1.1\r\nHost: gate:443\r\n\r\n",
+], ids=["websocket upgrade", "asterisk form", "CONNECT"])
+def test_upgrades_and_odd_targets_are_refused(gate: GateProcess, data: bytes) -> None:
+    heads = exchange(gate, data)
+    assert heads and status(heads[0]) == 400
+    assert gate.get("/healthz").status == 200
+
+
+def test_absolute_form_target_is_the_endpoint(gate: GateProcess) -> None:
+    data = (f"GET http://gate/auth HTTP/1.1\r\nHost: gate\r\nX-Original-URI: {CHAT}\r\n"
+            f"X-Forwarded-For: {IR_CLIENT}\r\n\r\n").encode()
+    heads = exchange(gate, data)
+    assert status(heads[0]) == 200 and header(heads[0], "x-exportgate-decision") == "allow"
+
+
+def test_a_chunked_body_is_parsed_past_and_the_next_request_is_intact(gate: GateProcess) -> None:
+    data = (auth_request(CHAT, extra="Transfer-Encoding: chunked\r\n", method="POST") +
+            b"5\r\nhello\r\n0\r\n\r\n" + auth_request(CRYPTO))
+    heads = exchange(gate, data, answers=2)
+    assert [status(h) for h in heads] == [200, 403]
+
+
+def test_connection_close_and_http_1_0_end_the_connection(gate: GateProcess) -> None:
+    heads = exchange(gate, auth_request(CHAT, extra="Connection: close\r\n") + auth_request(CHAT), answers=2)
+    assert len(heads) == 1 and header(heads[0], "connection") == "close"
+    old = f"GET /auth HTTP/1.0\r\nX-Original-URI: {CHAT}\r\nX-Forwarded-For: {IR_CLIENT}\r\n\r\n".encode()
+    heads = exchange(gate, old + old, answers=2)
+    assert len(heads) == 1 and status(heads[0]) == 200
+
+
+def test_clients_that_leave_before_their_answer_do_not_hurt_the_worker(gate: GateProcess) -> None:
+    before = decision_count(database(gate))
+    for _ in range(20):
+        conn = socket.create_connection(("127.0.0.1", gate.port), timeout=10)
+        conn.sendall(auth_request(CHAT) * 3)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+        conn.close()
+    deadline = time.monotonic() + 5
+    # Each request that was read was decided and recorded, answered or not; none is recorded twice.
+    while decision_count(database(gate)) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert before <= decision_count(database(gate)) <= before + 60
+    r = gate.get("/auth", headers={"X-Original-URI": CHAT, "X-Forwarded-For": IR_CLIENT})
+    assert r.status == 200 and r.header("X-Exportgate-Decision") == "allow"
+    assert "Traceback" not in gate.log_text()
