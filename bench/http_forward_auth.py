@@ -3,8 +3,8 @@ country block and the obvious Flask/gunicorn forward-auth endpoint, in one run w
 
 Run by hand (about four minutes; needs nginx, wrk and libnginx-mod-http-geoip2)::
 
-    .venv/bin/python bench/http_forward_auth.py [--seconds 10] [--gunicorn 2x8,2x32] [--granian 1,2]
-    .venv/bin/python bench/http_forward_auth.py --profile granian [--spec 1x1]   # where a worker's time goes
+    .venv/bin/python bench/http_forward_auth.py [--seconds 10] [--gunicorn 1,2] [--granian 1]
+    .venv/bin/python bench/http_forward_auth.py --profile gunicorn [--spec 1x1]   # where a worker's time goes
 
 Everything runs on 127.0.0.1 with ``wrk -t2 -c32 --latency`` for ``--seconds`` per run (after a 2 s warm-up), all
 requests ``GET`` of 1 KiB files, each carrying ``X-Forwarded-For``, which nginx believes from 127.0.0.1
@@ -19,10 +19,10 @@ requests ``GET`` of 1 KiB files, each carrying ``X-Forwarded-For``, which nginx 
    keepalive): what any auth_request gate costs nginx before it does any work;
 4. ``deploy/nginx/exportgate.conf`` as shipped (rendered like tests/integration/test_nginx.py does) in front of
    ``exportgate serve`` (forward-auth, SQLite records, ``synchronous=FULL``), an Iranian client (2.176.0.1) and an
-   artifact the shipped pack allows to Iran, so every request is a committed ``allow`` record: under gunicorn
-   (gthread, ``WORKERSxTHREADS``) and under granian's RSGI interface (the default for forward auth: one event loop
-   per worker, ``WORKERS``); and once more with the record store in memory (not durable, for scale only: what
-   the commits cost);
+   artifact the shipped pack allows to Iran, so every request is a committed ``allow`` record: under gunicorn with
+   the gate's event-loop worker (the default, ``--gunicorn WORKERS``) and under granian's RSGI interface
+   (``--granian WORKERS``); for scale, the default once more without the recorder's commit delay
+   (``commit_delay_ms=0``) and once with the record store in memory (not durable: what the commits cost);
 5. the mixed workload, 90 % metadata (index page, ``.json``, ``.sha256``, ``.html``) and 10 % artifacts, through
    deploy/nginx with the fastest gate of (4), against nginx alone on the same workload.
 
@@ -415,11 +415,13 @@ def plain_run(label: str, group: str, nginx: NginxProcess, paths: Sequence[str],
 
 
 def gate_run(label: str, group: str, *, base: Path, root: Path, geo_database: Path, server_args: Sequence[str],
-             paths: Sequence[str], seconds: float, in_memory: bool = False) -> Row:
+             paths: Sequence[str], seconds: float, in_memory: bool = False, records_query: str = "") -> Row:
     """deploy/nginx + ``exportgate serve ARGS`` under load, with the decision records counted before and after
-    (``in_memory``: a store that is not durable, counted through the gate's metrics instead)."""
+    (``in_memory``: a store that is not durable, counted through the gate's metrics instead; ``records_query``:
+    options of the SQLite store URL)."""
     work = base / slug(label)
-    config = write_gate_config(work / "gate", geo_database, "sqlite::memory:" if in_memory else None)
+    records = "sqlite::memory:" if in_memory else f"sqlite://{work / 'gate' / 'records.db'}{records_query}"
+    config = write_gate_config(work / "gate", geo_database, records)
     gate = GateProcess(workdir=work / "gate", config=config, extra_args=list(server_args))
     log = work / "nginx" / "access.log"
     port = free_port()
@@ -439,8 +441,11 @@ def gate_run(label: str, group: str, *, base: Path, root: Path, geo_database: Pa
         answered, served, abandoned = count_gate_lines(log, ARTIFACT)
         after = metric_decisions(gate.port) if in_memory else settle(database, before + answered)
     new = after - before
-    # wrk counts per thread, each cycling through ``paths`` from its start: allow one short cycle per thread.
-    counted = paths.count(ARTIFACT) * load.requests // len(paths) - WRK_THREADS
+    # wrk counts per thread, each cycling through ``paths`` from its start: allow one short cycle per thread. And
+    # when wrk stops, the requests still in flight are mostly artifacts (they wait for the gate, metadata does
+    # not), so wrk's completed requests hold fewer than their share of them: allow one per connection.
+    slack = WRK_THREADS + (CONNECTIONS if len(paths) > 1 else 0)
+    counted = paths.count(ARTIFACT) * load.requests // len(paths) - slack
     problems = []
     if load.non2xx or load.socket_errors:
         problems.append(f"{load.non2xx} non-2xx, {load.socket_errors} socket errors")
@@ -527,9 +532,9 @@ def run(args: argparse.Namespace) -> list[Row]:
         say(rows[-1])
 
         gates: list[tuple[str, list[str]]] = []
-        for workers, threads in args.gunicorn:
-            gates.append((f"gate, gunicorn {workers} workers x {threads} gthreads",
-                          ["--workers", str(workers), "--threads", str(threads), "--server", "gunicorn"]))
+        for workers in args.gunicorn:
+            gates.append((f"gate, gunicorn + event-loop worker, {workers} worker{'s' if workers > 1 else ''} "
+                          "(default)", ["--workers", str(workers), "--server", "gunicorn"]))
         for workers in args.granian:
             gates.append((f"gate, granian RSGI {workers} worker{'s' if workers > 1 else ''} (event loop)",
                           ["--workers", str(workers), "--server", "granian"]))
@@ -537,10 +542,14 @@ def run(args: argparse.Namespace) -> list[Row]:
             rows.append(gate_run(label, "gate", base=base, root=root, geo_database=geo_database,
                                  server_args=server_args, paths=[ARTIFACT], seconds=seconds))
             say(rows[-1])
-        if args.granian:
-            rows.append(gate_run(f"scale: granian RSGI {args.granian[0]} worker(s), records in memory (not durable)",
-                                 "scale", base=base, root=root, geo_database=geo_database,
-                                 server_args=["--workers", str(args.granian[0]), "--server", "granian"],
+        if args.gunicorn:
+            default = ["--workers", str(args.gunicorn[0]), "--server", "gunicorn"]
+            rows.append(gate_run(f"scale: the default, {args.gunicorn[0]} worker(s), commit_delay_ms=0", "scale",
+                                 base=base, root=root, geo_database=geo_database, server_args=default,
+                                 paths=[ARTIFACT], seconds=seconds, records_query="?commit_delay_ms=0"))
+            say(rows[-1])
+            rows.append(gate_run(f"scale: the default, {args.gunicorn[0]} worker(s), records in memory (not durable)",
+                                 "scale", base=base, root=root, geo_database=geo_database, server_args=default,
                                  paths=[ARTIFACT], seconds=seconds, in_memory=True))
             say(rows[-1])
 
@@ -567,12 +576,11 @@ def markdown(rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:
     native = by_label[NATIVE].load.rate
     baseline = by_label[BASELINE].load.rate
     alone_mixed = next((r.load.rate for r in rows if r.label == "mixed: nginx alone"), None)
-    specs = lambda s: ",".join(f"{w}x{t}" for w, t in s)
     counts = lambda s: ",".join(str(w) for w in s)
     out = [
         "## Forward auth behind nginx (issue #3)",
         "",
-        (f"`.venv/bin/python bench/http_forward_auth.py --seconds {args.seconds:g} --gunicorn {specs(args.gunicorn)} "
+        (f"`.venv/bin/python bench/http_forward_auth.py --seconds {args.seconds:g} --gunicorn {counts(args.gunicorn)} "
         f"--granian {counts(args.granian)}` — {machine()}, {os.cpu_count()} cores, {elapsed:.0f} s"),
         "",
         (f"`wrk -t{WRK_THREADS} -c{CONNECTIONS} -d{args.seconds:g}s --latency` on 127.0.0.1 (after a "
@@ -734,10 +742,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured wrk run")
-    parser.add_argument("--gunicorn", type=parse_specs, default=parse_specs("2x8,2x32"),
-                        help="gunicorn gthread configurations, WORKERSxTHREADS, comma-separated (default 2x8,2x32)")
-    parser.add_argument("--granian", type=parse_workers, default=parse_workers("1,2"),
-                        help="granian (RSGI) worker counts, comma-separated (default 1,2; '' for none)")
+    parser.add_argument("--gunicorn", type=parse_workers, default=parse_workers("1,2"),
+                        help="gunicorn (event-loop worker, the default) worker counts, comma-separated (default 1,2)")
+    parser.add_argument("--granian", type=parse_workers, default=parse_workers("1"),
+                        help="granian (RSGI) worker counts, comma-separated (default 1; '' for none)")
     parser.add_argument("--profile", choices=["gunicorn", "granian"],
                         help="instead: py-spy one gate worker under this server while under load")
     parser.add_argument("--spec", type=parse_specs, default=parse_specs("1x1"),

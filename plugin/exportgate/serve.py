@@ -6,8 +6,8 @@ follows the mode.
 * Forward auth runs gunicorn's master with the gate's own event-loop worker (:mod:`exportgate.web.loopworker`,
   :mod:`exportgate.web.authprotocol`): every waiting request's decision is in flight on one loop, and the recorder
   settles a whole transaction with one wake-up. Behind nginx ``auth_request`` it answered about 1.2 times
-  granian's RSGI endpoint and six times gunicorn's gthread worker, on less CPU per answer
-  (bench/http_forward_auth.py, bench/RESULTS.md). It reads the raw request target, so Envoy's ``/auth/<path>``
+  granian's RSGI endpoint, on less CPU per answer (bench/http_forward_auth.py, bench/RESULTS.md; gunicorn's
+  gthread worker, which it replaces in this mode, answered a fifth of granian's). It reads the raw request target, so Envoy's ``/auth/<path>``
   form is served. Workers: about one per core the front end leaves free; on the 2-core benchmark machine, shared
   with nginx and the load generator, one and two measured alike.
 * Proxy and static modes run gunicorn's gthread worker (WSGI; ``threads`` per worker).
