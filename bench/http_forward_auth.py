@@ -533,8 +533,8 @@ def run(args: argparse.Namespace) -> list[Row]:
 
         gates: list[tuple[str, list[str]]] = []
         for workers in args.gunicorn:
-            gates.append((f"gate, gunicorn + event-loop worker, {workers} worker{'s' if workers > 1 else ''} "
-                          "(default)", ["--workers", str(workers), "--server", "gunicorn"]))
+            label = f"gate, gunicorn + event-loop worker, {workers} worker{'s' if workers > 1 else ''} (default)"
+            gates.append((label, ["--workers", str(workers), "--server", "gunicorn"]))
         for workers in args.granian:
             gates.append((f"gate, granian RSGI {workers} worker{'s' if workers > 1 else ''} (event loop)",
                           ["--workers", str(workers), "--server", "granian"]))
