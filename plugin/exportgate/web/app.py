@@ -47,7 +47,7 @@ class GateApp:
         self.metrics = metrics
         self.operator = operator
         self.forward_auth = forward_auth
-        """forward-auth mode: the ``/auth`` endpoint (the RSGI server calls it directly)."""
+        """forward-auth mode: the ``/auth`` endpoint (the event-loop servers call it directly)."""
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         path = environ.get("PATH_INFO", "")

@@ -14,10 +14,13 @@ joined with ``,`` as WSGI servers do), ``PATH_INFO`` decoded once and ``RAW_URI`
 route (``/healthz``, ``/readyz``, ``/metrics``, the 451 pages) is the WSGI :class:`~exportgate.web.app.GateApp`
 on a worker thread: those may block (the readiness probe writes to the store).
 
-HTTP/1.1 as front ends use it: keep-alive, pipelining (answers in request order), ``HEAD``; a request is
-answered once its head is read, and a body is parsed past and dropped (nothing here reads one). Limits: a request head over 64 KiB is a 431, a head not complete within 30 s or
-a connection idle longer than the keep-alive timeout is closed; a connection with 64 requests waiting stops
-being read until they are answered. Upgrades (websockets, h2c) are refused.
+HTTP/1.1 as front ends use it: keep-alive, pipelining (answers in request order), ``HEAD``, a client's half-close
+(answered, then closed). A request is answered from its head alone: nothing here reads a body. A request that
+announces one (``Content-Length`` above 0, ``Transfer-Encoding``, which front ends do not send on ``/auth``) is
+answered and its connection closed after the answer, so no byte after a head is ever read as another request.
+Limits: a head over 64 KiB is a 431, a head not complete within 30 s or a connection idle longer than the
+keep-alive timeout is closed; a connection with 64 answers waiting (for their commits, or for the client to read
+them) is not read until they are written. Upgrades, ``CONNECT`` and a repeated ``Host`` are refused (400).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -92,6 +96,9 @@ class ForwardAuthServer:
         self.gate = auth.admission.gate
         self.loop = loop
         self.keepalive = keepalive
+        self.no_keepalive = keepalive <= 0  # gunicorn's keepalive 0: one request per connection
+        self.requests = 0  # decided or answered here, for gunicorn's max_requests
+        self.hurry = False  # set to cut a graceful shutdown short
         self.waits = TransactionWaits(loop)
         self.counts = CountsPerTurn(loop, self.admission.metrics)
         self.connections: set[AuthConnection] = set()
@@ -111,15 +118,17 @@ class ForwardAuthServer:
         """Requests received and not yet answered."""
         return sum(len(conn.answers) for conn in self.connections)
 
-    async def shutdown(self, timeout: float) -> None:
-        """Answer what was asked (each answer after its commit), close idle connections, then the rest."""
+    async def shutdown(self, timeout: float, tick: Callable[[], None] = lambda: None) -> None:
+        """Answer what was asked (each answer after its commit), close idle connections, then the rest, within
+        ``timeout`` seconds or until :attr:`hurry` is set; ``tick`` is called on the way (the worker's heartbeat)."""
         self.stopping = True
         deadline = self.loop.time() + timeout
         while True:
+            tick()
             for conn in list(self.connections):
                 if not conn.answers and not conn.in_request:
                     conn.close()
-            if not self.connections or self.loop.time() >= deadline:
+            if not self.connections or self.hurry or self.loop.time() >= deadline:
                 break
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
@@ -138,13 +147,17 @@ class AuthConnection(asyncio.Protocol):
         # Answers in request order: each a one-item list, filled when ready (pipelining).
         self.answers: deque[list[bytes | None]] = deque()
         self.in_request = False
-        self.closing = False
-        self.paused = False
+        self.closing = False  # no further request is read on this connection
         self.last_active = time.monotonic()
         self.head_started = 0.0
         self.head_bytes = 0
+        self._reading_paused = False
+        self._write_paused = False  # the client is not reading: answers wait in self.answers
+        self._eof = False
         self._url = b""
         self._head_size = 0
+        self._body = False
+        self._refusal: tuple[str, str] | None = None
         self._environ: dict[str, Any] = {}
         self._headers: list[tuple[bytes, bytes]] = []
 
@@ -172,28 +185,34 @@ class AuthConnection(asyncio.Protocol):
             self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse("400 Bad Request", "upgrades are not served here")
-            return
-        except httptools.HttpParserError as exc:
-            if self._head_size > MAX_HEAD:  # on_headers_complete stopped the parser
-                self._refuse("431 Request Header Fields Too Large", "request head too large")
-            else:
-                self._refuse("400 Bad Request", f"malformed request: {_parser_reason(exc)}")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # and what on_headers_complete stopped
+            refusal, self._refusal = self._refusal, None
+            if not self.closing:  # not stopped by a request answered with Connection: close
+                status, text = refusal or ("400 Bad Request", f"malformed request: {_parser_reason(exc)}")
+                self._refuse(status, text)
             return
         if not self.in_request and self.head_bytes > MAX_HEAD:  # a head still coming, already too large
             self._refuse("431 Request Header Fields Too Large", "request head too large")
 
+    def eof_received(self) -> bool:
+        """The client will send nothing more: answer what it asked, then close."""
+        self._eof = True
+        self.closing = True
+        return bool(self.answers)  # True: keep the transport open for the answers still waiting
+
     def pause_writing(self) -> None:
-        self._pause()
+        self._write_paused = True
+        self._pause_reading()
 
     def resume_writing(self) -> None:
-        self._resume()
+        self._write_paused = False
+        self._flush()
 
     # -- httptools callbacks -----------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._head_size = 0
+        self._body = False
         self._url = b""
         self._environ = {"REMOTE_ADDR": self.peer}
         self._headers = []
@@ -204,34 +223,53 @@ class AuthConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
+        value = value.strip(b" \t")  # optional whitespace around a value is not part of it (RFC 9110, 5.5)
         self._headers.append((name, value))
-        key = _ENVIRON_KEYS.get(name.lower())
+        lower = name.lower()
+        if lower in (b"content-length", b"transfer-encoding"):
+            self._body = self._body or lower == b"transfer-encoding" or value != b"0"
+        elif lower == b"upgrade" and self._refusal is None:
+            self._refusal = ("400 Bad Request", "upgrades are not served here")
+        key = _ENVIRON_KEYS.get(lower)
         if key is not None:
             environ = self._environ
             text = value.decode("latin-1")
+            if key in environ and key == "HTTP_HOST" and self._refusal is None:
+                self._refusal = ("400 Bad Request", "more than one Host header")
             # A repeated header is one value joined with "," (as WSGI servers do): X-Forwarded-For stays one
             # chain, and two X-Original-URI lines are no URI at all.
             environ[key] = f"{environ[key]},{text}" if key in environ else text
 
     def on_headers_complete(self) -> None:
-        # Answered from the head alone: nothing here reads a body (the parser skips it), and a body announced
-        # and never sent must not hold the answer back.
+        if self.closing:
+            raise _Stop  # a request after one that ended the connection: not read, not decided
         self.in_request = True
         self.head_bytes = 0
+        self.server.requests += 1
         if self._head_size > MAX_HEAD:
-            raise _HeadTooLarge  # stops the parser: data_received answers 431
+            self._refusal = ("431 Request Header Fields Too Large", "request head too large")
+        method = self.parser.get_method().decode("latin-1")
+        if method == "CONNECT" and self._refusal is None:
+            self._refusal = ("400 Bad Request", "CONNECT is not served here")
+        if self._refusal is not None:
+            raise _Stop  # data_received answers the refusal, without a decision
+        # Answered from the head alone (module docstring). A request announcing a body is the connection's last:
+        # what follows its head is never parsed, so no byte of a body can be read as a request.
         slot: list[bytes | None] = [None]
         self.answers.append(slot)
         if len(self.answers) >= MAX_WAITING:
-            self._pause()
-        method = self.parser.get_method().decode("latin-1")
+            self._pause_reading()
         head = method == "HEAD"
-        close = not self.parser.should_keep_alive() or self.server.stopping
+        close = self._body or not self.parser.should_keep_alive() or self.server.stopping or self.server.no_keepalive
         try:
             self._handle(slot, method, head=head, close=close)
         except Exception:  # a bug must not take the connection's other answers, or the worker, with it
             log.exception("forward-auth request failed")
             self._answer(slot, plain_response("500", "internal error", head=head, close=True))
+            close = True
+        if close:
+            self.closing = True
+            raise _Stop
 
     def on_message_complete(self) -> None:
         self.in_request = False
@@ -269,16 +307,16 @@ class AuthConnection(asyncio.Protocol):
 
         def settled() -> None:
             try:
-                decision = server.admission.recorded(pending.result(), count=False)
-            except ExportGateError as exc:
-                self._failed(slot, environ, facts, exc, style, head=head, close=close)
-                return
-            except Exception:
+                try:
+                    decision = server.admission.recorded(pending.result(), count=False)
+                except ExportGateError as exc:
+                    self._failed(slot, environ, facts, exc, style, head=head, close=close)
+                    return
+                server.counts.count(decision)
+                self._decided(slot, environ, decision, style, head=head, close=close)
+            except Exception:  # a bug: this request gets a 500, the rest of its transaction its answers
                 log.exception("forward-auth answer failed")
                 self._answer(slot, plain_response("500", "internal error", head=head, close=True))
-                return
-            server.counts.count(decision)
-            self._decided(slot, environ, decision, style, head=head, close=close)
 
         server.waits.when_settled(pending, settled)
 
@@ -326,14 +364,18 @@ class AuthConnection(asyncio.Protocol):
     # -- answering ---------------------------------------------------------------------------------------------
 
     def _answer(self, slot: list[bytes | None], answer: bytes) -> None:
-        """Fill ``slot`` and write every answer that is ready, in request order; an answer that says
-        ``Connection: close`` is the connection's last."""
+        """Fill ``slot`` and write every answer that is ready, in request order."""
         slot[0] = answer
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write the answers that are ready, in order, while the client reads them; an answer that says
+        ``Connection: close`` is the connection's last."""
         answers = self.answers
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        while answers and answers[0][0] is not None:
+        while answers and answers[0][0] is not None and not self._write_paused:
             out = answers.popleft()[0]
             assert out is not None
             transport.write(out)
@@ -341,20 +383,22 @@ class AuthConnection(asyncio.Protocol):
                 self.close()
                 return
         self.last_active = time.monotonic()
-        if self.paused and len(answers) < MAX_WAITING // 2:
-            self._resume()
+        if self._eof and not answers:
+            self.close()
+        elif self._reading_paused and not self._write_paused and len(answers) < MAX_WAITING // 2:
+            self._reading_paused = False
+            transport.resume_reading()
 
     def _refuse(self, status: str, text: str) -> None:
-        """A request that cannot be parsed: answered after those before it, then the connection is closed."""
+        """A request the gate will not read: answered after those before it, then the connection is closed."""
         log.info("closing a connection from %s: %s", self.peer or "?", text)
-        self.parser = httptools.HttpRequestParser(self)  # no further callbacks from the bad bytes
+        self.closing = True
         slot: list[bytes | None] = [None]
         self.answers.append(slot)
         self._answer(slot, plain_response(status, text, head=False, close=True))
-        self.closing = True
 
     def expire(self, now: float) -> None:
-        if self.answers:
+        if self.answers and not self._write_paused:
             return  # waiting for commits: never cut off
         slow_head = self.head_bytes and now - self.head_started > HEAD_TIMEOUT
         if slow_head or now - self.last_active > self.server.keepalive:
@@ -365,19 +409,14 @@ class AuthConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
-    def _pause(self) -> None:
-        if not self.paused and self.transport is not None:
-            self.paused = True
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = True
             self.transport.pause_reading()
 
-    def _resume(self) -> None:
-        if self.paused and self.transport is not None and not self.transport.is_closing():
-            self.paused = False
-            self.transport.resume_reading()
 
-
-class _HeadTooLarge(Exception):
-    pass
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing the rest of what was received (data_received says why)."""
 
 
 def _closes(answer: bytes) -> bool:

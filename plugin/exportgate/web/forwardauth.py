@@ -135,7 +135,7 @@ class Admission:
 
     def recorded(self, decision: Any, *, count: bool = True) -> Any:
         """Account for a decision whose record is committed; returns it. ``count=False``: the caller counts it
-        in the metrics itself (the RSGI endpoint, once per turn of its loop)."""
+        in the metrics itself (the event-loop servers, once per turn of their loop)."""
         if self._store_failing:
             self._store_failing = False
             if self.metrics is not None:

@@ -7,7 +7,8 @@ serves the forward-auth endpoint on an event loop (uvloop where installed) inste
 Signals: ``SIGTERM`` stops taking connections, answers every request already received (each after its record is
 committed) within gunicorn's ``graceful_timeout``, then closes the store; ``SIGINT``/``SIGQUIT`` stop at once (what
 is queued is still committed); ``SIGUSR1`` reopens the log files. The worker tells the master it is alive every
-second, and leaves if the master is gone.
+second, and leaves if the master is gone; after ``max_requests`` requests (gunicorn's setting) it stops gracefully
+and the master starts another. ``keepalive: 0`` closes every connection after one answer.
 
 There is no access log here: the front end's log carries the decision headers (deploy/nginx).
 """
@@ -49,15 +50,16 @@ class ForwardAuthWorker(Worker):  # type: ignore[misc]
         def at_once() -> None:
             nonlocal quick
             quick = True
+            server.hurry = True  # also cuts a graceful shutdown already under way
             graceful()
             self.cfg.worker_int(self)
 
+        app: Any = self.wsgi
+        server = ForwardAuthServer(app, loop, keepalive=float(self.cfg.keepalive))
         loop.add_signal_handler(signal.SIGTERM, graceful)
         loop.add_signal_handler(signal.SIGINT, at_once)
         loop.add_signal_handler(signal.SIGQUIT, at_once)
         loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
-        app: Any = self.wsgi
-        server = ForwardAuthServer(app, loop, keepalive=float(self.cfg.keepalive or 75))
         listeners = [await loop.create_server(server, sock=listener.sock, backlog=self.cfg.backlog)
                      for listener in self.sockets]
         try:
@@ -66,6 +68,9 @@ class ForwardAuthWorker(Worker):  # type: ignore[misc]
                 if self.ppid != os.getppid():
                     self.log.info("Parent changed, shutting down: %s", self)
                     break
+                if server.requests >= self.max_requests:
+                    self.log.info("Autorestarting worker after current request.")
+                    break
                 server.sweep()
                 try:
                     await asyncio.wait_for(stop.wait(), HEARTBEAT)
@@ -73,12 +78,10 @@ class ForwardAuthWorker(Worker):  # type: ignore[misc]
                     pass
             for listener in listeners:
                 listener.close()
-            if not quick:
-                # Still alive for the master while the last answers wait for their commits.
-                self.notify()
-                await server.shutdown(float(self.cfg.graceful_timeout))
-            else:
-                await server.shutdown(0.0)
+            # Heartbeats keep the master from killing the worker while the last answers wait for their commits;
+            # a second short of gunicorn's own deadline leaves time to close the store.
+            grace = 0.0 if quick else max(0.0, float(self.cfg.graceful_timeout) - 1.0)
+            await server.shutdown(grace, tick=self.notify)
         finally:
             # Commits what is still queued (those requests' records), then closes the store.
             app.runtime.close()

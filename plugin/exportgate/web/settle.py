@@ -9,10 +9,13 @@ transaction with one ``call_soon_threadsafe`` instead of one per request.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from werkzeug.test import run_wsgi_app
+
+log = logging.getLogger("exportgate.web")
 
 
 class TransactionWaits:
@@ -40,7 +43,10 @@ class TransactionWaits:
 
 def _run_all(callbacks: list[Callable[[], None]]) -> None:
     for callback in callbacks:
-        callback()
+        try:
+            callback()
+        except Exception:  # one request's failure must not leave the rest of its transaction unanswered
+            log.exception("answering a settled request failed")
 
 
 class CountsPerTurn:
