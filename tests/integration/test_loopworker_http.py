@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IR_CLIENT, write_config
-from serverproc import GateProcess, decision_count
+from serverproc import GateProcess, GunicornProcess, decision_count, free_port, request
 
 CHAT = "/files/chat-1.tar.gz"
 CRYPTO = "/files/crypto-1.tar.gz"
@@ -254,3 +254,22 @@ def test_clients_that_leave_before_their_answer_do_not_hurt_the_worker(gate: Gat
     r = gate.get("/auth", headers={"X-Original-URI": CHAT, "X-Forwarded-For": IR_CLIENT})
     assert r.status == 200 and r.header("X-Exportgate-Decision") == "allow"
     assert "Traceback" not in gate.log_text()
+
+
+def test_gunicorn_max_requests_and_keepalive_0_are_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn's own settings, given the way ops give them (``GUNICORN_CMD_ARGS`` with deploy/gunicorn.conf.py):
+    after max_requests the worker stops gracefully and the master starts another, with no request lost; keep-alive 0
+    closes every connection after its answer."""
+    monkeypatch.setenv("GUNICORN_CMD_ARGS", "--max-requests 5 --keep-alive 0")
+    port = free_port()
+    config = write_config(tmp_path, serve={"bind": f"127.0.0.1:{port}", "workers": 1,
+                                           "trust_proxy": ["127.0.0.1/32"]})
+    with GunicornProcess(workdir=tmp_path / "gunicorn", config=config, port=port) as process:
+        answers = []
+        for _ in range(20):
+            r = request(port, "/auth", headers={"X-Original-URI": CHAT, "X-Forwarded-For": IR_CLIENT})
+            answers.append((r.status, r.header("X-Exportgate-Decision"), r.header("Connection")))
+            time.sleep(0.1)  # the worker looks at its count once a second
+        assert answers == [(200, "allow", "close")] * 20
+        assert "Autorestarting worker" in process.log_text()
+        assert decision_count(tmp_path / "records.db") == 20

@@ -47,3 +47,52 @@ def test_a_header_with_a_line_break_is_refused(name: str, value: str) -> None:
 def test_each_mode_gets_its_worker_class(gate_config: Any, mode: str, threads: int, worker: str) -> None:
     config = gate_config(serve={"mode": mode, "threads": threads, "root": "/srv/mirror", "upstream": "http://m"})
     assert gunicorn_options(config)["worker_class"] == worker
+
+
+def test_slow_heads_and_idle_connections_are_closed(gate_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's sweep (once a second under gunicorn; by hand here, in-process): a connection idle past the
+    keep-alive timeout is closed, and so is one still sending its head after the head timeout, however steadily
+    it trickles bytes; one waiting for nothing but within both stays open."""
+    import asyncio
+
+    from exportgate.web import authprotocol
+    from exportgate.web.app import create_app
+
+    monkeypatch.setattr(authprotocol, "HEAD_TIMEOUT", 0.3)
+    app = create_app(gate_config())
+
+    async def closed(reader: asyncio.StreamReader) -> bytes:
+        try:
+            return await asyncio.wait_for(reader.read(), 2)
+        except ConnectionResetError:  # closed with bytes of ours unread: a reset, just as closed
+            return b""
+
+    async def main() -> tuple[bytes, bytes, bool]:
+        loop = asyncio.get_running_loop()
+        server = authprotocol.ForwardAuthServer(app, loop, keepalive=0.6)
+        listener = await loop.create_server(server, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
+        slow_writer.write(b"GET /auth HTTP/1.1\r\nX-Original-URI: /files/")
+        for _ in range(4):  # 0.4 s: past the head timeout, within the keep-alive timeout
+            await asyncio.sleep(0.1)
+            slow_writer.write(b"a")
+            server.sweep()
+        slow = await closed(slow_reader)
+        still_open = not idle_reader.at_eof() and len(server.connections) == 1
+        await asyncio.sleep(0.4)  # now past the keep-alive timeout too
+        server.sweep()
+        idle = await closed(idle_reader)
+        for writer in (idle_writer, slow_writer):
+            writer.close()
+        listener.close()
+        await server.shutdown(0.0)
+        return slow, idle, still_open
+
+    try:
+        slow, idle, still_open = asyncio.run(main())
+    finally:
+        app.runtime.close()
+    assert slow == b"" and idle == b""  # closed without an answer: there was no request to answer
+    assert still_open
