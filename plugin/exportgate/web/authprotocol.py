@@ -46,11 +46,15 @@ MAX_HEAD = 64 * 1024
 HEAD_TIMEOUT = 30.0
 MAX_WAITING = 64
 
-# The request headers the forward-auth endpoint reads, by WSGI environ key (httptools gives names as sent).
-_ENVIRON_KEYS = {
-    name.encode(): "HTTP_" + name.upper().replace("-", "_")
-    for name in ("x-original-uri", "x-original-method", "x-forwarded-uri", "x-forwarded-method", "x-forwarded-host",
-                 "x-forwarded-for", "forwarded", "host", "accept")
+# The request headers read as they arrive (httptools gives names as sent): those the forward-auth endpoint reads,
+# by WSGI environ key, and those that frame a body or ask for an upgrade.
+_BODY = "body"
+_UPGRADE = "upgrade"
+_HEADER_KEYS = {
+    **{name.encode(): "HTTP_" + name.upper().replace("-", "_")
+       for name in ("x-original-uri", "x-original-method", "x-forwarded-uri", "x-forwarded-method",
+                    "x-forwarded-host", "x-forwarded-for", "forwarded", "host", "accept")},
+    b"content-length": _BODY, b"transfer-encoding": _BODY, b"upgrade": _UPGRADE,
 }
 _PLAIN = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 414: "URI Too Long",
@@ -225,20 +229,26 @@ class AuthConnection(asyncio.Protocol):
         self._head_size += len(name) + len(value) + 4
         value = value.strip(b" \t")  # optional whitespace around a value is not part of it (RFC 9110, 5.5)
         self._headers.append((name, value))
-        lower = name.lower()
-        if lower in (b"content-length", b"transfer-encoding"):
-            self._body = self._body or lower == b"transfer-encoding" or value != b"0"
-        elif lower == b"upgrade" and self._refusal is None:
-            self._refusal = ("400 Bad Request", "upgrades are not served here")
-        key = _ENVIRON_KEYS.get(lower)
-        if key is not None:
-            environ = self._environ
-            text = value.decode("latin-1")
-            if key in environ and key == "HTTP_HOST" and self._refusal is None:
+        key = _HEADER_KEYS.get(name.lower())
+        if key is None:  # most headers: nothing to do until a page needs them
+            return
+        if key is _BODY:
+            self._body = self._body or name.lower() == b"transfer-encoding" or value != b"0"
+            return
+        if key is _UPGRADE:
+            if self._refusal is None:
+                self._refusal = ("400 Bad Request", "upgrades are not served here")
+            return
+        environ = self._environ
+        text = value.decode("latin-1")
+        if key in environ:
+            if key == "HTTP_HOST" and self._refusal is None:
                 self._refusal = ("400 Bad Request", "more than one Host header")
             # A repeated header is one value joined with "," (as WSGI servers do): X-Forwarded-For stays one
             # chain, and two X-Original-URI lines are no URI at all.
-            environ[key] = f"{environ[key]},{text}" if key in environ else text
+            environ[key] = f"{environ[key]},{text}"
+        else:
+            environ[key] = text
 
     def on_headers_complete(self) -> None:
         if self.closing:
