@@ -148,6 +148,14 @@ def test_upgrades_and_odd_targets_are_refused(gate: GateProcess, data: bytes) ->
     assert gate.get("/healthz").status == 200
 
 
+def test_nothing_after_a_bad_request_target_is_decided(gate: GateProcess) -> None:
+    before = decision_count(database(gate))
+    data = b"GET auth HTTP/1.1\r\nHost: gate\r\n\r\n" + auth_request(CHAT)
+    heads = exchange(gate, data, answers=2)
+    assert [status(h) for h in heads] == [400] and header(heads[0], "connection") == "close"
+    assert decision_count(database(gate)) == before
+
+
 def test_absolute_form_target_is_the_endpoint(gate: GateProcess) -> None:
     data = (f"GET http://gate/auth HTTP/1.1\r\nHost: gate\r\nX-Original-URI: {CHAT}\r\n"
             f"X-Forwarded-For: {IR_CLIENT}\r\n\r\n").encode()

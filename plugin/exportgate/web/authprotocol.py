@@ -107,7 +107,6 @@ class ForwardAuthServer:
         self.counts = CountsPerTurn(loop, self.admission.metrics)
         self.connections: set[AuthConnection] = set()
         self.stopping = False
-        self._told_about_upgrades = False
 
     def __call__(self) -> AuthConnection:
         return AuthConnection(self)
@@ -117,10 +116,6 @@ class ForwardAuthServer:
         now = time.monotonic()
         for conn in list(self.connections):
             conn.expire(now)
-
-    def busy(self) -> int:
-        """Requests received and not yet answered."""
-        return sum(len(conn.answers) for conn in self.connections)
 
     async def shutdown(self, timeout: float, tick: Callable[[], None] = lambda: None) -> None:
         """Answer what was asked (each answer after its commit), close idle connections, then the rest, within
@@ -277,7 +272,7 @@ class AuthConnection(asyncio.Protocol):
             log.exception("forward-auth request failed")
             self._answer(slot, plain_response("500", "internal error", head=head, close=True))
             close = True
-        if close:
+        if close or self.closing:
             self.closing = True
             raise _Stop
 
@@ -293,6 +288,7 @@ class AuthConnection(asyncio.Protocol):
         except httptools.HttpParserInvalidURLError:
             url = None
         if url is None or not url.path or not url.path.startswith(b"/"):
+            self.closing = True  # the connection's last answer: nothing after it is read
             self._answer(slot, plain_response("400", "bad request target", head=head, close=True))
             return
         path = unquote_to_bytes(url.path).decode("latin-1")  # PATH_INFO, as WSGI servers decode it
