@@ -343,6 +343,13 @@ def test_an_encoded_question_mark_after_auth_is_neither_endpoint_nor_page(gate: 
     assert decision_count(database(gate)) == before
 
 
+@pytest.mark.parametrize("target", ["/healthz%3Fx", "/exportgate/policy%3F", "/metrics%3Fa=b?c=d", "/caf%C3%A9",
+                                    "/%FF%FE"])
+def test_encoded_question_marks_and_odd_bytes_in_page_paths_are_no_page(gate: GateProcess, target: str) -> None:
+    # Decoded once: "/healthz?x" is a path, not /healthz with a query string, and no page has it.
+    assert gate.get(target).status == 404
+
+
 def test_gate_pages_ignore_request_bodies(gate: GateProcess) -> None:
     r = gate.get("/healthz", method="POST", headers={"Content-Length": "5"})  # announced, never sent
     assert r.status == 200

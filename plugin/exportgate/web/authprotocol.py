@@ -34,11 +34,9 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
-from werkzeug.test import EnvironBuilder
-
 from ..errors import ExportGateError
 from .app import GateApp
-from .settle import CountsPerTurn, TransactionWaits, call_page
+from .settle import CountsPerTurn, TransactionWaits, call_page, page_environ
 
 log = logging.getLogger("exportgate.web")
 
@@ -346,15 +344,11 @@ class AuthConnection(asyncio.Protocol):
 
     def _page(self, slot: list[bytes | None], url: Any, environ: dict[str, Any], *, head: bool, close: bool) -> None:
         """The gate's own pages: the WSGI app on a worker thread."""
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._headers]
-        builder = EnvironBuilder(
-            method=environ["REQUEST_METHOD"], query_string=(url.query or b"").decode("latin-1"), headers=headers,
-            environ_base={"REMOTE_ADDR": self.peer, "RAW_URI": environ["RAW_URI"]},
-        )
-        page_environ = builder.get_environ()
-        # Decoded once, as a WSGI server does (bytes as latin-1): werkzeug would split a decoded "?" out of it.
-        page_environ["PATH_INFO"] = environ["PATH_INFO"]
-        future = self.server.loop.run_in_executor(None, call_page, self.server.app, page_environ)
+        page = page_environ(method=environ["REQUEST_METHOD"], path_info=environ["PATH_INFO"],
+                            query_string=(url.query or b"").decode("latin-1"),
+                            headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._headers],
+                            peer=self.peer, raw_uri=environ["RAW_URI"])
+        future = self.server.loop.run_in_executor(None, call_page, self.server.app, page)
 
         def done(f: asyncio.Future[tuple[int, list[tuple[str, str]], bytes]]) -> None:
             try:

@@ -20,12 +20,10 @@ import asyncio
 import logging
 from typing import Any
 
-from werkzeug.test import EnvironBuilder
-
 from ..errors import ExportGateError
 from .app import GateApp
 from .forwardauth import ForwardAuth
-from .settle import CountsPerTurn, TransactionWaits, call_page
+from .settle import CountsPerTurn, TransactionWaits, call_page, page_environ
 
 log = logging.getLogger("exportgate.web")
 
@@ -83,10 +81,7 @@ class ForwardAuthRSGI:
         if scope.proto != "http":  # websockets: not ours
             return
         path = scope.path
-        if not (path == "/auth" or path.startswith("/auth/")):
-            if path.startswith("/auth"):  # "/auth?x" decoded from "/auth%3Fx": not the endpoint, not a page
-                protocol.response_str(404, _PLAIN, "forward-auth mode: ask /auth\n")
-                return
+        if not (path == "/auth" or path.startswith("/auth/")):  # "/auth?x" (from "/auth%3Fx") included
             await self._wsgi(scope, protocol)
             return
         environ = self._environ(scope)
@@ -146,12 +141,12 @@ class ForwardAuthRSGI:
     async def _wsgi(self, scope: Any, protocol: Any) -> None:
         """The gate's own pages: the WSGI app on a worker thread. None of them reads a request body, so none is
         read (a large one would otherwise sit in the memory of the worker that answers /auth)."""
-        builder = EnvironBuilder(
-            # The query string as given, even empty: werkzeug would otherwise split a "?" out of the decoded path.
-            path=scope.path, method=scope.method, query_string=scope.query_string or "",
-            headers=list(scope.headers.items()), environ_base={"REMOTE_ADDR": peer_address(scope.client)},
+        environ = page_environ(
+            # granian decodes the path as UTF-8; PEP 3333 wants its bytes as latin-1.
+            method=scope.method, path_info=scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),
+            query_string=scope.query_string or "", headers=list(scope.headers.items()),
+            peer=peer_address(scope.client),
         )
-        environ = builder.get_environ()
         loop = self._loop or asyncio.get_running_loop()
         status, headers, content = await loop.run_in_executor(None, call_page, self.app, environ)
         protocol.response_bytes(status, headers, content)

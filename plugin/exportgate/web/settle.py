@@ -1,6 +1,7 @@
-"""Waiting for decision records on an event loop: one wake-up per transaction, metrics once per turn.
+"""What the event-loop servers of forward auth share: one wake-up per transaction, metrics once per turn of the
+loop, and the gate's own pages run as WSGI on a worker thread.
 
-Shared by the two event-loop servers of forward auth (:mod:`exportgate.web.authprotocol` under gunicorn,
+Shared by the two event-loop servers (:mod:`exportgate.web.authprotocol` under gunicorn,
 :mod:`exportgate.web.rsgi` under granian). A request decides, hands its record to the writer
 (:meth:`~exportgate.gate.Gate.submit`) and asks to be told once it is committed; the writer settles a whole
 transaction with one ``call_soon_threadsafe`` instead of one per request.
@@ -13,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from werkzeug.test import run_wsgi_app
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 log = logging.getLogger("exportgate.web")
 
@@ -76,6 +77,20 @@ class CountsPerTurn:
             self._metrics.decided_many(counts)
 
 
+def page_environ(*, method: str, path_info: str, query_string: str, headers: list[tuple[str, str]], peer: str,
+                 raw_uri: str | None = None) -> dict[str, Any]:
+    """The WSGI environ of a request for one of the gate's pages. ``path_info`` is decoded once already, as
+    PEP 3333 has it (the bytes as latin-1): set as given, because werkzeug would split a decoded ``?`` (``%3F``)
+    out of a path it is handed, or refuse it next to a query string."""
+    base = {"REMOTE_ADDR": peer}
+    if raw_uri is not None:
+        base["RAW_URI"] = raw_uri
+    environ = EnvironBuilder(method=method, query_string=query_string, headers=headers,
+                             environ_base=base).get_environ()
+    environ["PATH_INFO"] = path_info
+    return environ
+
+
 def call_page(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
     """One of the gate's own pages (a WSGI app) run to completion, for an event-loop server to call on an
     executor thread: ``(status, headers, body)``."""
@@ -89,4 +104,4 @@ def call_page(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[str, s
     return int(status[:3]), list(headers.items()), content
 
 
-__all__ = ["CountsPerTurn", "TransactionWaits", "call_page"]
+__all__ = ["CountsPerTurn", "TransactionWaits", "call_page", "page_environ"]
