@@ -36,6 +36,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 from ..errors import ExportGateError
 from .app import GateApp
+from .forwardauth import REQUEST_HEADERS, environ_key
 from .settle import CountsPerTurn, TransactionWaits, call_page, page_environ
 
 log = logging.getLogger("exportgate.web")
@@ -49,9 +50,7 @@ MAX_WAITING = 64
 _BODY = "body"
 _UPGRADE = "upgrade"
 _HEADER_KEYS = {
-    **{name.encode(): "HTTP_" + name.upper().replace("-", "_")
-       for name in ("x-original-uri", "x-original-method", "x-forwarded-uri", "x-forwarded-method",
-                    "x-forwarded-host", "x-forwarded-for", "forwarded", "host", "accept")},
+    **{name.encode(): environ_key(name) for name in REQUEST_HEADERS},
     b"content-length": _BODY, b"transfer-encoding": _BODY, b"upgrade": _UPGRADE,
 }
 _PLAIN = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]

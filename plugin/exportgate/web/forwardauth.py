@@ -37,6 +37,16 @@ StartResponse = Callable[..., Any]
 
 MAX_URI = 8192
 
+# Every request header the endpoint reads (the client-address headers through TrustedProxies), in lower case: what a
+# server that builds its environ itself must copy, as ``HTTP_*`` keys.
+REQUEST_HEADERS = ("x-original-uri", "x-original-method", "x-forwarded-uri", "x-forwarded-method",
+                   "x-forwarded-host", "x-forwarded-for", "forwarded", "host", "accept")
+
+
+def environ_key(header: str) -> str:
+    """``x-original-uri`` -> ``HTTP_X_ORIGINAL_URI``."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
 
 def plain(start_response: StartResponse, status: str, text: str,
           extra: Iterable[tuple[str, str]] = ()) -> list[bytes]:

@@ -22,17 +22,13 @@ from typing import Any
 
 from ..errors import ExportGateError
 from .app import GateApp
-from .forwardauth import ForwardAuth
+from .forwardauth import REQUEST_HEADERS, ForwardAuth, environ_key
 from .settle import CountsPerTurn, TransactionWaits, call_page, page_environ
 
 log = logging.getLogger("exportgate.web")
 
 # The request headers the forward-auth endpoint reads (granian gives names in lower case), by WSGI environ key.
-_ENVIRON_KEYS = {
-    name: "HTTP_" + name.upper().replace("-", "_")
-    for name in ("x-original-uri", "x-original-method", "x-forwarded-uri", "x-forwarded-method", "x-forwarded-host",
-                 "x-forwarded-for", "forwarded", "host", "accept")
-}
+_ENVIRON_KEYS = {name: environ_key(name) for name in REQUEST_HEADERS}
 _PEER_CACHE_SIZE = 4096
 
 _PLAIN = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
