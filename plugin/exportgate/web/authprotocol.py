@@ -140,8 +140,8 @@ class AuthConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
-        # Answers in request order: each a one-item list, filled when ready (pipelining).
-        self.answers: deque[list[bytes | None]] = deque()
+        # Answers in request order, each filled when ready (pipelining).
+        self.answers: deque[_Slot] = deque()
         self.in_request = False
         self.closing = False  # no further request is read on this connection
         self.last_active = time.monotonic()
@@ -257,7 +257,7 @@ class AuthConnection(asyncio.Protocol):
             raise _Stop  # data_received answers the refusal, without a decision
         # Answered from the head alone (module docstring). A request announcing a body is the connection's last:
         # what follows its head is never parsed, so no byte of a body can be read as a request.
-        slot: list[bytes | None] = [None]
+        slot = _Slot()
         self.answers.append(slot)
         if len(self.answers) >= MAX_WAITING:
             self._pause_reading()
@@ -267,7 +267,7 @@ class AuthConnection(asyncio.Protocol):
             self._handle(slot, method, head=head, close=close)
         except Exception:  # a bug must not take the connection's other answers, or the worker, with it
             log.exception("forward-auth request failed")
-            self._answer(slot, plain_response("500", "internal error", head=head, close=True))
+            self._plain(slot, "500", "internal error", head=head, close=True)
             close = True
         if close or self.closing:
             self.closing = True
@@ -278,7 +278,7 @@ class AuthConnection(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------------------------------------
 
-    def _handle(self, slot: list[bytes | None], method: str, *, head: bool, close: bool) -> None:
+    def _handle(self, slot: _Slot, method: str, *, head: bool, close: bool) -> None:
         raw = self._url
         try:
             url = httptools.parse_url(raw)
@@ -286,7 +286,7 @@ class AuthConnection(asyncio.Protocol):
             url = None
         if url is None or not url.path or not url.path.startswith(b"/"):
             self.closing = True  # the connection's last answer: nothing after it is read
-            self._answer(slot, plain_response("400", "bad request target", head=head, close=True))
+            self._plain(slot, "400", "bad request target", head=head, close=True)
             return
         path = unquote_to_bytes(url.path).decode("latin-1")  # PATH_INFO, as WSGI servers decode it
         environ = self._environ
@@ -300,7 +300,7 @@ class AuthConnection(asyncio.Protocol):
         auth = server.auth
         facts, style, text = auth.request(environ)
         if facts is None:
-            self._answer(slot, plain_response(style, text, head=head, close=close))
+            self._plain(slot, style, text, head=head, close=close)
             return
         try:
             pending = server.gate.submit(facts)
@@ -319,29 +319,29 @@ class AuthConnection(asyncio.Protocol):
                 self._decided(slot, environ, decision, style, head=head, close=close)
             except Exception:  # a bug: this request gets a 500, the rest of its transaction its answers
                 log.exception("forward-auth answer failed")
-                self._answer(slot, plain_response("500", "internal error", head=head, close=True))
+                self._plain(slot, "500", "internal error", head=head, close=True)
 
         server.waits.when_settled(pending, settled)
 
-    def _decided(self, slot: list[bytes | None], environ: dict[str, Any], decision: Any, style: str, *,
+    def _decided(self, slot: _Slot, environ: dict[str, Any], decision: Any, style: str, *,
                  head: bool, close: bool) -> None:
         try:
             status, headers, body = self.server.auth.answer(environ, decision, style)
             answer = response_bytes(status, headers, body, head=head, close=close)
         except Exception:
             log.exception("forward-auth answer failed")
-            answer = plain_response("500", "internal error", head=head, close=True)
-        self._answer(slot, answer)
+            answer, close = plain_response("500", "internal error", head=head, close=True), True
+        self._answer(slot, answer, close=close)
 
-    def _failed(self, slot: list[bytes | None], environ: dict[str, Any], facts: Any, exc: ExportGateError,
+    def _failed(self, slot: _Slot, environ: dict[str, Any], facts: Any, exc: ExportGateError,
                 style: str, *, head: bool, close: bool) -> None:
         decision, status, text = self.server.admission.failed(facts, exc)
         if decision is None:
-            self._answer(slot, plain_response(status, text, head=head, close=close))
+            self._plain(slot, status, text, head=head, close=close)
         else:  # fail_open: served, and said so in the log and the metrics
             self._decided(slot, environ, decision, style, head=head, close=close)
 
-    def _page(self, slot: list[bytes | None], url: Any, environ: dict[str, Any], *, head: bool, close: bool) -> None:
+    def _page(self, slot: _Slot, url: Any, environ: dict[str, Any], *, head: bool, close: bool) -> None:
         """The gate's own pages: the WSGI app on a worker thread."""
         page = page_environ(method=environ["REQUEST_METHOD"], path_info=environ["PATH_INFO"],
                             query_string=(url.query or b"").decode("latin-1"),
@@ -352,33 +352,36 @@ class AuthConnection(asyncio.Protocol):
         def done(f: asyncio.Future[tuple[int, list[tuple[str, str]], bytes]]) -> None:
             try:
                 status, page_headers, content = f.result()
-                answer = response_bytes(str(status), page_headers, content, head=head, close=close)
+                answer, last = response_bytes(str(status), page_headers, content, head=head, close=close), close
             except Exception:
                 log.exception("gate page failed")
-                answer = plain_response("500", "internal error", head=head, close=True)
-            self._answer(slot, answer)
+                answer, last = plain_response("500", "internal error", head=head, close=True), True
+            self._answer(slot, answer, close=last)
 
         future.add_done_callback(done)
 
     # -- answering ---------------------------------------------------------------------------------------------
 
-    def _answer(self, slot: list[bytes | None], answer: bytes) -> None:
-        """Fill ``slot`` and write every answer that is ready, in request order."""
-        slot[0] = answer
+    def _answer(self, slot: _Slot, answer: bytes, *, close: bool) -> None:
+        """Fill ``slot`` and write every answer that is ready, in request order; ``close``: the answer says
+        ``Connection: close`` and is the connection's last."""
+        slot.data = answer
+        slot.close = close
         self._flush()
 
+    def _plain(self, slot: _Slot, status: str, text: str, *, head: bool, close: bool) -> None:
+        self._answer(slot, plain_response(status, text, head=head, close=close), close=close)
+
     def _flush(self) -> None:
-        """Write the answers that are ready, in order, while the client reads them; an answer that says
-        ``Connection: close`` is the connection's last."""
+        """Write the answers that are ready, in order, while the client reads them."""
         answers = self.answers
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        while answers and answers[0][0] is not None and not self._write_paused:
-            out = answers.popleft()[0]
-            assert out is not None
-            transport.write(out)
-            if _closes(out):
+        while answers and answers[0].data is not None and not self._write_paused:
+            slot = answers.popleft()
+            transport.write(slot.data)
+            if slot.close:
                 self.close()
                 return
         self.last_active = time.monotonic()
@@ -392,9 +395,9 @@ class AuthConnection(asyncio.Protocol):
         """A request the gate will not read: answered after those before it, then the connection is closed."""
         log.info("closing a connection from %s: %s", self.peer or "?", text)
         self.closing = True
-        slot: list[bytes | None] = [None]
+        slot = _Slot()
         self.answers.append(slot)
-        self._answer(slot, plain_response(status, text, head=False, close=True))
+        self._plain(slot, status, text, head=False, close=True)
 
     def expire(self, now: float) -> None:
         if self.answers and not self._write_paused:
@@ -414,14 +417,18 @@ class AuthConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
 
+class _Slot:
+    """One request's place in its connection's answers (pipelined answers leave in request order)."""
+
+    __slots__ = ("close", "data")
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+        self.close = False
+
+
 class _Stop(Exception):
     """Raised in a parser callback to stop parsing the rest of what was received (data_received says why)."""
-
-
-def _closes(answer: bytes) -> bool:
-    # response_bytes puts it last in the head; the body cannot start with it (find stops at the first blank line).
-    end = answer.find(b"\r\n\r\n")
-    return answer.endswith(b"\r\nConnection: close", 0, end)
 
 
 def _parser_reason(exc: Exception) -> str:
