@@ -193,7 +193,7 @@ class GateProcess(_Server):
     config: Path
     trust_proxy: Sequence[str] = ("127.0.0.1/32",)
     server: str = "gunicorn"
-    """``--server``: gunicorn unless a test is about another (its access log is what ``mark`` reads)."""
+    """``--server``: gunicorn (the default server) unless a test is about another."""
     extra_args: Sequence[str] = ()
     ready_path = "/healthz"
 
@@ -209,10 +209,8 @@ class GateProcess(_Server):
                 "--mode", "forward-auth", *trust, "--workers", "1", "--server", self.server, *self.extra_args]
 
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTGATE_")}
-        # gunicorn >= 25 opens a control socket under $XDG_RUNTIME_DIR or ~/.gunicorn: one per test gate.
-        env["XDG_RUNTIME_DIR"] = str(self.workdir)
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env = gate_environment(self.workdir)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # exportgate serve makes its own
         return env
 
     @property
@@ -395,6 +393,14 @@ def wait_for_text(path: Path, needle: str, timeout: float = 5.0) -> str:
         time.sleep(0.02)
 
 
+def gate_environment(workdir: Path) -> dict[str, str]:
+    """This environment without the tester's ``EXPORTGATE_*`` settings, for a gate of its own in ``workdir``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTGATE_")}
+    # gunicorn >= 25 opens a control socket under $XDG_RUNTIME_DIR or ~/.gunicorn: one per test gate.
+    env["XDG_RUNTIME_DIR"] = str(workdir)
+    return env
+
+
 @dataclass(kw_only=True)
 class GunicornProcess(_Server):
     """``gunicorn -c deploy/gunicorn.conf.py`` with ``EXPORTGATE_CONFIG=config`` (bind and mode from the config)."""
@@ -412,9 +418,8 @@ class GunicornProcess(_Server):
         return [*base, "-c", str(DEPLOY / "gunicorn.conf.py")]
 
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTGATE_")}
+        env = gate_environment(self.workdir)
         env["EXPORTGATE_CONFIG"] = str(self.config)
-        env["XDG_RUNTIME_DIR"] = str(self.workdir)
         metrics = self.workdir / "metrics"
         metrics.mkdir(exist_ok=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
