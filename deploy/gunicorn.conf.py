@@ -11,6 +11,11 @@ Caveat: each worker builds its own app after the fork (``exportgate.web.wsgi:cre
 connection, recorder thread and geo reader must not cross a fork, so ``preload_app`` stays off. Every worker writes
 its own hash chain. Metrics of all workers are summed through ``PROMETHEUS_MULTIPROC_DIR``, which must be an empty
 directory when gunicorn starts (systemd: ``RuntimeDirectory=``); without it this file makes a fresh one.
+
+Caveat: here every worker reads the manifest, packs and geo database when it starts, so a file that no longer
+loads stops the next worker from starting, and gunicorn then stops altogether. Run ``exportgate check`` before
+``kill -HUP``. ``exportgate serve`` does not have this problem: it refuses a reload whose files do not load, and
+starts every worker from the master's last good copy.
 """
 
 from __future__ import annotations

@@ -458,7 +458,7 @@ def serve(ctx: click.Context, **options: Any) -> None:
     """Run the gate: forward-auth endpoint, proxy or static server, with /healthz, /readyz and /metrics."""
     import dataclasses
 
-    from .runtime import GateRuntime
+    from .runtime import load_decision_files
     from .serve import run, server_for
 
     cfg = _config(ctx)
@@ -467,9 +467,9 @@ def serve(ctx: click.Context, **options: Any) -> None:
         changes["trust_proxy"] = tuple(changes["trust_proxy"])
     cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, **changes))
     server_for(cfg)  # a server that cannot serve this mode safely: refused before anything starts
-    # Open everything once in the master, so a broken config fails here with file:line, not in every worker.
-    with GateRuntime(cfg, record=True):
-        pass
+    # Loaded once in the master, so a broken config fails here with file:line, not in every worker; the workers
+    # decide by this copy of the manifest and packs (until a SIGHUP loads a good new one).
+    files = load_decision_files(cfg)
     from .web.clientaddr import TrustedProxies
 
     TrustedProxies(cfg.serve.trust_proxy, header=cfg.serve.forwarded_header)
@@ -480,7 +480,7 @@ def serve(ctx: click.Context, **options: Any) -> None:
         raise ExportGateError("proxy mode needs --upstream URL (or serve.upstream in the config)")
     if cfg.serve.mode == "static" and not cfg.serve.root:
         raise ExportGateError("static mode needs --root DIR (or serve.root in the config)")
-    run(cfg)
+    run(cfg, files)
 
 
 # -------------------------------------------------------------------------------------------------- packs

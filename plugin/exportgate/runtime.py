@@ -3,10 +3,16 @@
 The geolocation reader, the manifest, the policy packs, the record store and its writer are long-lived: opened
 here, reused for every request, closed by :meth:`GateRuntime.close` (or the ``with`` block). Commands that only
 evaluate (``explain``, ``classify``, ``check``) open no store.
+
+A server's master loads the manifest and the packs once (:func:`load_decision_files`) and each worker it starts
+decides by that copy (:class:`DecisionFiles`): a worker started later (after a crash, at ``max_requests``)
+never depends on files that were edited, or broken, since. ``SIGHUP`` loads them again, and only a set that
+loads without a problem replaces the one in force (:mod:`exportgate.serve`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +22,7 @@ from .authorization import AuthorizationBook
 from .config import GateConfig
 from .errors import ConfigError, ConfigErrors, ExportGateError
 from .gate import Gate
-from .policy import PolicySet, load_packs, shipped_pack_paths
+from .policy import PolicyPack, PolicySet, load_packs, shipped_pack_paths
 
 
 def open_locator(config: GateConfig) -> Any:
@@ -52,25 +58,55 @@ def authorization_book(store: Any) -> AuthorizationBook:
     return AuthorizationBook.from_entries(entries)
 
 
-class GateRuntime:
-    """A gate with its resources open; ``with GateRuntime(config, record=True) as rt: rt.gate.decide(...)``."""
+@dataclass(frozen=True)
+class DecisionFiles:
+    """The manifest and the policy packs as loaded from their files: plain data, which a forked worker inherits."""
 
-    def __init__(self, config: GateConfig, *, record: bool = True, clock: Any = None) -> None:
+    catalog: Any
+    packs: tuple[PolicyPack, ...]
+
+
+def load_decision_files(config: GateConfig) -> DecisionFiles:
+    """Load the manifest and the packs, and open and close everything else a worker opens (the geolocation data,
+    the record store and its authorizations), so that a worker started from the result does not fail to start;
+    :class:`~exportgate.errors.ConfigErrors` lists every problem found, each with its file and line."""
+    with GateRuntime(config, record=False) as runtime:
+        files = DecisionFiles(catalog=runtime.gate.catalog, packs=runtime.gate.policies.packs)
+    store = open_store(config)
+    try:
+        PolicySet(files.packs, authorization_book(store))
+    finally:
+        store.close()
+    return files
+
+
+class GateRuntime:
+    """A gate with its resources open; ``with GateRuntime(config, record=True) as rt: rt.gate.decide(...)``.
+
+    ``files``: decide by these (loaded by the server's master) instead of reading the manifest and packs again.
+    """
+
+    def __init__(self, config: GateConfig, *, record: bool = True, clock: Any = None,
+                 files: DecisionFiles | None = None) -> None:
         self.config = config
         self.store: Any = None
         self.recorder: Any = None
+        self.locator: Any = None
         errors: list[ConfigError] = []
         locator = catalog = None
         try:
-            locator = open_locator(config)
+            locator = self.locator = open_locator(config)
         except ConfigError as exc:
             errors.append(exc)
-        try:
-            catalog = open_catalog(config)
-        except ConfigError as exc:
-            errors.append(exc)
-        except ConfigErrors as exc:
-            errors.extend(exc.errors)
+        if files is not None:
+            catalog = files.catalog
+        else:
+            try:
+                catalog = open_catalog(config)
+            except ConfigError as exc:
+                errors.append(exc)
+            except ConfigErrors as exc:
+                errors.extend(exc.errors)
         book = None
         if record:
             from .records import JsonLinesSink, Recorder
@@ -80,7 +116,7 @@ class GateRuntime:
             sinks = [JsonLinesSink(config.record_log)] if config.record_log else []
             self.recorder = Recorder(self.store, instance=config.instance, sinks=sinks)
         try:
-            policies = open_policies(config, book)
+            policies = PolicySet(files.packs, book) if files is not None else open_policies(config, book)
         except ConfigErrors as exc:
             errors.extend(exc.errors)
         if errors:
@@ -102,6 +138,9 @@ class GateRuntime:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.locator is not None:
+            self.locator.close()
+            self.locator = None
 
     def __enter__(self) -> GateRuntime:
         return self

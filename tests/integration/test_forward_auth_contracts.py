@@ -422,6 +422,10 @@ def test_alert_rules_name_metrics_the_gate_exports(gate: tuple[Client, Path]) ->
     # Labelled counters without a sample yet still declare their family.
     exported = {s.name for f in families for s in f.samples} | {f"{f.name}_total" for f in families
                                                                  if f.type == "counter"} | {f.name for f in families}
+    # And the one the server's master sets (tests/integration/test_serve_operations.py reads it from a running gate).
+    from exportgate.web.metrics import reload_gauge
+
+    exported |= {m.name for m in reload_gauge().describe()}
     rules = yaml.safe_load((DEPLOY / "prometheus" / "exportgate-alerts.yml").read_text(encoding="utf-8"))
     named = {m for g in rules["groups"] for r in g["rules"] for m in re.findall(r"exportgate_[a-z_]+", r["expr"])}
     assert named and named <= exported, named - exported

@@ -2,7 +2,10 @@
 
 * SIGHUP (``systemctl reload``): packs, manifest, authorizations and the geo database are re-read by fresh workers;
   the listening socket stays open; metrics keep working (a worker leaving must not take the shared metrics
-  directory with it).
+  directory with it). A manifest, pack or geo database that does not load refuses the reload: the running
+  workers go on, and the log says why with file:line.
+* A worker started later (after a crash) decides by the manifest and packs the master loaded, not by files
+  edited or broken since.
 * SIGTERM under load: the gate stops within its grace period, and every download it said yes to has its record.
 * A worker killed (OOM killer, a bug): the server starts another; the gate answers again by itself.
 * Two workers: each writes its own chain into the one store; ``/metrics`` on either reports the sum.
@@ -21,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IR_CLIENT, TEST_CATALOG, require, write_config
-from serverproc import GateProcess, Response, decision_count, decision_record
+from conftest import IR_CLIENT, TEST_CATALOG, TEST_OVERRIDES, require, write_config
+from serverproc import REPO, GateProcess, Response, decision_count, decision_record, wait_for_text
 
 CRYPTO = "/files/crypto-1.tar.gz"
 CHAT = "/files/chat-1.tar.gz"
@@ -35,12 +38,16 @@ def workers_of(process: GateProcess) -> list[int]:
     return [int(pid) for pid in out.split()]
 
 
-def decisions_counted(process: GateProcess) -> float:
+def metric(process: GateProcess, sample: str) -> float:
+    """The value of ``sample`` in ``/metrics``, summed over its labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
     families = text_string_to_metric_families(process.get("/metrics").text)
-    return sum(s.value for f in families if f.name == "exportgate_decisions" for s in f.samples
-               if s.name == "exportgate_decisions_total")
+    return sum(s.value for f in families for s in f.samples if s.name == sample)
+
+
+def decisions_counted(process: GateProcess) -> float:
+    return metric(process, "exportgate_decisions_total")
 
 
 def nginx_auth(gate: GateProcess, uri: str) -> Response:
@@ -49,6 +56,121 @@ def nginx_auth(gate: GateProcess, uri: str) -> Response:
 
 def metrics_dirs(directory: Path) -> set[str]:
     return {p.name for p in directory.glob("exportgate-metrics-*")}
+
+
+def retag_crypto_as_chat(catalog: Path) -> None:
+    """A release engineer retags the crypto artifact: free, public, EAR99 chat software (allowed to Iran)."""
+    text = catalog.read_text(encoding="utf-8")
+    retagged = text.replace(
+        '  - path: "/files/crypto-*.tar.gz"\n    class: other\n    eccn: 5D002\n    price: fee\n'
+        '    publicly_available: false\n',
+        '  - path: "/files/crypto-*.tar.gz"\n    class: personal-communications\n    kinds: [chat]\n'
+        '    eccn: EAR99\n    price: no-cost\n    publicly_available: true\n')
+    assert retagged != text
+    catalog.write_text(retagged, encoding="utf-8")
+
+
+def reload_until_crypto_is_allowed(process: GateProcess) -> Response:
+    """SIGHUP, then ask until the gate decides by the retagged manifest; the listening socket never closes."""
+    assert process.proc is not None
+    os.kill(process.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            r = nginx_auth(process, CRYPTO)
+        except ConnectionRefusedError:
+            raise AssertionError("the listening socket was closed during the reload") from None
+        except (ConnectionResetError, http.client.RemoteDisconnected):
+            # gunicorn: a connection the old worker accepted as it was told to stop is closed unanswered
+            # (the front end refuses that one download); never an answer from a half-loaded gate.
+            continue
+        assert r.status in (200, 403)
+        if r.status == 200:
+            return r
+        assert time.monotonic() < deadline, "SIGHUP did not reload the manifest"
+        time.sleep(0.2)
+
+
+def gate_with_own_files(tmp_path: Path, server: str) -> tuple[GateProcess, dict[str, Path]]:
+    """A gate whose manifest, pack and geo database are files of the test's own, to edit and break."""
+    from exportgate.geodata import build, load_networks
+    from exportgate.policy import shipped_pack_paths
+
+    files = {"manifest": tmp_path / "catalog.yaml", "geo database": tmp_path / "Test-Country.mmdb"}
+    files["manifest"].write_text(TEST_CATALOG.read_text(encoding="utf-8"), encoding="utf-8")
+    packs = []
+    for shipped in shipped_pack_paths():
+        copy = tmp_path / shipped.name
+        copy.write_text(shipped.read_text(encoding="utf-8"), encoding="utf-8")
+        packs.append(str(copy))
+    files["pack"] = Path(packs[0])
+    build(load_networks(REPO / "geodata" / "networks.yaml"), files["geo database"], kind="Country")
+    config = write_config(tmp_path, catalog=str(files["manifest"]), policies=packs,
+                          geo={"database": str(files["geo database"]), "overrides": TEST_OVERRIDES})
+    return GateProcess(workdir=tmp_path, config=config, server=server), files
+
+
+BROKEN = {
+    "manifest": b'rules:\n  - path: "/files/crypto-*.tar.gz"\n    class: [unclosed\n',
+    "pack": b"id: us-2010-03-08-internet-comms\nrules: {\n",
+    "geo database": b"\xab\xcd\xefMaxMind.com but cut short",
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN))
+@pytest.mark.parametrize("server", SERVERS)
+def test_sighup_with_a_broken_file_keeps_the_running_workers(tmp_path: Path, server: str, broken: str) -> None:
+    """A typo, then ``systemctl reload``: the gate goes on deciding as before and says what is wrong, with
+    file:line; fixed and reloaded again, the new files are in force."""
+    process, files = gate_with_own_files(tmp_path, server)
+    with process:
+        workers = workers_of(process)
+        assert nginx_auth(process, CRYPTO).status == 403
+        assert metric(process, "exportgate_config_last_reload_successful") == 1
+        good = files[broken].read_bytes()
+        files[broken].write_bytes(BROKEN[broken])
+        assert process.proc is not None
+        os.kill(process.proc.pid, signal.SIGHUP)
+        log = wait_for_text(process.log, "reload refused", timeout=20)
+        assert str(files[broken]) in log.split("reload refused", 1)[1]
+        for _ in range(10):  # the workers that ran before the SIGHUP still answer, as before
+            assert nginx_auth(process, CHAT).status == 200
+            assert nginx_auth(process, CRYPTO).status == 403
+            time.sleep(0.1)
+        assert workers_of(process) == workers and process.running
+        assert metric(process, "exportgate_config_last_reload_successful") == 0  # for an alert
+        files[broken].write_bytes(good)
+        retag_crypto_as_chat(files["manifest"])
+        reload_until_crypto_is_allowed(process)
+        assert metric(process, "exportgate_config_last_reload_successful") == 1
+
+
+@pytest.mark.parametrize("change", ["retagged", "broken"])
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_worker_started_after_a_file_changed_decides_by_what_the_master_loaded(tmp_path: Path, server: str,
+                                                                                 change: str) -> None:
+    """A worker that replaces a dead one neither stops at a manifest broken since nor decides by one retagged
+    since: every worker decides by what the master loaded, until a SIGHUP loads the files again."""
+    process, files = gate_with_own_files(tmp_path, server)
+    with process:
+        if change == "retagged":  # edited on disk, not reloaded
+            retag_crypto_as_chat(files["manifest"])
+        else:
+            files["manifest"].write_bytes(BROKEN["manifest"])
+        (worker,) = workers_of(process)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        answered = None
+        while answered is None:
+            assert time.monotonic() < deadline, "no new worker answered"
+            try:
+                if worker not in workers_of(process):
+                    answered = nginx_auth(process, CRYPTO)
+            except OSError:
+                pass  # between the old worker's death and the new one's start
+            time.sleep(0.1)
+        assert answered.status == 403, "a new worker read the manifest on disk instead of the master's"
+        assert process.running
 
 
 @pytest.mark.parametrize("server", ["granian", "gunicorn"])
@@ -66,30 +188,8 @@ def test_sighup_rereads_the_manifest_without_dropping_the_socket(tmp_path: Path,
     monkeypatch.setenv("TMPDIR", str(temporary))
     with GateProcess(workdir=tmp_path, config=config, server=server) as process:
         assert nginx_auth(process, CRYPTO).status == 403
-        # Retagged: free, public, EAR99 chat software (the pack allows it to Iran).
-        text = catalog.read_text(encoding="utf-8").replace(
-            '  - path: "/files/crypto-*.tar.gz"\n    class: other\n    eccn: 5D002\n    price: fee\n'
-            '    publicly_available: false\n',
-            '  - path: "/files/crypto-*.tar.gz"\n    class: personal-communications\n    kinds: [chat]\n'
-            '    eccn: EAR99\n    price: no-cost\n    publicly_available: true\n')
-        catalog.write_text(text, encoding="utf-8")
-        assert process.proc is not None
-        os.kill(process.proc.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                r = nginx_auth(process, CRYPTO)
-            except ConnectionRefusedError:
-                raise AssertionError("the listening socket was closed during the reload") from None
-            except (ConnectionResetError, http.client.RemoteDisconnected):
-                # gunicorn: a connection the old worker accepted as it was told to stop is closed unanswered
-                # (the front end refuses that one download); never an answer from a half-loaded gate.
-                continue
-            assert r.status in (200, 403)
-            if r.status == 200:
-                break
-            assert time.monotonic() < deadline, "SIGHUP did not reload the manifest"
-            time.sleep(0.2)
+        retag_crypto_as_chat(catalog)
+        r = reload_until_crypto_is_allowed(process)
         record = decision_record(tmp_path / "records.db", r.header("X-Exportgate-Decision-Id") or "")
         assert record is not None and record["action"] == "allow"
         metrics = process.get("/metrics")

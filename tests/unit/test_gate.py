@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 
 import iptocc
 import pytest
@@ -231,3 +232,52 @@ def test_runtime_writes_the_json_lines_sink_after_the_store(tmp_path):
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(x["id"], x["body"]["action"]) for x in lines] == [(first.id, "block"), (second.id, "allow")]
     assert lines[1]["prev_hash"] == lines[0]["hash"] and lines[0]["chain"].startswith("test:")
+
+
+def test_a_gate_started_from_loaded_files_decides_by_them_whatever_is_on_disk_now(tmp_path) -> None:
+    """What a server's master hands its workers: the manifest and packs as loaded. A worker built from them
+    decides as they say even when the manifest on disk has since been broken, and replays the store's
+    authorizations itself."""
+    from conftest import IR_CLIENT, write_config
+
+    from exportgate.config import load_config
+    from exportgate.runtime import GateRuntime, load_decision_files
+
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(TEST_CATALOG.read_text(encoding="utf-8"), encoding="utf-8")
+    config = load_config(write_config(tmp_path, catalog=str(catalog)), env={})
+    files = load_decision_files(config)
+    catalog.write_text("rules: [unclosed\n", encoding="utf-8")
+    with GateRuntime(config, record=True, files=files) as runtime:
+        assert runtime.gate.decide_and_record(RequestFacts(client=IR_CLIENT, path=CRYPTO)).action == "block"
+        assert runtime.gate.decide_and_record(RequestFacts(client=IR_CLIENT, path=CHAT)).action == "allow"
+        assert runtime.gate.policies.packs == files.packs
+
+
+@pytest.mark.parametrize("broken", ["manifest", "pack", "store"])
+def test_loading_the_files_fails_with_file_and_line_for_what_a_worker_could_not_open(tmp_path, broken) -> None:
+    from conftest import write_config
+
+    from exportgate.config import load_config
+    from exportgate.errors import ConfigErrors
+    from exportgate.policy import shipped_pack_paths
+    from exportgate.runtime import load_decision_files
+
+    catalog, pack = tmp_path / "catalog.yaml", tmp_path / "pack.yaml"
+    catalog.write_text(TEST_CATALOG.read_text(encoding="utf-8"), encoding="utf-8")
+    pack.write_text(next(iter(shipped_pack_paths())).read_text(encoding="utf-8"), encoding="utf-8")
+    records = tmp_path / "records.db"
+    if broken == "manifest":
+        catalog.write_text("rules:\n  - path: [unclosed\n", encoding="utf-8")
+    elif broken == "pack":
+        pack.write_text("id: x\nrules: {\n", encoding="utf-8")
+    else:
+        records.write_bytes(b"this is not a SQLite database, and the worker could not open it" * 100)
+    config = load_config(write_config(tmp_path, catalog=str(catalog), policies=[str(pack)],
+                                      records=f"sqlite://{records}"), env={})
+    with pytest.raises(ExportGateError) as caught:
+        load_decision_files(config)
+    where = {"manifest": f"{catalog}:", "pack": f"{pack}:", "store": f"{records}"}[broken]
+    assert re.search(re.escape(where) + (r"\d+: " if broken != "store" else ""), str(caught.value))
+    if broken != "store":
+        assert isinstance(caught.value, ConfigErrors)

@@ -20,7 +20,7 @@ from typing import Any
 from ..config import GateConfig
 from ..errors import ExportGateError
 from ..policy import describe_pack
-from ..runtime import GateRuntime
+from ..runtime import DecisionFiles, GateRuntime
 from .clientaddr import TrustedProxies
 from .forwardauth import Admission, ForwardAuth, StartResponse, plain
 from .metrics import Metrics
@@ -164,10 +164,12 @@ def build_admission(runtime: GateRuntime, config: GateConfig, metrics: Metrics) 
                      fail_open=config.serve.fail_open, metrics=metrics)
 
 
-def create_app(config: GateConfig, *, runtime: GateRuntime | None = None) -> GateApp:
-    """The WSGI app for ``config.serve.mode``, with the gate's resources opened."""
+def create_app(config: GateConfig, *, runtime: GateRuntime | None = None,
+               files: DecisionFiles | None = None) -> GateApp:
+    """The WSGI app for ``config.serve.mode``, with the gate's resources opened (deciding by ``files`` when the
+    server's master loaded them)."""
     owned = runtime is None
-    runtime = runtime or GateRuntime(config, record=True)
+    runtime = runtime or GateRuntime(config, record=True, files=files)
     try:
         return _create_app(config, runtime)
     except BaseException:

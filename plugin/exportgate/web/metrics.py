@@ -77,3 +77,11 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def reload_gauge() -> Gauge:
+    """The server master's own gauge (``exportgate serve``): 0 while the files of the last ``SIGHUP`` did not load
+    and the workers kept the ones they had, else 1. Only the master sets it; ``/metrics`` on any worker shows it."""
+    return Gauge("exportgate_config_last_reload_successful",
+                 "0 when the last SIGHUP was refused (a manifest, pack or geo database did not load), else 1.",
+                 registry=CollectorRegistry(), multiprocess_mode="livemax")

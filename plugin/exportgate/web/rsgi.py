@@ -153,13 +153,14 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def create_rsgi_app(config: Any) -> ForwardAuthRSGI:
-    """Build the gate's resources in this (worker) process and wrap them for RSGI; forward-auth mode only."""
+def create_rsgi_app(config: Any, files: Any = None) -> ForwardAuthRSGI:
+    """Build the gate's resources in this (worker) process and wrap them for RSGI; forward-auth mode only
+    (``files``: the manifest and packs the server's master loaded)."""
     from .app import create_app
 
     if config.serve.mode != "forward-auth":
         raise ExportGateError("the RSGI server runs forward-auth mode only; proxy and static use WSGI")
-    app = create_app(config)
+    app = create_app(config, files=files)
     auth = app.forward_auth
     if auth is None:
         raise ExportGateError("forward-auth mode without its endpoint")
