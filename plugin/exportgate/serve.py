@@ -233,7 +233,10 @@ def _run_granian(config: GateConfig) -> None:
     except ImportError as exc:
         raise ExportGateError("granian is not installed (a dependency of exportgate): reinstall exportgate, "
                               "or serve with --server gunicorn") from exc
+
     class GateGranian(Granian):  # type: ignore[misc,valid-type]
+        # granian's SIGHUP, refused as gunicorn's is. _reload is granian's own (private) method: if a release
+        # renames it, tests/integration/test_serve_operations.py fails rather than the reload going unguarded.
         def _reload(self, spawn_target: Any, target_loader: Any) -> Any:
             problem = reload_files(config)
             if problem is not None:
@@ -259,7 +262,7 @@ def _tell_systemd_ready() -> None:
     """
     from gunicorn.systemd import sd_notify
 
-    sd_notify("READY=1", logging.getLogger("exportgate.serve"), unset_environment=True)
+    sd_notify("READY=1", log, unset_environment=True)
 
 
 def _granian_logging() -> dict[str, Any]:
