@@ -12,10 +12,9 @@ connection, recorder thread and geo reader must not cross a fork, so ``preload_a
 its own hash chain. Metrics of all workers are summed through ``PROMETHEUS_MULTIPROC_DIR``, which must be an empty
 directory when gunicorn starts (systemd: ``RuntimeDirectory=``); without it this file makes a fresh one.
 
-Caveat: here every worker reads the manifest, packs and geo database when it starts, so a file that no longer
-loads stops the next worker from starting, and gunicorn then stops altogether. Run ``exportgate check`` before
-``kill -HUP``. ``exportgate serve`` does not have this problem: it refuses a reload whose files do not load, and
-starts every worker from the master's last good copy.
+Reload (``kill -HUP``): gate.yaml, the manifest and the packs are loaded again, and only if they load does gunicorn
+start fresh workers; otherwise the running workers stay and the log says why (:mod:`exportgate.reloading`, as
+under ``exportgate serve``). Workers start from the master's last good copy, not from the files on disk.
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ from typing import Any
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exportgate-metrics-")
 
-from exportgate.config import load_config  # after the environment is set
+from exportgate import reloading  # after the environment is set
+from exportgate.config import load_config
 from exportgate.serve import gunicorn_options
 
 _config = load_config()  # EXPORTGATE_CONFIG and EXPORTGATE_* ; a bad file fails here with file:line
@@ -44,6 +44,10 @@ def on_starting(server: Any) -> None:
     for name in os.listdir(directory):
         if name.endswith(".db"):
             os.unlink(os.path.join(directory, name))
+    # What the workers start from, loaded once here; a SIGHUP whose files do not load is refused.
+    reloading.start(load_config)
+    reloading.count_reloads()
+    reloading.guard_gunicorn(server, load_config)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -17,15 +17,11 @@ follows the mode.
   as ``/`` and not be refused), so asking for that is a configuration error.
 
 Each worker process builds its own app after the fork (record store connections, the recorder's writer thread and
-the geo reader must not cross a fork), so every worker writes its own hash chain. The manifest and the packs are
-plain data: the master loads them once, and every worker decides by the master's copy, so a worker started later
-(after a crash, or at ``max_requests``) never stops at a file someone has broken since. ``SIGHUP`` to the master
-loads them again and checks the geo database and the record store as a worker would open them; only when all of
-it loads does the master start fresh workers, without dropping the listening socket. Otherwise it logs every
-problem (file:line) and keeps the running workers, so ``systemctl reload`` after a typo in the manifest does
-not take the gate down. Authorizations and the geo database are read by each new worker. gate.yaml and the
-command-line options stay those the master started with (restart to change them). Metrics from all workers are
-summed through ``PROMETHEUS_MULTIPROC_DIR``.
+the geo reader must not cross a fork), so every worker writes its own hash chain; it starts from the manifest and
+packs its master loaded. ``SIGHUP`` to the master loads them again and, when they load, starts fresh workers
+without dropping the listening socket; when they do not, the running workers stay (:mod:`exportgate.reloading`).
+gate.yaml and the command-line options stay those the master started with (restart to change them). Metrics from
+all workers are summed through ``PROMETHEUS_MULTIPROC_DIR``.
 
 Logs: in proxy and static modes gunicorn writes an access log with the decision; in forward-auth mode neither
 server writes one (the front end's log carries the decision headers, see deploy/nginx), and the gate's own
@@ -43,9 +39,10 @@ import tempfile
 import threading
 from typing import Any
 
+from . import reloading
 from .config import GateConfig
 from .errors import ExportGateError
-from .runtime import DecisionFiles, load_decision_files
+from .runtime import DecisionFiles
 
 log = logging.getLogger("exportgate.serve")
 
@@ -105,23 +102,13 @@ def _worker_class(serve: Any) -> str:
     return "gthread" if serve.threads > 1 else "sync"
 
 
-_files: DecisionFiles | None = None
-"""The manifest and packs in force, loaded by the master: the workers it forks decide by them."""
-_reloaded: Any = None
-"""The master's ``exportgate_config_last_reload_successful`` gauge."""
-
-
 def run(config: GateConfig, files: DecisionFiles | None = None) -> None:
-    """Serve until stopped (SIGINT/SIGTERM: graceful); ``files``: already loaded by the caller."""
-    global _files, _reloaded
-    _files = files if files is not None else load_decision_files(config)
+    """Serve until stopped (SIGINT/SIGTERM: graceful); ``files``: already loaded from ``config`` by the caller."""
+    reloading.start(lambda: config, files)
     created = _metrics_dir()
     master = os.getpid()
     try:
-        from .web.metrics import reload_gauge  # after _metrics_dir(): prometheus_client reads it at import
-
-        _reloaded = reload_gauge()
-        _reloaded.set(1)
+        reloading.count_reloads()  # after _metrics_dir(): prometheus_client reads it when first imported
         if server_for(config) == "granian":
             _run_granian(config)
         else:
@@ -134,37 +121,11 @@ def run(config: GateConfig, files: DecisionFiles | None = None) -> None:
             shutil.rmtree(created, ignore_errors=True)
 
 
-def reload_files(config: GateConfig) -> str | None:
-    """``SIGHUP``, in the master: load the manifest and packs again and check what workers open. ``None`` when
-    the new set is in force; otherwise why the running workers stay as they are."""
-    global _files
-    try:
-        files = load_decision_files(config)
-    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the workers that run must stay
-        problem = str(exc) or type(exc).__name__
-    else:
-        _files, problem = files, None
-    if _reloaded is not None:
-        _reloaded.set(0 if problem else 1)
-    return problem
-
-
-def _refused(problem: str) -> str:
-    return (f"reload refused, the running workers keep the manifest and packs they have; fix this and send "
-            f"SIGHUP again:\n{problem}")
-
-
 def _run_gunicorn(config: GateConfig) -> None:
     from gunicorn.app.base import BaseApplication
-    from gunicorn.arbiter import Arbiter
 
-    class GateArbiter(Arbiter):  # type: ignore[misc]
-        def handle_hup(self) -> None:
-            problem = reload_files(config)
-            if problem is not None:
-                self.log.error(_refused(problem))
-                return
-            super().handle_hup()
+    def on_starting(arbiter: Any) -> None:
+        reloading.guard_gunicorn(arbiter, lambda: config)
 
     class GateServer(BaseApplication):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -176,17 +137,13 @@ def _run_gunicorn(config: GateConfig) -> None:
                 if key in self.cfg.settings:
                     self.cfg.set(key, value)
             self.cfg.set("child_exit", _child_exit)
+            self.cfg.set("on_starting", on_starting)
 
         def load(self) -> Any:
             from .web.app import create_app
 
-            return create_app(config, files=_files)
-
-        def run(self) -> None:
-            try:  # BaseApplication.run, with the arbiter above
-                GateArbiter(self).run()
-            except RuntimeError as exc:
-                raise ExportGateError(str(exc)) from exc
+            start, files = _starting_point(config)
+            return create_app(start, files=files)
 
     GateServer().run()
 
@@ -238,9 +195,9 @@ def _run_granian(config: GateConfig) -> None:
         # granian's SIGHUP, refused as gunicorn's is. _reload is granian's own (private) method: if a release
         # renames it, tests/integration/test_serve_operations.py fails rather than the reload going unguarded.
         def _reload(self, spawn_target: Any, target_loader: Any) -> Any:
-            problem = reload_files(config)
+            problem = reloading.reload(lambda: config)
             if problem is not None:
-                log.error(_refused(problem))
+                log.error(reloading.refused(problem))
                 self.reload_signal = False
                 self.main_loop_interrupt.clear()
                 return None
@@ -293,8 +250,14 @@ def _granian_worker_app(config: GateConfig) -> Any:
     later = threading.Timer(60.0, _forget_dead_workers)
     later.daemon = True
     later.start()
-    # Forked workers decide by the master's manifest and packs; spawned ones (Python >= 3.14) load them again.
-    return create_rsgi_app(config, _files)
+    return create_rsgi_app(*_starting_point(config))
+
+
+def _starting_point(config: GateConfig) -> tuple[GateConfig, DecisionFiles | None]:
+    """What a new worker builds its app from: what its master has in force, when it was forked from one; spawned
+    workers (granian on Python >= 3.14) load the files again."""
+    loaded = reloading.in_force()
+    return loaded if loaded is not None else (config, None)
 
 
 def _forget_dead_workers() -> None:

@@ -417,6 +417,9 @@ class GunicornProcess(_Server):
         base = [str(exe)] if exe.exists() else [sys.executable, "-m", "gunicorn"]
         return [*base, "-c", str(DEPLOY / "gunicorn.conf.py")]
 
+    def get(self, target: str, **kwargs: object) -> Response:
+        return request(self.port, target, **kwargs)  # type: ignore[arg-type]
+
     def environment(self) -> dict[str, str]:
         env = gate_environment(self.workdir)
         env["EXPORTGATE_CONFIG"] = str(self.config)

@@ -21,11 +21,21 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import IR_CLIENT, TEST_CATALOG, TEST_OVERRIDES, require, write_config
-from serverproc import REPO, GateProcess, Response, decision_count, decision_record, wait_for_text
+from serverproc import (
+    REPO,
+    GateProcess,
+    GunicornProcess,
+    Response,
+    decision_count,
+    decision_record,
+    free_port,
+    wait_for_text,
+)
 
 CRYPTO = "/files/crypto-1.tar.gz"
 CHAT = "/files/chat-1.tar.gz"
@@ -91,8 +101,10 @@ def reload_until_crypto_is_allowed(process: GateProcess) -> Response:
         time.sleep(0.2)
 
 
-def gate_with_own_files(tmp_path: Path, server: str) -> tuple[GateProcess, dict[str, Path]]:
-    """A gate whose manifest, pack and geo database are files of the test's own, to edit and break."""
+def gate_with_own_files(tmp_path: Path, server: str) -> tuple[Any, dict[str, Path]]:
+    """A gate whose manifest, pack and geo database are files of the test's own, to edit and break: under
+    ``exportgate serve --server SERVER``, or (``gunicorn.conf.py``) under a gunicorn started with
+    deploy/gunicorn.conf.py, which also reads gate.yaml again at a SIGHUP."""
     from exportgate.geodata import build, load_networks
     from exportgate.policy import shipped_pack_paths
 
@@ -105,20 +117,28 @@ def gate_with_own_files(tmp_path: Path, server: str) -> tuple[GateProcess, dict[
         packs.append(str(copy))
     files["pack"] = Path(packs[0])
     build(load_networks(REPO / "geodata" / "networks.yaml"), files["geo database"], kind="Country")
-    config = write_config(tmp_path, catalog=str(files["manifest"]), policies=packs,
-                          geo={"database": str(files["geo database"]), "overrides": TEST_OVERRIDES})
-    return GateProcess(workdir=tmp_path, config=config, server=server), files
+    common = {"catalog": str(files["manifest"]), "policies": packs,
+              "geo": {"database": str(files["geo database"]), "overrides": TEST_OVERRIDES}}
+    if server != "gunicorn.conf.py":
+        return GateProcess(workdir=tmp_path, config=write_config(tmp_path, **common), server=server), files
+    port = free_port()
+    files["gate.yaml"] = write_config(tmp_path, serve={"bind": f"127.0.0.1:{port}", "workers": 1,
+                                                       "trust_proxy": ["127.0.0.1/32"]}, **common)
+    return GunicornProcess(workdir=tmp_path / "gunicorn", config=files["gate.yaml"], port=port), files
 
 
 BROKEN = {
     "manifest": b'rules:\n  - path: "/files/crypto-*.tar.gz"\n    class: [unclosed\n',
     "pack": b"id: us-2010-03-08-internet-comms\nrules: {\n",
     "geo database": b"\xab\xcd\xefMaxMind.com but cut short",
+    "gate.yaml": b"serve:\n  workers: [unclosed\n",
 }
 
 
-@pytest.mark.parametrize("broken", sorted(BROKEN))
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize(("server", "broken"), [
+    *[(server, broken) for server in SERVERS for broken in sorted(BROKEN) if broken != "gate.yaml"],
+    *[("gunicorn.conf.py", broken) for broken in sorted(BROKEN)],
+])
 def test_sighup_with_a_broken_file_keeps_the_running_workers(tmp_path: Path, server: str, broken: str) -> None:
     """A typo, then ``systemctl reload``: the gate goes on deciding as before and says what is wrong, with
     file:line; fixed and reloaded again, the new files are in force."""

@@ -20,12 +20,21 @@ import os
 import threading
 from typing import Any
 
+from .. import reloading
 from ..config import load_config
 from .app import GateApp, create_app
 
 
 def create() -> GateApp:
-    """The gate's WSGI app from ``EXPORTGATE_CONFIG`` and ``EXPORTGATE_*``; call it once per worker process."""
+    """The gate's WSGI app from ``EXPORTGATE_CONFIG`` and ``EXPORTGATE_*``; call it once per worker process.
+
+    Under a master that loaded them (``deploy/gunicorn.conf.py``), from the master's configuration, manifest and
+    packs rather than the files now on disk (:mod:`exportgate.reloading`).
+    """
+    loaded = reloading.in_force()
+    if loaded is not None:
+        config, files = loaded
+        return create_app(config, files=files)
     return create_app(load_config())
 
 

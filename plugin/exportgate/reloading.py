@@ -1,0 +1,93 @@
+"""What a server's master has in force, and ``SIGHUP`` replacing it only with something that loads.
+
+The master (``exportgate serve``, or a gunicorn started with ``deploy/gunicorn.conf.py``) loads the configuration
+and the manifest and packs (:func:`~exportgate.runtime.load_decision_files`, which also opens and closes the geo
+database and the record store as a worker would), and every worker it forks starts from that copy. So a worker
+started later (after a crash, at ``max_requests``) neither stops at a file someone has broken since, nor decides
+by a file edited but not yet reloaded.
+
+``SIGHUP`` loads everything again first. Only when all of it loads does the server go on with its own reload (fresh
+workers, the listening socket kept); otherwise the master logs every problem (file:line), keeps the running workers
+and sets ``exportgate_config_last_reload_successful`` to 0, so ``systemctl reload`` after a typo does not take the
+gate down.
+
+Caveat: authorizations and the geo database are still read by each new worker (they are data of the store and a
+reader that must not cross a fork); a geo database broken on disk stops a worker that starts meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .config import GateConfig
+from .runtime import DecisionFiles, load_decision_files
+
+log = logging.getLogger("exportgate.serve")
+
+_in_force: tuple[GateConfig, DecisionFiles] | None = None
+_reloaded: Any = None  # the master's exportgate_config_last_reload_successful gauge
+
+
+def start(load_config: Callable[[], GateConfig], files: DecisionFiles | None = None) -> GateConfig:
+    """In the master, before any worker: load what the workers will start from (errors raise, with file:line);
+    ``files``: already loaded from ``load_config()`` by the caller."""
+    global _in_force
+    config = load_config()
+    _in_force = (config, files if files is not None else load_decision_files(config))
+    return config
+
+
+def count_reloads() -> None:
+    """Publish ``exportgate_config_last_reload_successful`` (1 now); call once ``PROMETHEUS_MULTIPROC_DIR`` is set."""
+    global _reloaded
+    from .web.metrics import reload_gauge
+
+    _reloaded = reload_gauge()
+    _reloaded.set(1)
+
+
+def in_force() -> tuple[GateConfig, DecisionFiles] | None:
+    """In a worker forked by such a master: the configuration and files to start from; ``None`` elsewhere."""
+    return _in_force
+
+
+def reload(load_config: Callable[[], GateConfig]) -> str | None:
+    """``SIGHUP``, in the master: load everything again. ``None`` when the new set is in force; otherwise why the
+    running workers stay as they are."""
+    global _in_force
+    try:
+        config = load_config()
+        loaded = (config, load_decision_files(config))
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the workers that run must stay
+        problem: str | None = str(exc) or type(exc).__name__
+    else:
+        _in_force, problem = loaded, None
+    if _reloaded is not None:
+        _reloaded.set(0 if problem else 1)
+    return problem
+
+
+def refused(problem: str) -> str:
+    """The log line of a refused reload."""
+    return (f"reload refused, the running workers keep the configuration, manifest and packs they have; fix this "
+            f"and send SIGHUP again:\n{problem}")
+
+
+def guard_gunicorn(arbiter: Any, load_config: Callable[[], GateConfig]) -> None:
+    """From gunicorn's ``on_starting`` hook, after :func:`start`: a ``SIGHUP`` to ``arbiter`` (gunicorn's master)
+    goes through :func:`reload` first."""
+    reload_workers = arbiter.handle_hup  # gunicorn's own: reads its settings again, starts fresh workers
+
+    def handle_hup() -> None:
+        problem = reload(load_config)
+        if problem is not None:
+            arbiter.log.error(refused(problem))
+            return
+        reload_workers()
+
+    arbiter.handle_hup = handle_hup  # the arbiter looks its signal handlers up by name on itself
+
+
+__all__ = ["count_reloads", "guard_gunicorn", "in_force", "refused", "reload", "start"]
