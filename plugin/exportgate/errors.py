@@ -41,6 +41,12 @@ class ConfigErrors(ExportGateError):
         super().__init__("\n".join(str(e) for e in self.errors))
 
 
+class GeolocationFailed(ExportGateError):
+    """The geolocation data could not be read for a client (a database file corrupt, or written over while in
+    use): the gate cannot say where the client is, and does not decide rather than apply the pack's rule for
+    locations that are merely unknown."""
+
+
 class AddressError(ExportGateError, ValueError):
     """A client address could not be parsed as a bare IPv4 or IPv6 address."""
 

@@ -1,7 +1,10 @@
 """The gate: one decision per download, from who asks, what they ask for, and the pack in force.
 
 ``Gate.decide`` is pure given its inputs and the clock: it locates, classifies and evaluates, and returns a
-:class:`~exportgate.decision.Decision` without writing anything (``exportgate explain`` uses it).
+:class:`~exportgate.decision.Decision` without writing anything (``exportgate explain`` uses it). When the
+geolocation data cannot be read for the client (``lookup-failed``) it raises
+:class:`~exportgate.errors.GeolocationFailed` instead: that is a failure, not an unknown location, and the
+download is refused rather than decided by the pack's rule for unknown locations.
 ``Gate.decide_and_record`` also commits the decision record and returns only once it is durable; if the store
 cannot commit it raises :class:`~exportgate.errors.RecordStoreError` and the caller must refuse to serve.
 
@@ -19,8 +22,8 @@ from typing import Any, Protocol
 
 from .classification import Classification
 from .decision import Decision, RequestFacts
-from .errors import ExportGateError
-from .location import CLIENT_UNKNOWN, Location, unknown
+from .errors import ExportGateError, GeolocationFailed
+from .location import CLIENT_UNKNOWN, LOOKUP_FAILED, Location, unknown
 from .recordbody import RecordEncoder
 from .policy import PolicySet
 from .records.chain import format_time
@@ -88,6 +91,11 @@ class Gate:
             location = unknown(CLIENT_UNKNOWN, source=f"client address: {request.client_error}")
         else:
             location = self.locator.locate(request.client)
+            if location.unknown_reason == LOOKUP_FAILED:
+                # Not "unknown": the data failed. A pack's rule for unknown locations may serve the download,
+                # and a sanctioned destination must never be served because something failed to read.
+                raise GeolocationFailed(f"locating {request.client} failed: the geolocation database could not "
+                                        f"be read (see the log)")
         classification = self.catalog.classify(request.path)
         outcome = self.policies.evaluate(location, classification, when)
         return Decision.build(f"{self._prefix}-{next(self._counter):012x}", when, outcome, location,

@@ -462,3 +462,33 @@ def test_the_record_names_the_address_chain_and_the_hop_used(gate: tuple[GateApp
     assert request["client"] == IR_CLIENT and request["client_source"] == "x-forwarded-for"
     assert request["client_hop"] == 1
     assert request["address_chain"] == [US_CLIENT, IR_CLIENT, "127.0.0.1"]
+
+
+def test_a_client_the_geo_database_cannot_be_read_for_gets_no_decision(tmp_path: Path) -> None:
+    """A corrupt record, or a database written over in place while in use: ``lookup-failed`` is a failure, not
+    an unknown location. The shipped pack serves unknown locations (flagged), and a download to a sanctioned
+    destination must never be served because something failed to read: 503, no record, counted."""
+    from exportgate import geodata
+
+    city = geodata.build(geodata.load_networks(Path(__file__).parents[2] / "geodata" / "networks.yaml"),
+                         tmp_path / "City.mmdb", kind="City")
+    data = bytearray(city.read_bytes())
+    at = data.find(b"\x45Sudan")  # Sudan's record: its name turned into a data type that does not exist
+    assert at > 0 and data.find(b"\x45Sudan", at + 1) == -1
+    data[at] = 0x00
+    broken = tmp_path / "Broken-City.mmdb"
+    broken.write_bytes(bytes(data))
+    config = load_config(write_config(tmp_path, geo={"database": str(broken)},
+                                      serve={"trust_proxy": [f"{FRONT_END}/32"]}), env={})
+    app = create_app(config)
+    try:
+        client = Client(app)
+        refused = ask(client, headers=nginx(CRYPTO, "41.67.0.1"))
+        assert refused.status_code == 503
+        assert "geolocation database could not be read" in refused.get_data(as_text=True)
+        assert ask(client, headers=nginx(CHAT, "41.67.0.1")).status_code == 503  # nothing is served
+        assert decision_count(tmp_path / "records.db") == 0
+        assert metric(client, "exportgate_rejected_requests_total", reason="no-decision") == 2
+        assert ask(client, headers=nginx(CRYPTO, "2.176.0.1")).status_code == 403  # the rest of the file works
+    finally:
+        app.runtime.close()

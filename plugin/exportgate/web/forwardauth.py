@@ -158,6 +158,8 @@ class Admission:
         """No committed record for ``facts``: refuse (503), or with ``fail_open`` serve what the gate decides."""
         if not isinstance(exc, RecordStoreError):
             log.error("no decision for %s: %s", facts.path, exc)
+            if self.metrics is not None:
+                self.metrics.reject("no-decision")
             return None, "503 Service Unavailable", f"no decision: {exc}"
         if self.metrics is not None:
             self.metrics.record_failed()

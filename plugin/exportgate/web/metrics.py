@@ -23,7 +23,7 @@ class Metrics:
                                        "Decisions whose record could not be committed (download refused unless "
                                        "fail_open).", registry=r)
         self.rejected = Counter("exportgate_rejected_requests",
-                                "Requests refused before a decision (bad path, missing headers).", ["reason"],
+                                "Requests refused before a decision (bad path, missing headers, no decision).", ["reason"],
                                 registry=r)
         self.upstream_errors = Counter("exportgate_upstream_errors", "Proxy mode: upstream failures.", ["kind"],
                                        registry=r)
