@@ -200,8 +200,14 @@ def _run_granian(config: GateConfig) -> None:
                 log.error(reloading.refused(problem))
                 self.reload_signal = False
                 self.main_loop_interrupt.clear()
-                return None
-            return super()._reload(spawn_target, target_loader)
+                result = None
+            else:
+                result = super()._reload(spawn_target, target_loader)
+            # A SIGTERM that came while the files loaded or the workers were replaced set interrupt_signal and
+            # this wake-up, which the reload then cleared: without it again the server would never stop.
+            if self.interrupt_signal:
+                self.main_loop_interrupt.set()
+            return result
 
     server = GateGranian("exportgate.web.rsgi:create_rsgi_app", interface=Interfaces.RSGI,
                          log_dictconfig=_granian_logging(), **granian_options(config))

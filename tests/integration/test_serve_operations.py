@@ -18,6 +18,7 @@ import importlib.util
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -313,3 +314,36 @@ def test_two_workers_two_chains_one_sum(tmp_path: Path, server: str) -> None:
         assert len(store.chains()) >= len(prefixes)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("hold", [3.0, 8.0], ids=["reload goes on", "reload refused"])
+@pytest.mark.parametrize("server", SERVERS)
+def test_sigterm_during_a_slow_reload_still_stops_the_gate(tmp_path: Path, server: str, hold: float) -> None:
+    """``systemctl restart`` while a reload is being checked: another program holds the store's write lock, so
+    the master's check waits (SQLite's busy timeout is 5 s: a 3 s hold lets the reload go on, an 8 s hold refuses
+    it); the SIGTERM that arrives meanwhile must still stop the gate."""
+    database = tmp_path / "records.db"
+    process = GateProcess(workdir=tmp_path, config=write_config(tmp_path), server=server)
+    process.start()
+    try:
+        assert nginx_auth(process, CHAT).status == 200
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3, sys, time\n"
+             "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+             "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(float(sys.argv[2]))\n"
+             "c.execute('ROLLBACK')\n", str(database), str(hold)],
+            stdout=subprocess.PIPE, text=True)
+        with holder:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            assert process.proc is not None
+            proc = process.proc
+            os.kill(proc.pid, signal.SIGHUP)
+            time.sleep(1.0)
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(hold + 25)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("the gate did not stop after SIGTERM") from None
+            process.proc = None
+    finally:
+        process.stop()
