@@ -11,20 +11,31 @@ workers, the listening socket kept); otherwise the master logs every problem (fi
 and sets ``exportgate_config_last_reload_successful`` to 0, so ``systemctl reload`` after a typo does not take the
 gate down.
 
+A worker that cannot start all the same (:func:`start_worker`: another program holding the record store's lock, a
+geo database broken on disk, the metrics directory deleted) tries again for a while, then leaves with a plain exit
+so that the server starts another one: gunicorn stops altogether when a worker "fails to boot", which would turn a
+passing lock into a gate that stays down.
+
 Caveat: authorizations and the geo database are still read by each new worker (they are data of the store and a
-reader that must not cross a fork); a geo database broken on disk stops a worker that starts meanwhile.
+reader that must not cross a fork).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import GateConfig
 from .runtime import DecisionFiles, load_decision_files
 
 log = logging.getLogger("exportgate.serve")
+
+WORKER_START_TIMEOUT = 15.0  # seconds; below gunicorn's default worker timeout (30 s)
+
+T = TypeVar("T")
+_monotonic, _sleep = time.monotonic, time.sleep  # module names, for the tests to replace
 
 _in_force: tuple[GateConfig, DecisionFiles] | None = None
 _reloaded: Any = None  # the master's exportgate_config_last_reload_successful gauge
@@ -51,6 +62,26 @@ def count_reloads() -> None:
 def in_force() -> tuple[GateConfig, DecisionFiles] | None:
     """In a worker forked by such a master: the configuration and files to start from; ``None`` elsewhere."""
     return _in_force
+
+
+def start_worker(build: Callable[[], T]) -> T:
+    """Build a new worker's app with ``build()``, trying again for :data:`WORKER_START_TIMEOUT` seconds while it
+    fails, then ``SystemExit(1)``: a plain exit, after which the server starts another worker (module docstring)."""
+    from .web.metrics import ensure_directory
+
+    deadline = _monotonic() + WORKER_START_TIMEOUT
+    delay = 0.5
+    while True:
+        ensure_directory()
+        try:
+            return build()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the server must not stop for it
+            if _monotonic() + delay > deadline:
+                log.exception("this worker cannot start; leaving so that another is started")
+                raise SystemExit(1) from exc
+            log.warning("this worker cannot start yet, trying again in %.1f s: %s", delay, exc)
+            _sleep(delay)
+            delay = min(delay * 2, 4.0)
 
 
 def reload(load_config: Callable[[], GateConfig]) -> str | None:
@@ -90,4 +121,4 @@ def guard_gunicorn(arbiter: Any, load_config: Callable[[], GateConfig]) -> None:
     arbiter.handle_hup = handle_hup  # the arbiter looks its signal handlers up by name on itself
 
 
-__all__ = ["count_reloads", "guard_gunicorn", "in_force", "refused", "reload", "start"]
+__all__ = ["count_reloads", "guard_gunicorn", "in_force", "refused", "reload", "start", "start_worker"]

@@ -143,7 +143,7 @@ def _run_gunicorn(config: GateConfig) -> None:
             from .web.app import create_app
 
             start, files = _starting_point(config)
-            return create_app(start, files=files)
+            return reloading.start_worker(lambda: create_app(start, files=files))
 
     GateServer().run()
 
@@ -256,7 +256,8 @@ def _granian_worker_app(config: GateConfig) -> Any:
     later = threading.Timer(60.0, _forget_dead_workers)
     later.daemon = True
     later.start()
-    return create_rsgi_app(*_starting_point(config))
+    start, files = _starting_point(config)
+    return reloading.start_worker(lambda: create_rsgi_app(start, files))
 
 
 def _starting_point(config: GateConfig) -> tuple[GateConfig, DecisionFiles | None]:

@@ -347,3 +347,61 @@ def test_sigterm_during_a_slow_reload_still_stops_the_gate(tmp_path: Path, serve
             process.proc = None
     finally:
         process.stop()
+
+
+def kill_a_worker_and_wait_for_an_answer(process: GateProcess, timeout: float) -> Response:
+    (worker, *_) = workers_of(process)
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.running, "the server stopped"
+        try:
+            if worker not in workers_of(process):
+                return nginx_auth(process, CHAT)
+        except OSError:
+            pass  # no worker yet
+        assert time.monotonic() < deadline, "no new worker answered"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_worker_that_cannot_open_the_store_yet_waits_instead_of_stopping_the_server(tmp_path: Path,
+                                                                                      server: str) -> None:
+    """Another program holds the store's write lock longer than SQLite waits (5 s) just as a worker is replaced:
+    the new worker tries again until it can open the store. gunicorn would otherwise stop altogether ("worker
+    failed to boot") and stay down after the lock was released."""
+    database = tmp_path / "records.db"
+    with GateProcess(workdir=tmp_path, config=write_config(tmp_path), server=server) as process:
+        assert nginx_auth(process, CHAT).status == 200
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3, sys, time\n"
+             "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+             "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(8)\n"
+             "c.execute('ROLLBACK')\n", str(database)],
+            stdout=subprocess.PIPE, text=True)
+        with holder:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            answer = kill_a_worker_and_wait_for_an_answer(process, timeout=40)
+        assert answer.status == 200
+        assert decision_record(database, answer.header("X-Exportgate-Decision-Id") or "") is not None
+        assert "cannot start yet" in process.log_text()
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_the_metrics_directory_removed_does_not_stop_the_server(tmp_path: Path, server: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cleaner of temporary files removes the gate's metrics directory: ``/metrics`` still answers, and the
+    worker that replaces a dead one starts (gunicorn stopped altogether before)."""
+    import shutil
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    with GateProcess(workdir=tmp_path, config=write_config(tmp_path), server=server) as process:
+        assert nginx_auth(process, CHAT).status == 200
+        (directory,) = temporary.glob("exportgate-metrics-*")
+        shutil.rmtree(directory)
+        assert process.get("/metrics").status == 200
+        assert kill_a_worker_and_wait_for_an_answer(process, timeout=30).status == 200
+        assert process.get("/metrics").status == 200 and metric(process, "exportgate_decisions_total") >= 1
+        assert "metrics directory" in process.log_text()

@@ -281,3 +281,4 @@ def test_loading_the_files_fails_with_file_and_line_for_what_a_worker_could_not_
     assert re.search(re.escape(where) + (r"\d+: " if broken != "store" else ""), str(caught.value))
     if broken != "store":
         assert isinstance(caught.value, ConfigErrors)
+

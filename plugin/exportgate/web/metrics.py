@@ -6,11 +6,14 @@ fresh directory) counters are shared through files and ``/metrics`` on any worke
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("exportgate.web")
 
 
 class Metrics:
@@ -73,6 +76,8 @@ class Metrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
 
+            ensure_directory()
+
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -85,3 +90,12 @@ def reload_gauge() -> Gauge:
     return Gauge("exportgate_config_last_reload_successful",
                  "0 when the last SIGHUP was refused (a manifest, pack or geo database did not load), else 1.",
                  registry=CollectorRegistry(), multiprocess_mode="livemax")
+
+
+def ensure_directory() -> None:
+    """Make ``PROMETHEUS_MULTIPROC_DIR`` again if someone removed it (a cleaner of temporary files): without it a
+    new worker could not start and ``/metrics`` would fail. What was counted in the removed one is lost."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and not os.path.isdir(directory):
+        log.warning("the metrics directory %s was removed; making it again (what it counted is lost)", directory)
+        os.makedirs(directory, exist_ok=True)

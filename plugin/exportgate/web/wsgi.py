@@ -34,7 +34,7 @@ def create() -> GateApp:
     loaded = reloading.in_force()
     if loaded is not None:
         config, files = loaded
-        return create_app(config, files=files)
+        return reloading.start_worker(lambda: create_app(config, files=files))
     return create_app(load_config())
 
 
