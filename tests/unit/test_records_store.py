@@ -241,6 +241,28 @@ def test_append_is_all_or_nothing(store: SQLiteStore, n: int) -> None:
     assert store.count() == n
 
 
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_database_file_removed_or_replaced_under_the_store_commits_nothing_more(tmp_path: Path, how: str) -> None:
+    """Someone deletes records.db (or puts another file in its place) while the gate runs: SQLite would go on
+    committing into the unlinked file, which nobody can read and which vanishes when the gate stops. Every commit
+    and readiness probe fails instead (the download is refused), saying what happened."""
+    path = tmp_path / "records.db"
+    with SQLiteStore(str(path)) as s:
+        records = sealed("c:1", 3)
+        s.append(records[:1])
+        for sidecar in tmp_path.glob("records.db*"):
+            sidecar.unlink()
+        if how == "replaced":
+            with SQLiteStore(str(tmp_path / "other.db")):
+                pass
+            os.rename(tmp_path / "other.db", path)
+        with pytest.raises(RecordStoreError, match="removed or replaced while the gate had it open"):
+            s.append(records[1:2])
+        with pytest.raises(RecordStoreError, match="removed or replaced"):
+            s.check_writable()
+
+
 def test_records_cannot_be_updated_or_deleted_through_sqlite(tmp_path: Path) -> None:
     path = str(tmp_path / "r.db")
     with SQLiteStore(path) as s:

@@ -20,7 +20,9 @@ under load put a p99 of 150 ms on two workers sharing a file. The wait is bounde
 
 Caveat: triggers refuse UPDATE and DELETE on ``records`` so that mistakes fail loudly, but
 anyone who can write the file can drop them. The hash chain (``verify``) is what shows tampering.
-A reader that iterates for a long time keeps WAL from being checkpointed past its snapshot.
+A reader that iterates for a long time keeps WAL from being checkpointed past its snapshot. A database file
+removed or replaced while the store has it open fails every later commit (SQLite would go on writing into the
+removed file, whose records vanish with the process): restart the gate.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class SQLiteStore:
             raise StoreOpenError(self.where, _reason(exc)) from None
         if self.path is not None and fcntl is not None:
             self._lock_fd = self._open_lock_file(os.path.realpath(self.path) + ".lock")
+        self._identity = self._file_identity()
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -287,6 +290,7 @@ class SQLiteStore:
         with self._write_lock:
             self._check_open()
             try:
+                self._check_file()
                 self._take_turn()
             except RecordStoreError as exc:
                 raise RecordStoreError(f"{self.where}: {failure}: {exc}") from exc
@@ -294,6 +298,23 @@ class SQLiteStore:
                 yield self._writer
             finally:
                 self._end_turn()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """The database file's device and inode (``None``: in memory, or no such file now)."""
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _check_file(self) -> None:
+        """A database file removed or replaced under the open store: what it commits would go to a file nobody
+        can read any more, and vanish when the gate stops. Refuse (the download is refused) until a restart."""
+        if self.path is not None and self._file_identity() != self._identity:
+            raise RecordStoreError("the database file was removed or replaced while the gate had it open; "
+                                   "restart the gate (downloads are refused until then)")
 
     def _take_turn(self) -> None:
         """Wait for the other writers of this file (module docstring), at most the busy timeout."""
