@@ -14,7 +14,7 @@ lookups.
 Caveat: these are fed *normalised* addresses (:mod:`exportgate.address`): files written without
 IPv4 aliases (mmdb-writer's) know nothing of ``::ffff:a.b.c.d``, 6to4 or Teredo forms. A record
 without a usable country is an explicit unknown (``no-country``), never a guess; a lookup that
-fails is ``lookup-failed`` (country) or no flags (anonymiser), and is logged.
+fails, country or anonymiser flags, is ``lookup-failed``, and is logged.
 """
 
 from __future__ import annotations
@@ -133,7 +133,9 @@ def _iso_code(part: object) -> str | None:
 class AnonymousIPDatabase(DatabaseFile):
     """A GeoIP2-Anonymous-IP (or Anonymous-Plus) database: VPN, proxy, hosting and Tor flags.
 
-    A failed lookup gives no flags (and is logged): flags add to a location, never replace it.
+    A lookup that fails on the file's data raises: the client's location is then ``lookup-failed`` as when the
+    country lookup fails (the gate does not decide), never a location without flags that a rule about anonymisers
+    would have caught.
     """
 
     accepted_types = ANONYMOUS_IP_DATABASE_TYPES
@@ -146,9 +148,6 @@ class AnonymousIPDatabase(DatabaseFile):
             record = loaded.reader.get(address)
         except ValueError:
             return frozenset()  # an IPv6 address in an IPv4-only file, or not an address at all
-        except Exception as exc:  # fail closed
-            log.error("%s: looking up %s failed: %s", self.path, address, exc)
-            return frozenset()
         if not isinstance(record, dict):
             return frozenset()
         return frozenset(flag for key, flag in _ANONYMIZER_KEYS if record.get(key))

@@ -535,6 +535,27 @@ def test_corrupt_record_is_lookup_failed(
     assert locator.locate("2.176.0.1").country == "IR"
 
 
+
+def test_a_failed_anonymiser_lookup_is_lookup_failed_not_a_location_without_flags(
+    dbs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Tor exit in Germany whose Anonymous-IP record cannot be read: not "Germany, no flags" (a rule about
+    anonymisers would miss it), but ``lookup-failed``, on which the gate does not decide. (The file's reader is
+    made to fail as maxminddb does on bad data: a corrupt key in a test file crashed maxminddb's C extension.)"""
+    import maxminddb
+
+    locator = build_locator(database=dbs["country"], anonymous_ip_database=dbs["anonymous"])
+    assert locator.locate("185.220.101.1").anonymizer == {"anonymous", "tor-exit-node"}
+
+    class BadData:
+        def get(self, address: str) -> object:
+            raise maxminddb.InvalidDatabaseError("The MaxMind DB file's data section contains bad data")
+
+    assert locator.anonymous_ip is not None
+    monkeypatch.setattr(locator.anonymous_ip._loaded, "reader", BadData())
+    failed = locator.locate("185.220.101.2")  # the same network, not yet looked up
+    assert (failed.country, failed.unknown_reason) == (None, "lookup-failed")
+
 # --- reload and staleness ---------------------------------------------------------------------
 
 
