@@ -41,13 +41,12 @@ _in_force: tuple[GateConfig, DecisionFiles] | None = None
 _reloaded: Any = None  # the master's exportgate_config_last_reload_successful gauge
 
 
-def start(load_config: Callable[[], GateConfig], files: DecisionFiles | None = None) -> GateConfig:
+def start(load_config: Callable[[], GateConfig], files: DecisionFiles | None = None) -> None:
     """In the master, before any worker: load what the workers will start from (errors raise, with file:line);
     ``files``: already loaded from ``load_config()`` by the caller."""
     global _in_force
     config = load_config()
     _in_force = (config, files if files is not None else load_decision_files(config))
-    return config
 
 
 def count_reloads() -> None:

@@ -26,8 +26,8 @@ class Metrics:
                                        "Decisions whose record could not be committed (download refused unless "
                                        "fail_open).", registry=r)
         self.rejected = Counter("exportgate_rejected_requests",
-                                "Requests refused before a decision (bad path, missing headers, no decision).", ["reason"],
-                                registry=r)
+                                "Requests refused without a decision (bad path, missing headers, geolocation "
+                                "data unreadable).", ["reason"], registry=r)
         self.upstream_errors = Counter("exportgate_upstream_errors", "Proxy mode: upstream failures.", ["kind"],
                                        registry=r)
         multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))

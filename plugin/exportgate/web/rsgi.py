@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 from ..errors import ExportGateError
+from ..runtime import DecisionFiles
 from .app import GateApp
 from .forwardauth import REQUEST_HEADERS, ForwardAuth, environ_key
 from .settle import CountsPerTurn, TransactionWaits, call_page, page_environ
@@ -153,7 +154,7 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def create_rsgi_app(config: Any, files: Any = None) -> ForwardAuthRSGI:
+def create_rsgi_app(config: Any, files: DecisionFiles | None = None) -> ForwardAuthRSGI:
     """Build the gate's resources in this (worker) process and wrap them for RSGI; forward-auth mode only
     (``files``: the manifest and packs the server's master loaded)."""
     from .app import create_app
