@@ -148,12 +148,18 @@ def test_upgrades_and_odd_targets_are_refused(gate: GateProcess, data: bytes) ->
     assert gate.get("/healthz").status == 200
 
 
-def test_nothing_after_a_bad_request_target_is_decided(gate: GateProcess) -> None:
+def refused_without_a_decision(gate: GateProcess, data: bytes) -> bytes:
+    """The one answer to ``data`` (asked for two): a 400, and no decision recorded; its head."""
     before = decision_count(database(gate))
-    data = b"GET auth HTTP/1.1\r\nHost: gate\r\n\r\n" + auth_request(CHAT)
     heads = exchange(gate, data, answers=2)
-    assert [status(h) for h in heads] == [400] and header(heads[0], "connection") == "close"
+    assert [status(h) for h in heads] == [400]
     assert decision_count(database(gate)) == before
+    return heads[0]
+
+
+def test_nothing_after_a_bad_request_target_is_decided(gate: GateProcess) -> None:
+    head = refused_without_a_decision(gate, b"GET auth HTTP/1.1\r\nHost: gate\r\n\r\n" + auth_request(CHAT))
+    assert header(head, "connection") == "close"
 
 
 def test_absolute_form_target_is_the_endpoint(gate: GateProcess) -> None:
@@ -182,10 +188,7 @@ def test_a_request_with_a_body_is_the_connections_last(gate: GateProcess, framin
 
 
 def test_an_upgrade_is_refused_without_a_decision(gate: GateProcess) -> None:
-    before = decision_count(database(gate))
-    heads = exchange(gate, auth_request(CHAT, extra="Connection: Upgrade\r\nUpgrade: websocket\r\n"), answers=2)
-    assert [status(h) for h in heads] == [400]
-    assert decision_count(database(gate)) == before
+    refused_without_a_decision(gate, auth_request(CHAT, extra="Connection: Upgrade\r\nUpgrade: websocket\r\n"))
 
 
 def test_header_values_are_trimmed_and_a_second_host_is_refused(gate: GateProcess) -> None:
