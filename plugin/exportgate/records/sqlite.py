@@ -10,7 +10,9 @@ not a surprise at the first download.
 
 Threads: one writer connection, used under a lock (the recorder's writer thread is its only
 user in practice); queries take a connection from a small pool of reader connections, so a long
-``verify`` does not stall commits. An in-memory store has a single connection for both.
+``verify`` does not stall commits. A file store checkpoints its WAL on a thread of its own, beside
+the commits rather than inside one (records/checkpoint.py). An in-memory store has a single
+connection for everything.
 
 Processes: several gate workers may write one file. They take turns through a lock file beside it
 (``records.db.lock``, ``flock``) before each transaction, so one waits exactly as long as the other's
@@ -40,6 +42,7 @@ from typing import Any, Self
 
 from exportgate.errors import RecordStoreError
 from exportgate.records.chain import Record, canonical_text, make_record
+from exportgate.records.checkpoint import BACKSTOP_PAGES, Checkpointer
 from exportgate.records.store import CorruptRecordError, StoreOpenError
 
 try:
@@ -136,6 +139,13 @@ class SQLiteStore:
         if self.path is not None and fcntl is not None:
             self._lock_fd = self._open_lock_file(os.path.realpath(self.path) + ".lock")
         self._identity = self._file_identity()
+        self._checkpointer: Checkpointer | None = None
+        if self.path is not None:
+            # Checkpoints beside the commits, not inside them (records/checkpoint.py); SQLite's own only as a backstop.
+            self._writer.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
+            # Its second pass runs in a write turn of its own: between two commits, of this process or another's.
+            self._checkpointer = Checkpointer(self._connect_checkpointer,
+                                              lambda: self._writing("WAL not checkpointed"), self.where)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -198,6 +208,13 @@ class SQLiteStore:
             raise
         return conn
 
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path or ":memory:", isolation_level=None, check_same_thread=False,
+                               timeout=self._busy_timeout_ms / 1000)
+        # A checkpoint syncs the database file as this connection's mode says: the writer's.
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return conn
+
     def _set_up_schema(self) -> None:
         conn = self._writer
         # BEGIN IMMEDIATE takes the write lock: two processes opening a new file do not race.
@@ -246,7 +263,10 @@ class SQLiteStore:
     def append(self, records: Sequence[Record]) -> None:
         params: list[Any] = []
         extend = params.extend
+        text_bytes = 0
         for r in records:
+            body_json = r.body_json or canonical_text(r.body)
+            text_bytes += len(body_json)
             extend(
                 (
                     r.chain,
@@ -254,7 +274,7 @@ class SQLiteStore:
                     r.kind,
                     r.id,
                     r.at,
-                    r.body_json or canonical_text(r.body),
+                    body_json,
                     r.prev_hash,
                     r.hash,
                 )
@@ -282,6 +302,8 @@ class SQLiteStore:
                 raise RecordStoreError(
                     f"{self.where}: {count} record(s) not committed: {_reason(exc)}"
                 ) from exc
+            if self._checkpointer is not None:
+                self._checkpointer.written(text_bytes)
 
     @contextmanager
     def _writing(self, failure: str) -> Iterator[sqlite3.Connection]:
@@ -454,6 +476,8 @@ class SQLiteStore:
             raise RecordStoreError(f"{self.where}: the record store is closed")
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()  # before the write lock: its last pass may be waiting for it
         with self._write_lock, self._pool_lock:
             if self._closed:
                 return

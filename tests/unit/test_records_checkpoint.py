@@ -1,0 +1,223 @@
+"""WAL checkpoints beside the commits (records/checkpoint.py): they happen, they keep the WAL at SQLite's own size,
+they never lose a record, they give way to readers, and a checkpoint thread that fails leaves the store working."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from exportgate.records import Chain, Record, SQLiteStore
+from exportgate.records.checkpoint import (
+    BACKSTOP_PAGES,
+    FIRST_TRIGGER,
+    TARGET_PAGES,
+    Checkpointer,
+    next_trigger,
+)
+from exportgate.records.verify import verify
+
+AT = "2026-11-29T03:04:05.000006Z"
+# About the size of a decision record's body (bench: 1.2 KiB), so a few hundred records ask for a checkpoint.
+BODY = {"note": "x" * 1200}
+
+
+def batches(chain: Chain, count: int, size: int = 15) -> Iterator[list[Record]]:
+    """``count`` batches of ``size`` records, as the recorder commits them."""
+    for _ in range(count):
+        yield [chain.seal("decision", f"d-{chain.next_seq}", AT, BODY) for _ in range(size)]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def wal_pages(path: Path) -> int:
+    """Pages in the WAL now (a PASSIVE checkpoint reports them; it copies what it can, which changes nothing)."""
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+    finally:
+        conn.close()
+
+
+def checkpointer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("exportgate-checkpoint")]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(str(tmp_path / "records.db"))
+    yield s
+    s.close()
+
+
+def test_next_trigger_aims_at_sqlites_own_wal_size_within_bounds() -> None:
+    assert next_trigger(1_000_000, 2 * TARGET_PAGES) == 500_000  # twice the pages: ask twice as often
+    assert next_trigger(1_000_000, TARGET_PAGES // 2) == 2_000_000
+    assert next_trigger(0, 500) == FIRST_TRIGGER  # nothing learnt
+    assert next_trigger(1_000, 0) == FIRST_TRIGGER
+    assert next_trigger(10, 10**9) == 16 * 1024  # one odd pass neither runs checkpoints continuously …
+    assert next_trigger(10**12, 1) == 64 * 1024 * 1024  # … nor stops them
+
+
+def test_commits_leave_the_checkpoint_to_the_thread_which_keeps_the_wal_small(store: SQLiteStore) -> None:
+    assert store._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == BACKSTOP_PAGES
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    chain = Chain("c")
+    for batch in batches(chain, 400):  # 6,000 records, about 7 MiB of text: several checkpoints
+        store.append(batch)
+    wait_for(lambda: checkpointer.checkpoints >= 2)
+    # The WAL was wholly copied by a checkpoint, so a commit starts it again: it holds that commit alone, not the
+    # thousands of pages SQLite's backstop would allow.
+    wait_for(lambda: not checkpointer._wanted.is_set())
+    time.sleep(0.1)  # a checkpoint asked last may still be copying
+    store.append(next(batches(chain, 1)))
+    assert wal_pages(Path(store.where)) < TARGET_PAGES
+    assert checkpointer.failures == 0
+    assert store.count() == 6015
+    assert verify(store).ok
+
+
+def test_no_record_is_lost_across_checkpoints_and_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "records.db"
+    chain = Chain("c")
+    with SQLiteStore(str(path)) as store:
+        for batch in batches(chain, 300, size=10):
+            store.append(batch)
+    with SQLiteStore(str(path)) as reopened:
+        assert reopened.count() == 3000
+        assert [r.seq for r in reopened.iter_records()] == list(range(1, 3001))
+        assert verify(reopened).ok
+
+
+def test_a_reader_holding_its_snapshot_delays_checkpoints_without_stalling_commits(store: SQLiteStore) -> None:
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    chain = Chain("c")
+    store.append(next(batches(chain, 1)))
+    reader = sqlite3.connect(store.where, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 15  # holds this snapshot
+    started = time.monotonic()
+    for batch in batches(chain, 200):
+        store.append(batch)
+    assert time.monotonic() - started < 30  # commits went on (a checkpoint does not wait for the reader)
+    time.sleep(0.3)
+    assert checkpointer.checkpoints == 0  # the reader's snapshot still needs the WAL
+    assert checkpointer.failures == 0
+    reader.execute("COMMIT")
+    reader.close()
+    for batch in batches(chain, 200):
+        store.append(batch)
+    wait_for(lambda: checkpointer.checkpoints >= 1)
+    assert store.count() == 15 * 401
+
+
+def test_two_stores_on_one_file_checkpoint_it_together(tmp_path: Path) -> None:
+    path = str(tmp_path / "records.db")
+    with SQLiteStore(path) as first, SQLiteStore(path) as second:
+        a, b = Chain("a"), Chain("b")
+
+        def write(store: SQLiteStore, chain: Chain) -> None:
+            for batch in batches(chain, 200):
+                store.append(batch)
+
+        threads = [threading.Thread(target=write, args=(first, a)), threading.Thread(target=write, args=(second, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        c1, c2 = first._checkpointer, second._checkpointer
+        assert c1 is not None and c2 is not None
+        wait_for(lambda: c1.checkpoints + c2.checkpoints >= 1)
+        assert c1.failures == c2.failures == 0
+        assert first.count() == 6000
+        assert verify(first).ok
+
+
+def test_closing_the_store_stops_its_checkpoint_thread(tmp_path: Path) -> None:
+    before = len(checkpointer_threads())
+    store = SQLiteStore(str(tmp_path / "records.db"))
+    assert len(checkpointer_threads()) == before + 1
+    for batch in batches(Chain("c"), 100):
+        store.append(batch)
+    store.close()
+    assert len(checkpointer_threads()) == before
+    store.close()  # twice is fine
+
+
+def test_a_store_in_memory_has_no_checkpoint_thread() -> None:
+    before = len(checkpointer_threads())
+    with SQLiteStore(None) as store:
+        assert store._checkpointer is None
+        assert len(checkpointer_threads()) == before
+
+
+def test_a_checkpoint_thread_that_cannot_connect_leaves_commits_to_sqlites_backstop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def refuse() -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    @contextmanager
+    def never() -> Iterator[None]:
+        raise AssertionError("no checkpoint without a connection")
+        yield
+
+    with caplog.at_level(logging.WARNING, logger="exportgate.records.checkpoint"):
+        checkpointer = Checkpointer(refuse, never, "records.db")
+        checkpointer.written(FIRST_TRIGGER)
+        checkpointer.close()
+    assert "no checkpoint thread (unable to open database file)" in caplog.text
+    assert f"from {BACKSTOP_PAGES} WAL pages" in caplog.text
+
+
+def test_failing_checkpoints_are_logged_once_then_their_recovery(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "wal.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("CREATE TABLE t (x TEXT)")
+    failing = True
+    passes: list[bool] = []
+
+    @contextmanager
+    def between_commits() -> Iterator[None]:
+        passes.append(failing)
+        if failing:
+            raise sqlite3.OperationalError("disk I/O error")
+        yield
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def commit_and_ask() -> None:
+        writer.execute("INSERT INTO t VALUES (?)", ("x" * 5000,))  # pages for the checkpoint to find
+        checkpointer.written(64 * 1024 * 1024)  # past any trigger (a few pages of WAL made it the largest)
+
+    with caplog.at_level(logging.WARNING, logger="exportgate.records.checkpoint"):
+        checkpointer = Checkpointer(connect, between_commits, "wal.db")
+        try:
+            for round_ in range(1, 4):
+                commit_and_ask()
+                wait_for(lambda n=round_: len(passes) == n)
+            failing = False
+            commit_and_ask()
+            wait_for(lambda: checkpointer.checkpoints == 1)
+        finally:
+            checkpointer.close()
+            writer.close()
+    assert checkpointer.failures == 3
+    assert caplog.text.count("WAL checkpoint failed: disk I/O error") == 1
+    assert "WAL checkpoints work again" in caplog.text
