@@ -242,17 +242,20 @@ def test_append_is_all_or_nothing(store: SQLiteStore, n: int) -> None:
 
 
 
-@pytest.mark.parametrize("how", ["removed", "replaced"])
+@pytest.mark.parametrize("how", ["removed", "replaced", "wal removed", "wal replaced"])
 def test_a_database_file_removed_or_replaced_under_the_store_commits_nothing_more(tmp_path: Path, how: str) -> None:
-    """Someone deletes records.db (or puts another file in its place) while the gate runs: SQLite would go on
-    committing into the unlinked file, which nobody can read and which vanishes when the gate stops. Every commit
-    and readiness probe fails instead (the download is refused), saying what happened."""
+    """Someone deletes records.db (or puts another file in its place), or only its WAL (a clean-up of "-wal
+    files"), while the gate runs: SQLite would go on committing into the unlinked file, which nobody can read and
+    which vanishes when the gate stops (the WAL: with a crash). Every commit and readiness probe fails instead (the
+    download is refused), saying what happened."""
     path = tmp_path / "records.db"
     with SQLiteStore(str(path)) as s:
         records = sealed("c:1", 3)
         s.append(records[:1])
-        for sidecar in tmp_path.glob("records.db*"):
+        for sidecar in tmp_path.glob("records.db-wal" if how.startswith("wal") else "records.db*"):
             sidecar.unlink()
+        if how == "wal replaced":
+            (tmp_path / "records.db-wal").write_bytes(b"")
         if how == "replaced":
             with SQLiteStore(str(tmp_path / "other.db")):
                 pass

@@ -23,8 +23,8 @@ under load put a p99 of 150 ms on two workers sharing a file. The wait is bounde
 Caveat: triggers refuse UPDATE and DELETE on ``records`` so that mistakes fail loudly, but
 anyone who can write the file can drop them. The hash chain (``verify``) is what shows tampering.
 A reader that iterates for a long time keeps WAL from being checkpointed past its snapshot. A database file
-removed or replaced while the store has it open fails every later commit (SQLite would go on writing into the
-removed file, whose records vanish with the process): restart the gate.
+or WAL removed or replaced while the store has it open fails every later commit (SQLite would go on writing into
+the removed file, whose records vanish with the process): restart the gate.
 """
 
 from __future__ import annotations
@@ -321,22 +321,21 @@ class SQLiteStore:
             finally:
                 self._end_turn()
 
-    def _file_identity(self) -> tuple[int, int] | None:
-        """The database file's device and inode (``None``: in memory, or no such file now)."""
+    def _file_identity(self) -> tuple[tuple[int, int] | None, ...] | None:
+        """Device and inode of the database file and of its WAL (``None``: in memory; a ``None`` inside: no such
+        file now). The WAL exists from the store's opening to its closing (SQLite removes it only when the last
+        connection closes)."""
         if self.path is None:
             return None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
+        return tuple(_identity(name) for name in (self.path, self.path + "-wal"))
 
     def _check_file(self) -> None:
-        """A database file removed or replaced under the open store: what it commits would go to a file nobody
-        can read any more, and vanish when the gate stops. Refuse (the download is refused) until a restart."""
+        """A database file or WAL removed or replaced under the open store: what it commits would go to a file
+        nobody can read any more, and vanish when the gate stops (or with a crash, for the WAL). Refuse (the
+        download is refused) until a restart."""
         if self.path is not None and self._file_identity() != self._identity:
-            raise RecordStoreError("the database file was removed or replaced while the gate had it open; "
-                                   "restart the gate (downloads are refused until then)")
+            raise RecordStoreError("the database file or its WAL was removed or replaced while the gate had it "
+                                   "open; restart the gate (downloads are refused until then)")
 
     def _take_turn(self) -> None:
         """Wait for the other writers of this file (module docstring), at most the busy timeout."""
@@ -523,6 +522,14 @@ def _to_record(row: tuple[Any, ...]) -> Record:
             reason=str(exc),
         ) from None
     return make_record(chain, seq, kind, id, at, body, prev_hash, digest, body_json)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _reason(exc: BaseException) -> str:
