@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,6 +265,67 @@ def test_a_database_file_removed_or_replaced_under_the_store_commits_nothing_mor
             s.append(records[1:2])
         with pytest.raises(RecordStoreError, match="removed or replaced"):
             s.check_writable()
+
+
+# Run in a process of its own: a file size limit (RLIMIT_FSIZE) stands in for a full disk, and applies to the whole
+# process. Writes past it fail with EFBIG (SQLite: "disk I/O error"), as writes to a full disk fail with ENOSPC.
+_FULL_DISK = """
+import os, resource, signal, sys
+from exportgate.errors import RecordStoreError
+from exportgate.records import Chain, SQLiteStore
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+path = sys.argv[1]
+chain = Chain("c")
+body = {"note": "x" * 1200}
+store = SQLiteStore(path)
+store.append([chain.seal("decision", "d-0", "2026-11-29T03:04:05.000006Z", body)])
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+room = max(os.path.getsize(path), os.path.getsize(path + "-wal")) + 64 * 1024
+resource.setrlimit(resource.RLIMIT_FSIZE, (room, hard))
+failed = None
+for i in range(1, 2000):
+    try:
+        store.append([chain.seal("decision", f"d-{i}", "2026-11-29T03:04:05.000006Z", body)])
+    except RecordStoreError as exc:
+        last = store.last("c")
+        chain.rewind(last.seq + 1, last.hash)
+        failed = str(exc)
+        break
+print("commit failed:", failed)
+try:
+    store.check_writable()
+    print("probe: writable")
+except RecordStoreError as exc:
+    print("probe:", exc)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+store.check_writable()
+store.append([chain.seal("decision", "d-after", "2026-11-29T03:04:05.000006Z", body)])
+print("after:", store.count())
+store.close()
+"""
+
+
+def test_the_readiness_probe_fails_while_the_disk_is_full(tmp_path: Path) -> None:
+    """Commits fail on a full disk; the readiness probe (asked while the recorder is unhealthy) must fail as well,
+    or a load balancer keeps sending downloads that are all refused. A probe that rolls back writes nothing and
+    passes; this one commits a row of its own. Once there is room again, it passes and records commit."""
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path / "records.db")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("commit failed: ") and "not committed" in lines[0], done.stdout
+    assert lines[1].startswith("probe: ") and "not writable" in lines[1], done.stdout
+    assert lines[2].startswith("after: "), done.stdout
+
+
+def test_the_readiness_probe_keeps_no_record(tmp_path: Path) -> None:
+    with SQLiteStore(str(tmp_path / "r.db")) as s:
+        s.append(sealed("c:1", 1))
+        s.check_writable()
+        s.check_writable()
+        assert s.count() == 1
+        assert [r.kind for r in s.iter_records()] == ["decision"]
 
 
 def test_records_cannot_be_updated_or_deleted_through_sqlite(tmp_path: Path) -> None:

@@ -77,6 +77,8 @@ _SCHEMA = (
     # them out of this index saves a B-tree insert per decision. Queries name the kind as a literal so
     # the planner can use it (a bound parameter cannot prove `kind <> 'decision'`).
     "CREATE INDEX IF NOT EXISTS records_by_kind ON records (kind, chain, seq) WHERE kind <> 'decision'",
+    # One row, rewritten by the readiness probe: a commit of its own, never a record (check_writable).
+    "CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY CHECK (id = 1), probed_at TEXT NOT NULL)",
     """CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
        BEGIN SELECT RAISE(ABORT, 'records are append-only'); END""",
     """CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
@@ -244,21 +246,33 @@ class SQLiteStore:
     # -- writing ---------------------------------------------------------------------------
 
     def check_writable(self) -> None:
-        """Take the write lock and insert a record that is rolled back; RecordStoreError if the store cannot.
+        """Commit a write as a record would be, keeping no record; RecordStoreError if the store cannot.
 
-        For readiness checks after a failed commit: proves the store would accept the next record (the same
-        statement, triggers and constraints as a real one) without keeping anything.
+        For readiness checks after a failed commit: proves the store would accept the next record now. A record is
+        inserted and rolled back (the same statement, triggers and constraints as a real one), then the probe's own
+        row in ``readiness`` is rewritten and committed, which needs what a record's commit needs: room in the WAL
+        and a sync (a full disk fails here, where a rolled-back insert writes nothing and passes).
         """
         with self._writing("not writable") as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                conn.execute("SAVEPOINT probe")
                 conn.execute(_INSERTS[1], ("exportgate:readiness-probe", 0, "probe", "probe",
                                            "2000-01-01T00:00:00.000000Z", "{}", "", ""))
+                conn.execute("ROLLBACK TO probe")
+                conn.execute("RELEASE probe")
+                conn.execute("INSERT INTO readiness (id, probed_at) VALUES (1, ?) "
+                             "ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+                             (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),))
+                conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise RecordStoreError(f"{self.where}: not writable: {_reason(exc)}") from exc
             finally:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the connection is in trouble already; the probe's error is the story
 
     def append(self, records: Sequence[Record]) -> None:
         params: list[Any] = []
