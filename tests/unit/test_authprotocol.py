@@ -97,3 +97,84 @@ def test_slow_heads_and_idle_connections_are_closed(gate_config: Any, monkeypatc
         app.runtime.close()
     assert slow == b"" and idle == b""  # closed without an answer: there was no request to answer
     assert still_open
+
+
+def test_a_worker_near_its_limit_of_open_files_says_so_once(gate_config: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Past the limit of open files the event loop drops new connections unanswered and unlogged; the server warns
+    while there is room (here the limit is made small), once, and again only after the crowd has thinned."""
+    import asyncio
+    import logging
+
+    from exportgate.web import authprotocol
+    from exportgate.web.app import create_app
+
+    app = create_app(gate_config())
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        server = authprotocol.ForwardAuthServer(app, loop, keepalive=60)
+        assert server.crowded >= 1
+        server.crowded = 2
+        listener = await loop.create_server(server, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        said = []
+
+        async def connect(n: int) -> list[asyncio.StreamWriter]:
+            writers = []
+            for _ in range(n):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writers.append(writer)
+            await asyncio.sleep(0.1)
+            return writers
+
+        def close(writers: list[asyncio.StreamWriter]) -> None:
+            for writer in writers:
+                writer.close()
+
+        first = await connect(4)
+        said.append(caplog.text.count("near this worker's limit of open files"))
+        close(first)
+        await asyncio.sleep(0.1)
+        server.sweep()  # fewer than half: re-armed
+        second = await connect(4)
+        said.append(caplog.text.count("near this worker's limit of open files"))
+        close(second)
+        listener.close()
+        await server.shutdown(0.0)
+        return said
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="exportgate.web"):
+            said = asyncio.run(main())
+    finally:
+        app.runtime.close()
+    assert said == [1, 2]
+
+
+def test_serve_raises_its_limit_of_open_files_to_the_hard_limit(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import resource
+
+    from exportgate.serve import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lower = min(soft, 256)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lower, hard))
+    try:
+        raise_open_file_limit()
+        raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lower, hard))
+
+        def refuse(*args: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(resource, "setrlimit", refuse)  # a seccomp filter (deploy/systemd's @resources)
+        with caplog.at_level(logging.WARNING, logger="exportgate.serve"):
+            raise_open_file_limit()  # no exception: the gate starts with the limit it has
+    finally:
+        monkeypatch.undo()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert raised == (hard if hard != resource.RLIM_INFINITY else 65536)
+    assert f"cannot raise the limit of {lower}" in caplog.text
+    assert "LimitNOFILE" in caplog.text

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -104,12 +105,23 @@ class ForwardAuthServer:
         self.counts = CountsPerTurn(loop, self.admission.metrics)
         self.connections: set[AuthConnection] = set()
         self.stopping = False
+        self.crowded = _crowded_at()
+        self._said_crowded = False
 
     def __call__(self) -> AuthConnection:
+        if len(self.connections) >= self.crowded and not self._said_crowded:
+            # Past the limit of open files the event loop drops new connections before they reach this server,
+            # unanswered and unlogged: say so while there is still room.
+            self._said_crowded = True
+            log.warning("%d connections open, near this worker's limit of open files: past it, new connections "
+                        "are dropped unanswered (raise ulimit -n / LimitNOFILE, or limit the front end's "
+                        "connections to the gate)", len(self.connections))
         return AuthConnection(self)
 
     def sweep(self) -> None:
         """Close connections idle past the keep-alive timeout, or slow to send a request head."""
+        if self._said_crowded and len(self.connections) < self.crowded // 2:
+            self._said_crowded = False  # said again if it happens again
         now = time.monotonic()
         for conn in list(self.connections):
             conn.expire(now)
@@ -415,6 +427,16 @@ class AuthConnection(asyncio.Protocol):
         if not self._reading_paused and self.transport is not None and not self.transport.is_closing():
             self._reading_paused = True
             self.transport.pause_reading()
+
+
+def _crowded_at() -> int:
+    """Open connections worth a warning: four fifths of the limit of open files (none without a limit)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return sys.maxsize
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return sys.maxsize if soft == resource.RLIM_INFINITY else max(1, soft * 4 // 5)
 
 
 class _Slot:
