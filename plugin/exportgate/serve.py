@@ -5,12 +5,12 @@ follows the mode.
 
 * Forward auth runs gunicorn's master with the gate's own event-loop worker (:mod:`exportgate.web.loopworker`,
   :mod:`exportgate.web.authprotocol`): every waiting request's decision is in flight on one loop, and the recorder
-  settles a whole transaction with one wake-up. Behind nginx ``auth_request`` it answered 1.0 to 1.2 times
+  settles a whole transaction with one wake-up. Behind nginx ``auth_request`` it answered 1.0 to 1.4 times
   granian's RSGI endpoint, on less CPU per answer (bench/http_forward_auth.py, bench/RESULTS.md; gunicorn's
   gthread worker, which it replaces in this mode, answered a fifth of granian's). It reads the raw request
   target, so Envoy's ``/auth/<path>`` form is served. Workers: about one per core the front end leaves free; on
   the 2-core benchmark machines, shared with nginx and the load generator, two measured as fast as one or up to
-  12 % slower.
+  a quarter slower.
 * Proxy and static modes run gunicorn's gthread worker (WSGI; ``threads`` per worker).
 * ``--server granian`` serves forward auth on granian's RSGI interface (:mod:`exportgate.web.rsgi`), for those
   who run granian already. It gives no raw request target: the Envoy form is refused with 400 there, and proxy or
