@@ -135,13 +135,11 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
     except ExportGateError as exc:
         errors.append(ConfigError(f"record store {cfg.records}: {exc}", file=cfg.file))
     try:
-        from .web.clientaddr import TrustedProxies
-        from .web.middleware import compile_gated
+        from .web.serving import check_serving
 
-        TrustedProxies(cfg.serve.trust_proxy, header=cfg.serve.forwarded_header, file=cfg.file)
-        compile_gated(cfg.serve.gated)
-    except ConfigError as exc:
-        errors.append(exc if exc.file else ConfigError(exc.message, file=cfg.file))
+        check_serving(cfg)
+    except ConfigErrors as exc:
+        errors.extend(exc.errors)
     for f in auth_files:
         try:
             summary.setdefault("authorization_files", {})[f] = len(load_authorization_file(f))
@@ -470,16 +468,9 @@ def serve(ctx: click.Context, **options: Any) -> None:
     # Loaded once in the master, so a broken config fails here with file:line, not in every worker; the workers
     # decide by this copy of the manifest and packs (until a SIGHUP loads a good new one).
     files = load_decision_files(cfg)
-    from .web.clientaddr import TrustedProxies
+    from .web.serving import check_serving
 
-    TrustedProxies(cfg.serve.trust_proxy, header=cfg.serve.forwarded_header)
-    from .web.middleware import compile_gated
-
-    compile_gated(cfg.serve.gated)  # a bad glob fails here, not in every worker
-    if cfg.serve.mode == "proxy" and not cfg.serve.upstream:
-        raise ExportGateError("proxy mode needs --upstream URL (or serve.upstream in the config)")
-    if cfg.serve.mode == "static" and not cfg.serve.root:
-        raise ExportGateError("static mode needs --root DIR (or serve.root in the config)")
+    check_serving(cfg)  # a bad proxy CIDR or glob, a missing upstream: here, not in every worker
     run(cfg, files)
 
 

@@ -2,7 +2,9 @@
 
 The master (``exportgate serve``, or a gunicorn started with ``deploy/gunicorn.conf.py``) loads the configuration
 and the manifest and packs (:func:`~exportgate.runtime.load_decision_files`, which also opens and closes the geo
-database and the record store as a worker would), and every worker it forks starts from that copy. So a worker
+database and the record store as a worker would), checks the serve settings every worker builds from (trusted
+proxies, gated globs, upstream or root: :func:`~exportgate.web.serving.check_serving`), and every worker it forks starts
+from that copy. So a worker
 started later (after a crash, at ``max_requests``) neither stops at a file someone has broken since, nor decides
 by a file edited but not yet reloaded.
 
@@ -46,7 +48,7 @@ def start(load_config: Callable[[], GateConfig], files: DecisionFiles | None = N
     ``files``: already loaded from ``load_config()`` by the caller."""
     global _in_force
     config = load_config()
-    _in_force = (config, files if files is not None else load_decision_files(config))
+    _in_force = (config, files if files is not None else _load(config))
 
 
 def count_reloads() -> None:
@@ -89,7 +91,7 @@ def reload(load_config: Callable[[], GateConfig]) -> str | None:
     global _in_force
     try:
         config = load_config()
-        loaded = (config, load_decision_files(config))
+        loaded = (config, _load(config))
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the workers that run must stay
         problem: str | None = str(exc) or type(exc).__name__
     else:
@@ -97,6 +99,15 @@ def reload(load_config: Callable[[], GateConfig]) -> str | None:
     if _reloaded is not None:
         _reloaded.set(0 if problem else 1)
     return problem
+
+
+def _load(config: GateConfig) -> DecisionFiles:
+    """The files of ``config``, once everything a worker builds from it would build (errors raise, with file:line)."""
+    from .web.serving import check_serving
+
+    files = load_decision_files(config)
+    check_serving(config)
+    return files
 
 
 def refused(problem: str) -> str:

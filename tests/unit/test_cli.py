@@ -146,6 +146,13 @@ def test_check_reports_every_bad_file_with_file_and_line(run, tmp_path):
     pytest.param("serve: {trust_proxy: [nonsense]}\n", None, "nonsense", id="bad trusted proxy"),
     pytest.param("serve: {gated: ['packages/**']}\n", None, "serve.gated", id="gated glob not absolute"),
     pytest.param("serve: {gated: ['/a/x**.whl']}\n", None, "whole segment", id="gated glob with ** in a segment"),
+    # What `serve` refuses, `check` (run before a reload, as `nginx -t` is) reports too.
+    pytest.param("serve: {mode: proxy}\n", None, "proxy mode needs --upstream", id="proxy mode without upstream"),
+    pytest.param("serve: {mode: proxy, upstream: 'ftp://mirror'}\n", None, "is not an http:// or https:// URL",
+                 id="proxy mode with a bad upstream"),
+    pytest.param("serve: {mode: static}\n", None, "static mode needs --root", id="static mode without root"),
+    pytest.param("serve: {mode: static, root: /nonexistent/mirror}\n", None, "is not a directory",
+                 id="static mode with a missing root"),
 ])
 def test_check_rejects_bad_config(run, tmp_path, text, line, message):
     config = write(tmp_path / "gate.yaml", text)
@@ -154,6 +161,14 @@ def test_check_rejects_bad_config(run, tmp_path, text, line, message):
     assert message in result.output
     if line is not None:
         assert f"{config}:{line}:" in result.output
+
+
+def test_check_reports_every_serve_problem_at_once_with_the_config_file(run, tmp_path):
+    config = write(tmp_path / "gate.yaml", "serve: {mode: proxy, trust_proxy: [nonsense], gated: ['packages/**']}\n")
+    result = run("check", config=config)
+    assert result.exit_code == 1, result.output
+    for message in ("nonsense", "serve.gated", "proxy mode needs --upstream"):
+        assert f"{config}: " in result.output.split(message)[0].rsplit("\n", 1)[-1], (message, result.output)
 
 
 def test_check_rejects_bad_geo_databases(run, tmp_path):

@@ -28,7 +28,7 @@ import http.cookiejar
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -75,18 +75,24 @@ class UpstreamCutOff(ExportGateError):
         super().__init__(f"upstream {url} stopped after {received}{of} bytes: {reason}")
 
 
+def checked_upstream(upstream: str, timeout: float) -> SplitResult:
+    """``upstream``, split, once it is a base URL the proxy can forward to; ConfigError otherwise."""
+    parts = urlsplit(upstream)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"upstream {upstream!r} is not an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"upstream {upstream!r}: give the base URL without a query or fragment")
+    if timeout <= 0:
+        raise ConfigError(f"upstream timeout must be positive, got {timeout!r}")
+    return parts
+
+
 class ProxyApp:
     """WSGI app forwarding gated-and-allowed (and ungated) requests to one upstream."""
 
     def __init__(self, admission: Admission, *, upstream: str, operator: Operator, gated: Iterable[str] = (),
                  timeout: float = 30.0, metrics: Any = None) -> None:
-        parts = urlsplit(upstream)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"upstream {upstream!r} is not an http:// or https:// URL with a host")
-        if parts.query or parts.fragment:
-            raise ConfigError(f"upstream {upstream!r}: give the base URL without a query or fragment")
-        if timeout <= 0:
-            raise ConfigError(f"upstream timeout must be positive, got {timeout!r}")
+        parts = checked_upstream(upstream, timeout)
         self.admission = admission
         self.operator = operator
         self.gated = compile_gated(gated, case_insensitive=admission.case_insensitive)

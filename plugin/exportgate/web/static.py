@@ -48,13 +48,19 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLO
 _PROC_FD = "/proc/self/fd"
 
 
+def checked_root(root: str) -> str:
+    """The real path of ``root``, once it is a directory to serve; ConfigError otherwise."""
+    real = os.path.realpath(root)
+    if not os.path.isdir(real):
+        raise ConfigError(f"static root {root!r} is not a directory")
+    return real
+
+
 class StaticApp:
     """WSGI app serving regular files under ``root``, decided first."""
 
     def __init__(self, admission: Admission, *, root: str, operator: Operator, gated: Iterable[str] = ()) -> None:
-        real = os.path.realpath(root)
-        if not os.path.isdir(real):
-            raise ConfigError(f"static root {root!r} is not a directory")
+        real = checked_root(root)
         self.admission = admission
         self.operator = operator
         self.root = real

@@ -1,0 +1,37 @@
+"""The master's check of what every worker builds from ``config.serve`` (exportgate.web.serving)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from exportgate.errors import ConfigErrors
+from exportgate.web.serving import check_serving
+
+
+def test_every_problem_is_reported_at_once_with_the_config_file(gate_config: Any, tmp_path: Any) -> None:
+    config = gate_config(serve={"mode": "static", "root": str(tmp_path / "missing"),
+                                "trust_proxy": ["127.0.0.1/33"], "gated": ["files/**"]})
+    with pytest.raises(ConfigErrors) as caught:
+        check_serving(config)
+    messages = [str(e) for e in caught.value.errors]
+    assert len(messages) == 3, messages
+    assert all(m.startswith(f"{config.file}: ") for m in messages), messages
+    assert "127.0.0.1/33" in messages[0] and "serve.gated" in messages[1] and "is not a directory" in messages[2]
+
+
+def test_a_good_configuration_passes(gate_config: Any, tmp_path: Any) -> None:
+    check_serving(gate_config(serve={"mode": "static", "root": str(tmp_path), "trust_proxy": ["10.0.0.0/8"]}))
+    check_serving(gate_config(serve={"mode": "proxy", "upstream": "http://mirror.internal:8080/base"}))
+
+
+def test_the_check_leaves_prometheus_client_unimported() -> None:
+    """The master runs the check before it sets PROMETHEUS_MULTIPROC_DIR, which prometheus_client reads once, when
+    first imported: imported earlier, every worker's counts stayed in its own memory and /metrics lost them."""
+    code = ("import sys; import exportgate.cli; from exportgate.web.serving import check_serving; "
+            "print('prometheus_client' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == "False"
