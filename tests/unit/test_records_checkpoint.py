@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from exportgate.records import Chain, Record, SQLiteStore
 from exportgate.records.checkpoint import (
     BACKSTOP_PAGES,

@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import pytest
-
 from exportgate.errors import ConfigErrors
 from exportgate.web.serving import check_serving
 
