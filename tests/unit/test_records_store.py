@@ -328,6 +328,19 @@ def test_the_readiness_probe_keeps_no_record(tmp_path: Path) -> None:
         assert [r.kind for r in s.iter_records()] == ["decision"]
 
 
+def test_the_wal_of_a_database_reached_through_a_symbolic_link_is_watched_too(tmp_path: Path) -> None:
+    """SQLite keeps the WAL beside the file the link points to, not beside the link."""
+    (tmp_path / "disk").mkdir()
+    link = tmp_path / "records.db"
+    link.symlink_to(tmp_path / "disk" / "records.db")
+    with SQLiteStore(str(link)) as s:
+        records = sealed("c:1", 2)
+        s.append(records[:1])
+        (tmp_path / "disk" / "records.db-wal").unlink()
+        with pytest.raises(RecordStoreError, match="removed or replaced while the gate had it open"):
+            s.append(records[1:])
+
+
 def test_records_cannot_be_updated_or_deleted_through_sqlite(tmp_path: Path) -> None:
     path = str(tmp_path / "r.db")
     with SQLiteStore(path) as s:

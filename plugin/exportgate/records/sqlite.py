@@ -36,13 +36,14 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Self
 
 from exportgate.errors import RecordStoreError
 from exportgate.records.chain import Record, canonical_text, make_record
-from exportgate.records.checkpoint import BACKSTOP_PAGES, Checkpointer
+from exportgate.records.checkpoint import BACKSTOP_PAGES, Checkpointer, WalPages
 from exportgate.records.store import CorruptRecordError, StoreOpenError
 
 try:
@@ -78,12 +79,14 @@ _SCHEMA = (
     # the planner can use it (a bound parameter cannot prove `kind <> 'decision'`).
     "CREATE INDEX IF NOT EXISTS records_by_kind ON records (kind, chain, seq) WHERE kind <> 'decision'",
     # One row, rewritten by the readiness probe: a commit of its own, never a record (check_writable).
-    "CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY CHECK (id = 1), probed_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY CHECK (id = 1), probed_at TEXT NOT NULL, room BLOB)",
     """CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
        BEGIN SELECT RAISE(ABORT, 'records are append-only'); END""",
     """CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
        BEGIN SELECT RAISE(ABORT, 'records are append-only'); END""",
 )
+# Bytes the readiness probe commits: about a transaction of 50 decision records under load.
+_PROBE_ROOM = 64 * 1024
 _COLUMNS = "chain, seq, kind, id, at, body, prev_hash, hash"
 _KIND_LITERAL = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _FETCH = 512
@@ -140,14 +143,28 @@ class SQLiteStore:
             raise StoreOpenError(self.where, _reason(exc)) from None
         if self.path is not None and fcntl is not None:
             self._lock_fd = self._open_lock_file(os.path.realpath(self.path) + ".lock")
+        # SQLite keeps the WAL beside the file a symbolic link points to.
+        self._wal_path = None if self.path is None else os.path.realpath(self.path) + "-wal"
         self._identity = self._file_identity()
+        if self._identity is not None and self._identity[1] is None:
+            self._writer.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+            raise StoreOpenError(self.where, f"no write-ahead log ({self._wal_path}) after opening it")
         self._checkpointer: Checkpointer | None = None
+        self._wal_pages: WalPages | None = None
+        self._finalizer: Any = None
         if self.path is not None:
             # Checkpoints beside the commits, not inside them (records/checkpoint.py); SQLite's own only as a backstop.
             self._writer.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
-            # Its second pass runs in a write turn of its own: between two commits, of this process or another's.
-            self._checkpointer = Checkpointer(self._connect_checkpointer,
-                                              lambda: self._writing("WAL not checkpointed"), self.where)
+            try:
+                self._wal_pages = WalPages(self.path)
+            except OSError as exc:
+                log.warning("%s: cannot read the WAL's page count (%s); SQLite checkpoints inside commits from %d "
+                            "pages", self.where, exc.strerror or exc, BACKSTOP_PAGES)
+            else:
+                self._checkpointer = _checkpointer_of(self)
+                self._finalizer = weakref.finalize(self, _stop_checkpoints, self._checkpointer, self._wal_pages)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -250,8 +267,10 @@ class SQLiteStore:
 
         For readiness checks after a failed commit: proves the store would accept the next record now. A record is
         inserted and rolled back (the same statement, triggers and constraints as a real one), then the probe's own
-        row in ``readiness`` is rewritten and committed, which needs what a record's commit needs: room in the WAL
-        and a sync (a full disk fails here, where a rolled-back insert writes nothing and passes).
+        row in ``readiness`` is rewritten and committed, which needs what a transaction of records needs: room in
+        the WAL for about as many pages (:data:`_PROBE_ROOM`) and a sync. So a full disk fails it, where a
+        rolled-back insert writes nothing and passes; a disk with a little room left may still pass it while a
+        larger transaction fails.
         """
         with self._writing("not writable") as conn:
             try:
@@ -261,9 +280,9 @@ class SQLiteStore:
                                            "2000-01-01T00:00:00.000000Z", "{}", "", ""))
                 conn.execute("ROLLBACK TO probe")
                 conn.execute("RELEASE probe")
-                conn.execute("INSERT INTO readiness (id, probed_at) VALUES (1, ?) "
-                             "ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
-                             (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),))
+                conn.execute("INSERT INTO readiness (id, probed_at, room) VALUES (1, ?, zeroblob(?)) "
+                             "ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at, room = excluded.room",
+                             (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), _PROBE_ROOM))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise RecordStoreError(f"{self.where}: not writable: {_reason(exc)}") from exc
@@ -277,10 +296,7 @@ class SQLiteStore:
     def append(self, records: Sequence[Record]) -> None:
         params: list[Any] = []
         extend = params.extend
-        text_bytes = 0
         for r in records:
-            body_json = r.body_json or canonical_text(r.body)
-            text_bytes += len(body_json)
             extend(
                 (
                     r.chain,
@@ -288,7 +304,7 @@ class SQLiteStore:
                     r.kind,
                     r.id,
                     r.at,
-                    body_json,
+                    r.body_json or canonical_text(r.body),
                     r.prev_hash,
                     r.hash,
                 )
@@ -316,8 +332,8 @@ class SQLiteStore:
                 raise RecordStoreError(
                     f"{self.where}: {count} record(s) not committed: {_reason(exc)}"
                 ) from exc
-            if self._checkpointer is not None:
-                self._checkpointer.written(text_bytes)
+            if self._checkpointer is not None and self._wal_pages is not None:
+                self._checkpointer.committed(self._wal_pages())
 
     @contextmanager
     def _writing(self, failure: str) -> Iterator[sqlite3.Connection]:
@@ -341,7 +357,7 @@ class SQLiteStore:
         connection closes)."""
         if self.path is None:
             return None
-        return tuple(_identity(name) for name in (self.path, self.path + "-wal"))
+        return (_identity(self.path), _identity(self._wal_path or ""))
 
     def _check_file(self) -> None:
         """A database file or WAL removed or replaced under the open store: what it commits would go to a file
@@ -502,6 +518,8 @@ class SQLiteStore:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+            if self._finalizer is not None:
+                self._finalizer()  # closes the WAL page count's file (once: a finalizer runs at most once)
 
     def __enter__(self) -> Self:
         return self
@@ -536,6 +554,31 @@ def _to_record(row: tuple[Any, ...]) -> Record:
             reason=str(exc),
         ) from None
     return make_record(chain, seq, kind, id, at, body, prev_hash, digest, body_json)
+
+
+def _checkpointer_of(store: SQLiteStore) -> Checkpointer:
+    """The store's checkpoint thread. It holds the store weakly: a store dropped without close() is still freed (and
+    the thread stopped, :func:`_stop_checkpoints`)."""
+    ref = weakref.ref(store)
+
+    def alive() -> SQLiteStore:
+        found = ref()
+        if found is None:
+            raise RecordStoreError("the record store is gone")
+        return found
+
+    return Checkpointer(lambda: alive()._connect_checkpointer(),
+                        # The second pass runs in a write turn of its own: between two commits, of any process.
+                        lambda: alive()._writing("WAL not checkpointed"), store.where)
+
+
+def _stop_checkpoints(checkpointer: Checkpointer, wal_pages: WalPages) -> None:
+    """A store freed without close(): its thread stops by itself (not waited for: this may run in the collector)."""
+    checkpointer.stop()
+    try:
+        wal_pages.close()
+    except OSError:
+        pass
 
 
 def _identity(path: str) -> tuple[int, int] | None:
