@@ -77,7 +77,11 @@ class UpstreamCutOff(ExportGateError):
 
 def checked_upstream(upstream: str, timeout: float) -> SplitResult:
     """``upstream``, split, once it is a base URL the proxy can forward to; ConfigError otherwise."""
-    parts = urlsplit(upstream)
+    try:
+        parts = urlsplit(upstream)
+        parts.port  # noqa: B018 - raises for a port that is no number or out of range
+    except ValueError as exc:
+        raise ConfigError(f"upstream {upstream!r} is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"upstream {upstream!r} is not an http:// or https:// URL with a host")
     if parts.query or parts.fragment:
