@@ -29,7 +29,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 from exportgate import reloading  # after the environment is set
 from exportgate.config import load_config
-from exportgate.serve import gunicorn_options
+from exportgate.serve import gunicorn_options, raise_open_file_limit
 
 _config = load_config()  # EXPORTGATE_CONFIG and EXPORTGATE_* ; a bad file fails here with file:line
 globals().update(gunicorn_options(_config))
@@ -44,6 +44,8 @@ def on_starting(server: Any) -> None:
     for name in os.listdir(directory):
         if name.endswith(".db"):
             os.unlink(os.path.join(directory, name))
+    # Each connection a worker holds is an open file (exportgate serve does the same).
+    raise_open_file_limit()
     # What the workers start from, loaded once here; a SIGHUP whose files do not load is refused.
     reloading.start(load_config)
     reloading.count_reloads()

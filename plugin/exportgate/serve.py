@@ -130,8 +130,8 @@ _OPEN_FILES_WITHOUT_HARD_LIMIT = 65536
 def raise_open_file_limit() -> None:
     """Raise this process's soft limit of open files to its hard limit, for the workers it forks (as nginx's
     ``worker_rlimit_nofile`` and Go's runtime do). Each connection a worker holds is an open file, shells and
-    systemd give 1,024 by default, and past the limit the event loop drops new connections without an answer or a
-    log line. Where it may not (a seccomp filter, deploy/systemd), the limit stays and a warning says so."""
+    systemd give 1,024 by default, and past the limit the event loop drops new connections without an answer
+    (uvloop's, the default, without a log line either). Where it may not (a seccomp filter, deploy/systemd), the limit stays and a warning says so."""
     try:
         import resource
     except ImportError:  # not a POSIX system

@@ -111,7 +111,8 @@ class ForwardAuthServer:
     def __call__(self) -> AuthConnection:
         if len(self.connections) >= self.crowded and not self._said_crowded:
             # Past the limit of open files the event loop drops new connections before they reach this server,
-            # unanswered and unlogged: say so while there is still room.
+            # unanswered, and uvloop's without a log line (asyncio's own loop logs them): say so while there is
+            # still room.
             self._said_crowded = True
             log.warning("%d connections open, near this worker's limit of open files: past it, new connections "
                         "are dropped unanswered (raise ulimit -n / LimitNOFILE, or limit the front end's "
