@@ -2,8 +2,8 @@
 
 Why: SQLite checkpoints by itself inside the commit that takes the WAL past 1,000 pages. That commit copies every
 page of the WAL into the database file and syncs it before it returns, and every download waiting for that commit
-waits as well. Behind nginx, those checkpoints set the gate's p99: a median of 13.4 ms over five runs, 7.3 ms with
-this thread in the same runs, at the same throughput (bench/RESULTS.md). Here the copy runs on another connection
+waits as well. Behind nginx, those checkpoints set the gate's p99: a median of 12.2 ms over 16 runs, 7.4 ms with
+this thread in runs alternating with those, for 3 % less throughput, within the noise (bench/RESULTS.md). Here the copy runs on another connection
 while the gate goes on committing (a ``PASSIVE`` checkpoint takes no lock a writer needs). Then, between two
 commits of this process (its write turn), a second ``PASSIVE`` pass copies the few pages committed meanwhile, so
 the WAL is wholly in the database file and the next commit starts the WAL from its beginning. Commits wait only
