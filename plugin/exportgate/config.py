@@ -236,7 +236,7 @@ def _parse_serve(raw: Any, *, file: str, path_of: Any) -> ServeConfig:
         mode=s.str("mode", required=False, choices=SERVE_MODES) or defaults.mode,
         upstream=s.str("upstream", required=False),
         root=path_of(s.str("root", required=False)),
-        trust_proxy=tuple(str(t) for t in trust),
+        trust_proxy=yamlfile.Located.of(trust),
         forwarded_header=s.str("forwarded_header", required=False, choices=("x-forwarded-for", "forwarded"))
         or defaults.forwarded_header,
         workers=s.int("workers", required=False, minimum=1) or defaults.workers,
@@ -244,7 +244,7 @@ def _parse_serve(raw: Any, *, file: str, path_of: Any) -> ServeConfig:
         fail_open=bool(s.bool("fail_open", required=False)),
         block_status=str(s.str("block_status", required=False, choices=("auto", "451", "403"))
                          or defaults.block_status),
-        gated=tuple(str(g) for g in gated),
+        gated=yamlfile.Located.of(gated),
         upstream_timeout=float(timeout) if timeout is not None else defaults.upstream_timeout,
         server=s.str("server", required=False, choices=("auto", "gunicorn", "granian")) or defaults.server,
     )

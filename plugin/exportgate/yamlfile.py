@@ -47,6 +47,26 @@ class Sequence(list):  # type: ignore[type-arg]
         return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
 
 
+class Located(tuple):  # type: ignore[type-arg]
+    """The text items of a YAML list as a tuple (for frozen settings) that keeps each item's line, so a problem found
+    after parsing (a trusted proxy that is no network, a bad glob) still points at file:line. Equal to the plain
+    tuple of the same items."""
+
+    item_lines: tuple[int, ...] = ()
+    line: int | None = None
+
+    @classmethod
+    def of(cls, items: Any) -> Located:
+        located = cls(str(item) for item in items)
+        if isinstance(items, Sequence):
+            located.item_lines = tuple(items.item_lines)
+            located.line = items.line
+        return located
+
+    def line_of(self, index: int) -> int | None:
+        return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
+
+
 def _loader_for(file: str) -> type[yaml.SafeLoader]:
     class Loader(yaml.SafeLoader):
         pass

@@ -143,9 +143,9 @@ def test_check_reports_every_bad_file_with_file_and_line(run, tmp_path):
     pytest.param("geo:\n  overrides:\n    - {network: 10.0.0.0/8, country: XX}\n", 3, "XX", id="unknown country"),
     pytest.param("geo:\n  overrides:\n    - {network: 10.0.0.0/33, country: US}\n", 3, "10.0.0.0/33",
                  id="bad CIDR"),
-    pytest.param("serve: {trust_proxy: [nonsense]}\n", None, "nonsense", id="bad trusted proxy"),
-    pytest.param("serve: {gated: ['packages/**']}\n", None, "serve.gated", id="gated glob not absolute"),
-    pytest.param("serve: {gated: ['/a/x**.whl']}\n", None, "whole segment", id="gated glob with ** in a segment"),
+    pytest.param("serve:\n  trust_proxy:\n    - 10.0.0.0/8\n    - nonsense\n", 4, "nonsense", id="bad trusted proxy"),
+    pytest.param("serve:\n  gated:\n    - /a/**\n    - packages/**\n", 4, "serve.gated", id="gated glob not absolute"),
+    pytest.param("serve: {gated: ['/a/x**.whl']}\n", 1, "whole segment", id="gated glob with ** in a segment"),
     # What `serve` refuses, `check` (run before a reload, as `nginx -t` is) reports too.
     pytest.param("serve: {mode: proxy}\n", None, "proxy mode needs --upstream", id="proxy mode without upstream"),
     pytest.param("serve: {mode: proxy, upstream: 'ftp://mirror'}\n", None, "is not an http:// or https:// URL",
@@ -172,7 +172,7 @@ def test_check_reports_every_serve_problem_at_once_with_the_config_file(run, tmp
     result = run("check", config=config)
     assert result.exit_code == 1, result.output
     for message in ("nonsense", "serve.gated", "proxy mode needs --upstream"):
-        assert f"{config}: " in result.output.split(message)[0].rsplit("\n", 1)[-1], (message, result.output)
+        assert f"{config}:" in result.output.split(message)[0].rsplit("\n", 1)[-1], (message, result.output)
 
 
 def test_check_rejects_bad_geo_databases(run, tmp_path):

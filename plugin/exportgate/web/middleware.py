@@ -45,11 +45,13 @@ def compile_gated(globs: Iterable[str], *, case_insensitive: bool = False) -> re
     case-folded path, and every download under it would pass undecided).
     """
     parts = []
-    for glob in globs:
+    for index, glob in enumerate(globs):
         try:
             parts.append(f"(?:{compile_glob(glob).source})")
         except ValueError as exc:
-            raise ConfigError(f"serve.gated: {exc}") from None
+            # With the line when ``globs`` comes from gate.yaml (exportgate.yamlfile.Located).
+            line = globs.line_of(index) if hasattr(globs, "line_of") else None
+            raise ConfigError(f"serve.gated: {exc}", line=line) from None
     if not parts:
         return None
     return re.compile("|".join(parts), re.IGNORECASE if case_insensitive else 0)

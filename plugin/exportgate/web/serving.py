@@ -28,7 +28,7 @@ def check_serving(config: GateConfig) -> None:
         try:
             check(*args, **kwargs)
         except ConfigError as exc:
-            errors.append(exc if exc.file else ConfigError(exc.message, file=config.file))
+            errors.append(exc if exc.file else ConfigError(exc.message, file=config.file, line=exc.line))
 
     collect(TrustedProxies, serve.trust_proxy, header=serve.forwarded_header, file=config.file)
     collect(compile_gated, serve.gated)
