@@ -456,7 +456,6 @@ def serve(ctx: click.Context, **options: Any) -> None:
     """Run the gate: forward-auth endpoint, proxy or static server, with /healthz, /readyz and /metrics."""
     import dataclasses
 
-    from .runtime import load_decision_files
     from .serve import run, server_for
 
     cfg = _config(ctx)
@@ -465,13 +464,9 @@ def serve(ctx: click.Context, **options: Any) -> None:
         changes["trust_proxy"] = tuple(changes["trust_proxy"])
     cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, **changes))
     server_for(cfg)  # a server that cannot serve this mode safely: refused before anything starts
-    # Loaded once in the master, so a broken config fails here with file:line, not in every worker; the workers
-    # decide by this copy of the manifest and packs (until a SIGHUP loads a good new one).
-    files = load_decision_files(cfg)
-    from .web.serving import check_serving
-
-    check_serving(cfg)  # a bad proxy CIDR or glob, a missing upstream: here, not in every worker
-    run(cfg, files)
+    # run() loads the manifest and packs and checks the serve settings once, in the master, before any server
+    # starts: a broken config fails there with file:line, not in every worker (exportgate.reloading).
+    run(cfg)
 
 
 # -------------------------------------------------------------------------------------------------- packs

@@ -3,10 +3,9 @@
 The master (``exportgate serve``, or a gunicorn started with ``deploy/gunicorn.conf.py``) loads the configuration
 and the manifest and packs (:func:`~exportgate.runtime.load_decision_files`, which also opens and closes the geo
 database and the record store as a worker would), checks the serve settings every worker builds from (trusted
-proxies, gated globs, upstream or root: :func:`~exportgate.web.serving.check_serving`), and every worker it forks starts
-from that copy. So a worker
-started later (after a crash, at ``max_requests``) neither stops at a file someone has broken since, nor decides
-by a file edited but not yet reloaded.
+proxies, gated globs, upstream or root: :func:`~exportgate.web.serving.check_serving`), and every worker it forks
+starts from that copy. So a worker started later (after a crash, at ``max_requests``) neither stops at a file
+someone has broken since, nor decides by a file edited but not yet reloaded.
 
 ``SIGHUP`` loads everything again first. Only when all of it loads does the server go on with its own reload (fresh
 workers, the listening socket kept); otherwise the master logs every problem (file:line), keeps the running workers
@@ -43,12 +42,11 @@ _in_force: tuple[GateConfig, DecisionFiles] | None = None
 _reloaded: Any = None  # the master's exportgate_config_last_reload_successful gauge
 
 
-def start(load_config: Callable[[], GateConfig], files: DecisionFiles | None = None) -> None:
-    """In the master, before any worker: load what the workers will start from (errors raise, with file:line);
-    ``files``: already loaded from ``load_config()`` by the caller."""
+def start(load_config: Callable[[], GateConfig]) -> None:
+    """In the master, before any worker: load what the workers will start from (errors raise, with file:line)."""
     global _in_force
     config = load_config()
-    _in_force = (config, files if files is not None else _load(config))
+    _in_force = (config, _load(config))
 
 
 def count_reloads() -> None:

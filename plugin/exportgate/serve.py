@@ -103,10 +103,11 @@ def _worker_class(serve: Any) -> str:
     return "gthread" if serve.threads > 1 else "sync"
 
 
-def run(config: GateConfig, files: DecisionFiles | None = None) -> None:
-    """Serve until stopped (SIGINT/SIGTERM: graceful); ``files``: already loaded from ``config`` by the caller."""
+def run(config: GateConfig) -> None:
+    """Serve until stopped (SIGINT/SIGTERM: graceful). Everything the workers start from is loaded and checked
+    first (:func:`exportgate.reloading.start`): a problem raises here, with file:line, before any server starts."""
     raise_open_file_limit()
-    reloading.start(lambda: config, files)
+    reloading.start(lambda: config)
     created = _metrics_dir()
     master = os.getpid()
     try:
@@ -131,7 +132,8 @@ def raise_open_file_limit() -> None:
     """Raise this process's soft limit of open files to its hard limit, for the workers it forks (as nginx's
     ``worker_rlimit_nofile`` and Go's runtime do). Each connection a worker holds is an open file, shells and
     systemd give 1,024 by default, and past the limit the event loop drops new connections without an answer
-    (uvloop's, the default, without a log line either). Where it may not (a seccomp filter, deploy/systemd), the limit stays and a warning says so."""
+    (uvloop's, the default, without a log line either). Where it may not (a seccomp filter, deploy/systemd), the
+    limit stays and a warning says so."""
     try:
         import resource
     except ImportError:  # not a POSIX system
