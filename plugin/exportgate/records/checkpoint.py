@@ -3,11 +3,12 @@
 Why: SQLite checkpoints by itself inside the commit that takes the WAL past 1,000 pages. That commit copies every
 page of the WAL into the database file and syncs it before it returns, and every download waiting for that commit
 waits as well. Behind nginx, those checkpoints set the gate's p99: a median of 12.2 ms over 16 runs, 7.4 ms with
-this thread in runs alternating with those, for 3 % less throughput, within the noise (bench/RESULTS.md). Here the copy runs on another connection
-while the gate goes on committing (a ``PASSIVE`` checkpoint takes no lock a writer needs). Then, between two
-commits of this process (its write turn), a second ``PASSIVE`` pass copies the few pages committed meanwhile, so
-the WAL is wholly in the database file and the next commit starts the WAL from its beginning. Commits wait only
-for that second, short pass (a median of 1.1 ms on the benchmark machine, against several for a whole checkpoint).
+this thread in runs alternating with those, for 3 % less throughput, within the noise (bench/RESULTS.md). Here
+the copy runs on another connection while the gate goes on committing (a ``PASSIVE`` checkpoint takes no lock a
+writer needs). Then, between two commits (the store's write turn), a second ``PASSIVE`` pass copies the few pages
+committed meanwhile, so the WAL is wholly in the database file and the next commit starts the WAL from its
+beginning. Commits wait only for that second, short pass (a median of 1.1 ms on the benchmark machine, against
+several for a whole checkpoint).
 
 When: once the WAL holds :data:`TARGET_PAGES` pages, SQLite's own default. The count is SQLite's own (``mxFrame``
 of the wal-index header, the ``-shm`` file, whose layout is SQLite's documented file format): the store reads it

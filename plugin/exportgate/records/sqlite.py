@@ -227,13 +227,6 @@ class SQLiteStore:
             raise
         return conn
 
-    def _connect_checkpointer(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path or ":memory:", isolation_level=None, check_same_thread=False,
-                               timeout=self._busy_timeout_ms / 1000)
-        # A checkpoint syncs the database file as this connection's mode says: the writer's.
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        return conn
-
     def _set_up_schema(self) -> None:
         conn = self._writer
         # BEGIN IMMEDIATE takes the write lock: two processes opening a new file do not race.
@@ -567,7 +560,8 @@ def _checkpointer_of(store: SQLiteStore) -> Checkpointer:
             raise RecordStoreError("the record store is gone")
         return found
 
-    return Checkpointer(lambda: alive()._connect_checkpointer(),
+    # A writer's connection: a checkpoint syncs the database file as its connection's mode says, the writer's.
+    return Checkpointer(lambda: alive()._connect(writer=True),
                         # The second pass runs in a write turn of its own: between two commits, of any process.
                         lambda: alive()._writing("WAL not checkpointed"), store.where)
 
