@@ -10,6 +10,16 @@ renamed a new file over the old one (device, inode, size or mtime changed) and s
 ``generation`` counts the switches so callers know to drop what they cached. Each build carries
 its own per-network cache, so a reload can never answer from the old build's networks.
 
+The reader never maps the file itself but a private copy of it, made when it is opened (an anonymous memory file
+on Linux, else an unlinked temporary file). ``maxminddb``'s C reader maps its file into memory, and a file
+written in place under a mapping (``cp``, ``curl -o`` or ``wget -O`` onto the path, rather than geoipupdate's
+rename) kills the process with SIGBUS at its next lookup: every worker at once, and a restarted worker would find
+a half-written file. With the copy, a file written in place is one more replacement: read again once it has
+changed, refused while half-written (the old copy answers meanwhile), taken once it is whole. Cost: each worker
+holds its own copy in memory (the size of the ``.mmdb``) instead of sharing the page cache. Where no copy can be
+made (no ``/proc``, no writable temporary directory), the file itself is mapped, as ``maxminddb`` does, with a
+warning.
+
 Caveat: a broken new file leaves the old one answering — the gate must keep serving — and says
 so in the log (once per broken file, unless reloaded by hand) and in
 ``describe()["last_reload_error"]``. Likewise a build past ``max_age_days`` is still used, but
@@ -21,10 +31,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import stat
+import tempfile
 import threading
 import time
-from typing import Any, Self
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any, Self
 
 from .errors import GeoDatabaseError
 from .networktable import NetworkTable
@@ -36,6 +50,7 @@ log = logging.getLogger("exportgate.geo")
 # then rather than failing request after request.
 _PROBES_V4 = ("8.8.8.8", "2.176.0.1", "81.2.69.142")
 _PROBES_V6 = ("2001:4860:4860::8888", "2a01:5ec0::1")
+_COPY_CHUNK = 1 << 20
 _NETWORK_CACHE_SIZE = 65536  # networks remembered per build before the cache starts over
 _DAY = 86400.0
 _monotonic = time.monotonic
@@ -79,6 +94,84 @@ def _signature(path: str) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _fd_signature(fd: int) -> tuple[int, ...]:
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(fd)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _reader(where: str, path: str) -> Any:
+    """``maxminddb``'s reader of the file at ``where`` (``path`` or a private copy of it); errors name ``path``."""
+    import maxminddb
+
+    try:
+        return maxminddb.open_database(where)
+    except maxminddb.InvalidDatabaseError as exc:
+        raise GeoDatabaseError(
+            path, f"not a valid MaxMind DB file, truncated or corrupt ({_named(exc, where, path)})"
+        ) from None
+    except OSError as exc:
+        raise GeoDatabaseError(path, f"cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # the reader raises ValueError, TypeError… on junk
+        raise GeoDatabaseError(path, f"not a valid MaxMind DB file ({_named(exc, where, path)})") from None
+
+
+def _named(exc: Exception, where: str, path: str) -> str:
+    return str(exc).replace(where, path) if where != path else str(exc)
+
+
+@contextmanager
+def _private_copy(source: IO[bytes], path: str) -> Iterator[str | None]:
+    """A copy of ``source`` that nobody else can write to, as a path to open while in the ``with``: an anonymous
+    memory file (Linux), else a temporary file unlinked on the way out (a reader that has mapped it keeps it).
+    ``None`` if neither can be made."""
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None:
+        try:
+            fd = memfd("exportgate-geo", os.MFD_CLOEXEC)
+        except OSError as exc:  # a syscall filter refusing it: a temporary file
+            log.debug("%s: no anonymous memory file (%s), copying to a temporary file", path, exc)
+        else:
+            try:
+                where = f"/proc/self/fd/{fd}"
+                _copy(source, fd, path)
+                if _same_file(where, fd):  # /proc is there: the reader can open the copy by path
+                    yield where
+                    return
+            finally:
+                os.close(fd)
+    try:
+        fd, where = tempfile.mkstemp(prefix="exportgate-geo-", suffix=".mmdb")
+    except OSError as exc:
+        log.debug("%s: no temporary file either (%s)", path, exc)
+        yield None
+        return
+    try:
+        _copy(source, fd, path)
+        yield where
+    finally:
+        os.close(fd)
+        os.unlink(where)
+
+
+def _copy(source: IO[bytes], fd: int, path: str) -> None:
+    source.seek(0)
+    with open(fd, "wb", closefd=False) as target:
+        try:
+            shutil.copyfileobj(source, target, _COPY_CHUNK)
+        except OSError as exc:  # no room for the copy: refused like a file that cannot be read
+            raise GeoDatabaseError(path, f"cannot copy it into memory or a temporary file: "
+                                         f"{exc.strerror or exc}") from None
+
+
+def _same_file(where: str, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.stat(where), os.fstat(fd))
+    except OSError:
+        return False
+
+
 class DatabaseFile:
     """A MaxMind-format file that is opened once, validated, and reloaded when it is replaced.
 
@@ -104,35 +197,39 @@ class DatabaseFile:
         """Incremented each time a new file is put in use (callers clear their caches)."""
         self.last_reload_error: str | None = None
         self._failed: object = None
+        self._said_no_copy = False
         self._lock = threading.Lock()
         self._loaded = self._open()
         self._next_check = _monotonic() + check_interval
         self._warn_if_stale(self._loaded)
 
     def _open(self) -> _Loaded:
-        import maxminddb
-
         path = self.path
         try:
-            signature = _signature(path)
+            source = open(path, "rb")  # noqa: SIM115 - closed below, after the copy
         except FileNotFoundError:
             raise GeoDatabaseError(path, "file not found") from None
         except IsADirectoryError:
             raise GeoDatabaseError(path, "is a directory, expected a .mmdb file") from None
         except OSError as exc:
             raise GeoDatabaseError(path, f"cannot read: {exc.strerror or exc}") from None
-        if signature[2] == 0:
-            raise GeoDatabaseError(path, "empty file (an interrupted download?)")
-        try:
-            reader = maxminddb.open_database(path)
-        except maxminddb.InvalidDatabaseError as exc:
-            raise GeoDatabaseError(
-                path, f"not a valid MaxMind DB file, truncated or corrupt ({exc})"
-            ) from None
-        except OSError as exc:
-            raise GeoDatabaseError(path, f"cannot read: {exc.strerror or exc}") from None
-        except Exception as exc:  # the reader raises ValueError, TypeError… on junk
-            raise GeoDatabaseError(path, f"not a valid MaxMind DB file ({exc})") from None
+        with source:
+            signature = _fd_signature(source.fileno())
+            if signature[2] == 0:
+                raise GeoDatabaseError(path, "empty file (an interrupted download?)")
+            with _private_copy(source, path) as copy:
+                if _fd_signature(source.fileno()) != signature:
+                    raise GeoDatabaseError(path, "changed while it was read (being written?); read again once it "
+                                                 "has changed")
+                if copy is None:
+                    if not self._said_no_copy:
+                        self._said_no_copy = True
+                        log.warning("%s: no private copy could be made, so the file itself is read: replace it "
+                                    "only by renaming a new file over it (as geoipupdate does), never by writing "
+                                    "into it (cp, curl -o), which would crash the workers", path)
+                    reader = _reader(path, path)
+                else:
+                    reader = _reader(copy, path)
         try:
             loaded = _Loaded(reader, signature)
             database_type = loaded.metadata.database_type

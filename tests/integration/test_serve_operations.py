@@ -8,6 +8,8 @@
   edited or broken since.
 * SIGTERM under load: the gate stops within its grace period, and every download it said yes to has its record.
 * A worker killed (OOM killer, a bug): the server starts another; the gate answers again by itself.
+* The geo database written in place (``cp``, not geoipupdate's rename): no worker dies, and no decision is taken
+  by half a file.
 * Two workers: each writes its own chain into the one store; ``/metrics`` on either reports the sum.
 """
 
@@ -197,6 +199,49 @@ def test_a_worker_started_after_a_file_changed_decides_by_what_the_master_loaded
             time.sleep(0.1)
         assert answered.status == 403, "a new worker read the manifest on disk instead of the master's"
         assert process.running
+
+
+def crypto_for(process: GateProcess, client: str) -> int:
+    """The status the nginx way for the 5D002 artifact asked from ``client``: 403 blocked, 200 served."""
+    return process.get("/auth", headers={"X-Original-URI": CRYPTO, "X-Forwarded-For": client}).status
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_geo_database_written_in_place_neither_kills_the_worker_nor_decides_by_half_a_file(
+        tmp_path: Path, server: str) -> None:
+    """``cp new.mmdb Country.mmdb`` (or ``curl -o``) under a running gate: the same file truncated and written
+    again. A reader mapping that file dies of SIGBUS at its next lookup; the worker reads a private copy instead,
+    goes on deciding by the old data while the file is half-written, and takes the new data once it is whole."""
+    from exportgate.geodata import build
+
+    process, files = gate_with_own_files(tmp_path, server)
+    geo = files["geo database"]
+    # The new data: Iran's test network is now American.
+    new = build([{"network": "2.176.0.0/12", "country": "US"}, {"network": "8.8.8.0/24", "country": "US"}],
+                tmp_path / "new.mmdb", kind="Country").read_bytes()
+    check_interval = 5.0  # the gate's: how often a worker looks at the file
+    with process:
+        assert crypto_for(process, "2.176.0.1") == 403
+        workers = workers_of(process)
+        with open(geo, "r+b") as f:
+            f.truncate(0)
+            # Clients in networks not looked up yet, so each answer needs the reader: under a mapping of the file
+            # itself the first of them kills the worker.
+            assert crypto_for(process, "41.67.0.1") == 403  # Sudan
+            f.write(new[: len(new) // 2])
+            f.flush()
+            time.sleep(check_interval + 0.5)  # seen, refused as half a file: the old data still decides
+            assert crypto_for(process, "2.176.128.1") == 403  # Iran, in the old data
+            assert crypto_for(process, "8.8.8.8") == 200
+            f.write(new[len(new) // 2:])
+        deadline = time.monotonic() + 3 * check_interval
+        while crypto_for(process, "2.176.0.2") == 403:  # until the whole new file is in use
+            assert time.monotonic() < deadline, "the file written in place was never taken"
+            time.sleep(0.5)
+        assert workers_of(process) == workers, "a worker died"
+        assert process.running
+    log = process.log.read_text(encoding="utf-8")
+    assert "cannot reload" in log and str(geo) in log
 
 
 @pytest.mark.parametrize("server", ["granian", "gunicorn"])

@@ -1,0 +1,177 @@
+"""A geo database written in place under a running gate (``cp``, ``curl -o``, ``wget -O`` onto its path).
+
+``maxminddb``'s C reader maps its file into memory, and a mapped file truncated under it kills the process with
+SIGBUS at the next lookup. The gate reads a private copy instead (mmdbfile's module docstring): the old data goes on
+answering while the file is half-written, and the new data is taken once it is whole. The scenario that would
+crash runs in a process of its own, so a regression fails the test instead of killing pytest; the others check that
+this process maps no part of the file itself (``/proc/self/maps``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from exportgate import geodata, mmdbfile
+from exportgate.errors import GeoDatabaseError
+from exportgate.geo import build_locator
+
+NETWORKS = geodata.load_networks(Path(__file__).parents[2] / "geodata" / "networks.yaml")
+FRESH = int(time.time()) - 86400
+SUDAN_NOW = [{"network": "2.176.0.0/12", "country": "SD"}, {"network": "8.8.8.0/24", "country": "US"}]
+
+
+def write_in_place(path: Path, data: bytes) -> None:
+    """What ``cp new.mmdb path`` does: the same inode, truncated, then written."""
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(data)
+
+
+def maps() -> list[str]:
+    """What this process has mapped into memory, a line each (``/proc/self/maps``)."""
+    return Path("/proc/self/maps").read_text(encoding="utf-8").splitlines()
+
+
+def mapped(path: Path) -> bool:
+    return any(line.endswith(" " + str(path)) for line in maps())
+
+
+def run_alone(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=False, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_file_truncated_and_rewritten_in_place_neither_crashes_nor_answers_from_half_a_file(tmp_path: Path) -> None:
+    path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
+    new = geodata.build(SUDAN_NOW, tmp_path / "new.mmdb", kind="Country", build_epoch=FRESH + 60)
+    done = run_alone(f"""
+        from pathlib import Path
+        from exportgate.geo import build_locator
+        path, new = Path({str(path)!r}), Path({str(new)!r}).read_bytes()
+        locator = build_locator(database=path, check_interval=0, cache_size=0)
+        print(locator.locate("2.176.0.1").country)
+        with open(path, "r+b") as f:
+            f.truncate(0)  # every page of the old file gone from under a mapping of it
+            print(locator.locate("8.8.8.8").country)  # a network not looked up yet: read from the reader
+            f.write(new[: len(new) // 2])
+            f.flush()
+            print(locator.locate("41.67.0.1").country, locator.describe()["last_reload_error"] is not None)
+            f.write(new[len(new) // 2:])
+        print(locator.locate("2.176.0.2").country, locator.describe()["last_reload_error"])
+    """)
+    assert done.returncode == 0, f"exit {done.returncode} (SIGBUS is -7): {done.stderr[-2000:]}"
+    assert done.stdout.split("\n") == ["IR", "US", "SD True", "SD None", ""]
+
+
+def test_the_reader_maps_an_anonymous_copy(tmp_path: Path) -> None:
+    path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
+    locator = build_locator(database=path, check_interval=3600, cache_size=0)
+    assert locator.locate("8.8.8.8").country == "US"
+    assert not mapped(path)
+    assert any("/memfd:exportgate-geo" in line for line in maps())
+
+
+def test_without_anonymous_memory_files_a_temporary_file_is_copied_and_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+
+    def refused(name: str, flags: int = 0) -> int:
+        raise PermissionError(1, "Operation not permitted")  # a syscall filter with SystemCallErrorNumber=EPERM
+
+    monkeypatch.setattr(os, "memfd_create", refused, raising=False)
+    locator = build_locator(database=path, check_interval=3600, cache_size=0)
+    assert list(temp.iterdir()) == []  # unlinked once the reader has it
+    assert not mapped(path)
+    assert locator.locate("8.8.8.8").country == "US"
+
+
+def test_without_proc_a_temporary_file_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
+    monkeypatch.setattr(mmdbfile, "_same_file", lambda where, fd: False)  # /proc/self/fd/N does not open it
+    opened: list[str] = []
+    real = mmdbfile._reader
+    monkeypatch.setattr(mmdbfile, "_reader", lambda where, p: opened.append(where) or real(where, p))
+    locator = build_locator(database=path, check_interval=3600, cache_size=0)
+    (where,) = opened
+    assert where != str(path) and not where.startswith("/proc/") and not os.path.exists(where)
+    assert not mapped(path)
+    assert locator.locate("8.8.8.8").country == "US"
+
+
+def test_with_no_copy_possible_the_file_itself_is_read_and_ops_are_warned_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
+    new = geodata.build(SUDAN_NOW, tmp_path / "new.mmdb", kind="Country", build_epoch=FRESH + 60)
+    monkeypatch.setattr(mmdbfile, "_same_file", lambda where, fd: False)
+
+    def no_temp(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_temp)
+    with caplog.at_level(logging.WARNING, logger="exportgate.geo"):
+        locator = build_locator(database=path, check_interval=0, cache_size=0)
+        assert locator.locate("2.176.0.1").country == "IR"
+        assert mapped(path)
+        os.replace(new, path)  # renamed over, as geoipupdate does: still fine
+        assert locator.locate("2.176.0.2").country == "SD"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert str(path) in warnings[0] and "renaming a new file over it" in warnings[0]
+
+
+def test_a_file_that_changes_while_it_is_copied_is_refused_and_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
+    locator = build_locator(database=path, check_interval=0, cache_size=0)
+    new = geodata.build(SUDAN_NOW, tmp_path / "new.mmdb", kind="Country", build_epoch=FRESH + 60).read_bytes()
+    real = mmdbfile._copy
+
+    def copy_while_written(source: object, fd: int, where: str) -> None:
+        real(source, fd, where)  # type: ignore[arg-type]
+        with open(path, "ab") as f:  # the writer is still at it
+            f.write(b"\0")
+
+    write_in_place(path, new)
+    monkeypatch.setattr(mmdbfile, "_copy", copy_while_written)
+    assert locator.locate("2.176.0.1").country == "IR"  # the old copy answers
+    assert "changed while it was read" in str(locator.describe()["last_reload_error"])
+    monkeypatch.setattr(mmdbfile, "_copy", real)
+    write_in_place(path, new)
+    assert locator.locate("2.176.0.2").country == "SD"
+    assert locator.describe()["last_reload_error"] is None
+
+
+def test_a_refused_copy_names_the_file_not_the_copy(tmp_path: Path) -> None:
+    path = tmp_path / "Country.mmdb"
+    path.write_bytes(b"\xab\xcd\xefMaxMind.com but cut short")
+    with pytest.raises(GeoDatabaseError) as caught:
+        build_locator(database=path)
+    assert str(path) in str(caught.value)
+    assert "/proc/self/fd" not in str(caught.value) and "exportgate-geo-" not in str(caught.value)
+
+
+def test_no_room_for_the_copy_is_a_refused_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
+
+    def full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mmdbfile.shutil, "copyfileobj", full)
+    with pytest.raises(GeoDatabaseError, match="No space left on device") as caught:
+        build_locator(database=path)
+    assert str(path) in str(caught.value)
