@@ -96,8 +96,6 @@ def _signature(path: str) -> tuple[int, ...]:
 
 def _fd_signature(fd: int) -> tuple[int, ...]:
     st = os.fstat(fd)
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(fd)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
@@ -152,7 +150,10 @@ def _private_copy(source: IO[bytes], path: str) -> Iterator[str | None]:
         yield where
     finally:
         os.close(fd)
-        os.unlink(where)
+        try:
+            os.unlink(where)
+        except OSError as exc:  # a system that cannot remove a file in use: left for the temporary directory's cleaning
+            log.debug("%s: cannot remove its copy %s (%s)", path, where, exc)
 
 
 def _copy(source: IO[bytes], fd: int, path: str) -> None:
@@ -206,19 +207,23 @@ class DatabaseFile:
     def _open(self) -> _Loaded:
         path = self.path
         try:
-            source = open(path, "rb")  # noqa: SIM115 - closed below, after the copy
+            # Without blocking: a FIFO in its place would wait for a writer forever.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise GeoDatabaseError(path, "file not found") from None
-        except IsADirectoryError:
-            raise GeoDatabaseError(path, "is a directory, expected a .mmdb file") from None
         except OSError as exc:
             raise GeoDatabaseError(path, f"cannot read: {exc.strerror or exc}") from None
-        with source:
-            signature = _fd_signature(source.fileno())
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            what = "is a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise GeoDatabaseError(path, f"{what}, expected a .mmdb file")
+        with open(fd, "rb") as source:
+            signature = _fd_signature(fd)
             if signature[2] == 0:
                 raise GeoDatabaseError(path, "empty file (an interrupted download?)")
             with _private_copy(source, path) as copy:
-                if _fd_signature(source.fileno()) != signature:
+                if _fd_signature(fd) != signature:
                     raise GeoDatabaseError(path, "changed while it was read (being written?); read again once it "
                                                  "has changed")
                 if copy is None:

@@ -461,6 +461,9 @@ def _corrupt(source: Path, target: Path, needle: bytes) -> Path:
     [
         pytest.param(lambda d, t: t / "missing.mmdb", "file not found", id="missing"),
         pytest.param(lambda d, t: t, "is a directory", id="directory"),
+        pytest.param(lambda d, t: (os.mkfifo(t / "fifo.mmdb"), t / "fifo.mmdb")[1], "not a regular file",
+                     id="fifo (opened without waiting for a writer)"),
+        pytest.param(lambda d, t: Path("/dev/zero"), "not a regular file", id="device"),
         pytest.param(
             lambda d, t: (t / "e.mmdb", (t / "e.mmdb").write_bytes(b""))[0],
             "empty file",
