@@ -16,9 +16,9 @@ written in place under a mapping (``cp``, ``curl -o`` or ``wget -O`` onto the pa
 rename) kills the process with SIGBUS at its next lookup: every worker at once, and a restarted worker would find
 a half-written file. With the copy, a file written in place is one more replacement: read again once it has
 changed, refused while half-written (the old copy answers meanwhile), taken once it is whole. Cost: each worker
-holds its own copy in memory (the size of the ``.mmdb``) instead of sharing the page cache. Where no copy can be
-made (no ``/proc``, no writable temporary directory), the file itself is mapped, as ``maxminddb`` does, with a
-warning.
+holds its own copy in memory (the size of the ``.mmdb``; two while a new file loads) instead of sharing the page
+cache. Where no copy can be made (no ``/proc``, no writable temporary directory, no room), the file itself is
+mapped, as ``maxminddb`` does, with a warning.
 
 Caveat: a broken new file leaves the old one answering — the gate must keep serving — and says
 so in the log (once per broken file, unless reloaded by hand) and in
@@ -29,6 +29,7 @@ logged once and flagged ``stale``.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import shutil
@@ -100,7 +101,8 @@ def _fd_signature(fd: int) -> tuple[int, ...]:
 
 
 def _reader(where: str, path: str) -> Any:
-    """``maxminddb``'s reader of the file at ``where`` (``path`` or a private copy of it); errors name ``path``."""
+    """``maxminddb``'s reader of the file at ``where`` (``path`` or a private copy of it); errors name ``path``.
+    A copy that cannot be opened raises OSError: the caller tries another way."""
     import maxminddb
 
     try:
@@ -110,6 +112,8 @@ def _reader(where: str, path: str) -> Any:
             path, f"not a valid MaxMind DB file, truncated or corrupt ({_named(exc, where, path)})"
         ) from None
     except OSError as exc:
+        if where != path:
+            raise
         raise GeoDatabaseError(path, f"cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # the reader raises ValueError, TypeError… on junk
         raise GeoDatabaseError(path, f"not a valid MaxMind DB file ({_named(exc, where, path)})") from None
@@ -120,57 +124,55 @@ def _named(exc: Exception, where: str, path: str) -> str:
 
 
 @contextmanager
-def _private_copy(source: IO[bytes], path: str) -> Iterator[str | None]:
-    """A copy of ``source`` that nobody else can write to, as a path to open while in the ``with``: an anonymous
-    memory file (Linux), else a temporary file unlinked on the way out (a reader that has mapped it keeps it).
-    ``None`` if neither can be made."""
+def _memory_copy(source: IO[bytes]) -> Iterator[str]:
+    """A copy of ``source`` in an anonymous memory file (Linux), by the path to open it while in the ``with``.
+    OSError if none can be made: no ``memfd_create`` (or a syscall filter refusing it), no ``/proc``, no memory."""
     memfd = getattr(os, "memfd_create", None)
-    if memfd is not None:
-        try:
-            fd = memfd("exportgate-geo", os.MFD_CLOEXEC)
-        except OSError as exc:  # a syscall filter refusing it: a temporary file
-            log.debug("%s: no anonymous memory file (%s), copying to a temporary file", path, exc)
-        else:
-            try:
-                where = f"/proc/self/fd/{fd}"
-                _copy(source, fd, path)
-                if _same_file(where, fd):  # /proc is there: the reader can open the copy by path
-                    yield where
-                    return
-            finally:
-                os.close(fd)
+    if memfd is None:
+        raise OSError(errno.ENOSYS, "no anonymous memory files on this system")
+    fd = memfd("exportgate-geo", os.MFD_CLOEXEC)
     try:
-        fd, where = tempfile.mkstemp(prefix="exportgate-geo-", suffix=".mmdb")
-    except OSError as exc:
-        log.debug("%s: no temporary file either (%s)", path, exc)
-        yield None
-        return
+        _copy(source, fd)
+        where = f"/proc/self/fd/{fd}"
+        _check_same_file(where, fd)
+        yield where
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _temporary_copy(source: IO[bytes]) -> Iterator[str]:
+    """A copy of ``source`` in a temporary file, by its path while in the ``with`` and unlinked on the way out (a
+    reader that has mapped it keeps it). OSError if none can be made."""
+    fd, where = tempfile.mkstemp(prefix="exportgate-geo-", suffix=".mmdb")
     try:
-        _copy(source, fd, path)
+        _copy(source, fd)
         yield where
     finally:
         os.close(fd)
         try:
             os.unlink(where)
         except OSError as exc:  # a system that cannot remove a file in use: left for the temporary directory's cleaning
-            log.debug("%s: cannot remove its copy %s (%s)", path, where, exc)
+            log.debug("cannot remove the geo database copy %s (%s)", where, exc)
 
 
-def _copy(source: IO[bytes], fd: int, path: str) -> None:
+_PRIVATE_COPIES = (_memory_copy, _temporary_copy)
+
+
+def _copy(source: IO[bytes], fd: int) -> None:
     source.seek(0)
-    with open(fd, "wb", closefd=False) as target:
-        try:
-            shutil.copyfileobj(source, target, _COPY_CHUNK)
-        except OSError as exc:  # no room for the copy: refused like a file that cannot be read
-            raise GeoDatabaseError(path, f"cannot copy it into memory or a temporary file: "
-                                         f"{exc.strerror or exc}") from None
+    with open(fd, "wb", closefd=False) as target:  # its last write is at the close: inside the caller's try
+        shutil.copyfileobj(source, target, _COPY_CHUNK)
 
 
-def _same_file(where: str, fd: int) -> bool:
+def _check_same_file(where: str, fd: int) -> None:
+    """OSError unless ``where`` opens the file of ``fd`` (``/proc/self/fd/N`` may be absent or refused)."""
+    check = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return os.path.samestat(os.stat(where), os.fstat(fd))
-    except OSError:
-        return False
+        if not os.path.samestat(os.fstat(check), os.fstat(fd)):
+            raise OSError(errno.ENOENT, "the copy cannot be opened by path", where)
+    finally:
+        os.close(check)
 
 
 class DatabaseFile:
@@ -222,19 +224,25 @@ class DatabaseFile:
             signature = _fd_signature(fd)
             if signature[2] == 0:
                 raise GeoDatabaseError(path, "empty file (an interrupted download?)")
-            with _private_copy(source, path) as copy:
-                if _fd_signature(fd) != signature:
-                    raise GeoDatabaseError(path, "changed while it was read (being written?); read again once it "
-                                                 "has changed")
-                if copy is None:
-                    if not self._said_no_copy:
-                        self._said_no_copy = True
-                        log.warning("%s: no private copy could be made, so the file itself is read: replace it "
-                                    "only by renaming a new file over it (as geoipupdate does), never by writing "
-                                    "into it (cp, curl -o), which would crash the workers", path)
-                    reader = _reader(path, path)
-                else:
-                    reader = _reader(copy, path)
+            reader = None
+            problems = []
+            for private_copy in _PRIVATE_COPIES:
+                try:
+                    with private_copy(source) as copy:
+                        if _fd_signature(fd) != signature:
+                            raise GeoDatabaseError(path, "changed while it was read (being written?); read again "
+                                                         "once it has changed")
+                        reader = _reader(copy, path)
+                    break
+                except OSError as exc:  # this kind of copy cannot be made here: the next
+                    problems.append(f"{private_copy.__name__.strip('_').replace('_', ' ')}: {exc.strerror or exc}")
+            if reader is None:
+                if not self._said_no_copy:
+                    self._said_no_copy = True
+                    log.warning("%s: no private copy could be made (%s), so the file itself is read: replace it "
+                                "only by renaming a new file over it (as geoipupdate does), never by writing into "
+                                "it (cp, curl -o), which would crash the workers", path, "; ".join(problems))
+                reader = _reader(path, path)
         try:
             loaded = _Loaded(reader, signature)
             database_type = loaded.metadata.database_type

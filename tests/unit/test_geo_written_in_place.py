@@ -98,14 +98,36 @@ def test_without_anonymous_memory_files_a_temporary_file_is_copied_and_removed(
     assert locator.locate("8.8.8.8").country == "US"
 
 
-def test_without_proc_a_temporary_file_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def no_proc(where: str, fd: int) -> None:
+    raise OSError(2, "No such file or directory", where)
+
+
+def reader_refusing_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc/self/fd/N is there, but opening it is refused (a security module's policy)."""
+    import maxminddb
+
+    real = maxminddb.open_database
+
+    def refusing(where: str, *args: object) -> object:
+        if str(where).startswith("/proc/"):
+            raise PermissionError(13, "Permission denied", where)
+        return real(where, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(maxminddb, "open_database", refusing)
+
+
+@pytest.mark.parametrize("case", ["no /proc", "/proc/self/fd refused to the reader"])
+def test_without_proc_a_temporary_file_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
-    monkeypatch.setattr(mmdbfile, "_same_file", lambda where, fd: False)  # /proc/self/fd/N does not open it
+    if case == "no /proc":
+        monkeypatch.setattr(mmdbfile, "_check_same_file", no_proc)
+    else:
+        reader_refusing_proc(monkeypatch)
     opened: list[str] = []
     real = mmdbfile._reader
     monkeypatch.setattr(mmdbfile, "_reader", lambda where, p: opened.append(where) or real(where, p))
     locator = build_locator(database=path, check_interval=3600, cache_size=0)
-    (where,) = opened
+    where = opened[-1]
     assert where != str(path) and not where.startswith("/proc/") and not os.path.exists(where)
     assert not mapped(path)
     assert locator.locate("8.8.8.8").country == "US"
@@ -116,7 +138,7 @@ def test_with_no_copy_possible_the_file_itself_is_read_and_ops_are_warned_once(
 ) -> None:
     path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
     new = geodata.build(SUDAN_NOW, tmp_path / "new.mmdb", kind="Country", build_epoch=FRESH + 60)
-    monkeypatch.setattr(mmdbfile, "_same_file", lambda where, fd: False)
+    monkeypatch.setattr(mmdbfile, "_check_same_file", no_proc)
 
     def no_temp(*args: object, **kwargs: object) -> tuple[int, str]:
         raise OSError(30, "Read-only file system")
@@ -141,8 +163,8 @@ def test_a_file_that_changes_while_it_is_copied_is_refused_and_read_again(
     new = geodata.build(SUDAN_NOW, tmp_path / "new.mmdb", kind="Country", build_epoch=FRESH + 60).read_bytes()
     real = mmdbfile._copy
 
-    def copy_while_written(source: object, fd: int, where: str) -> None:
-        real(source, fd, where)  # type: ignore[arg-type]
+    def copy_while_written(source: object, fd: int) -> None:
+        real(source, fd)  # type: ignore[arg-type]
         with open(path, "ab") as f:  # the writer is still at it
             f.write(b"\0")
 
@@ -165,13 +187,24 @@ def test_a_refused_copy_names_the_file_not_the_copy(tmp_path: Path) -> None:
     assert "/proc/self/fd" not in str(caught.value) and "exportgate-geo-" not in str(caught.value)
 
 
-def test_no_room_for_the_copy_is_a_refused_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("where", ["while copying", "at the last write"])
+def test_no_room_for_a_copy_reads_the_file_itself_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    """A full memory cgroup or temporary directory must not stop the gate from starting or reloading."""
     path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
+    if where == "while copying":
 
-    def full(*args: object) -> None:
-        raise OSError(28, "No space left on device")
+        def full(*args: object) -> None:
+            raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mmdbfile.shutil, "copyfileobj", full)
-    with pytest.raises(GeoDatabaseError, match="No space left on device") as caught:
-        build_locator(database=path)
-    assert str(path) in str(caught.value)
+        monkeypatch.setattr(mmdbfile.shutil, "copyfileobj", full)
+    else:  # what is left in the write buffer fails as the copy is closed: /dev/full
+        monkeypatch.setattr(mmdbfile, "_PRIVATE_COPIES", (mmdbfile._temporary_copy,))
+        monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: (os.open("/dev/full", os.O_WRONLY), "/dev/full"))
+        monkeypatch.setattr(os, "unlink", lambda where: None)
+    with caplog.at_level(logging.WARNING, logger="exportgate.geo"):
+        locator = build_locator(database=path, check_interval=0, cache_size=0)
+        assert locator.locate("8.8.8.8").country == "US"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(path) in warning and "No space left on device" in warning
