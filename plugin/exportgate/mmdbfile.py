@@ -4,7 +4,8 @@
 mean (:mod:`exportgate.maxmind` says that): it opens the file with ``maxminddb`` and refuses it —
 as a :class:`~exportgate.errors.GeoDatabaseError` naming the file — when it is missing, empty,
 truncated, corrupt (a few probe addresses are looked up at once, so a broken data section fails
-here rather than request after request) or of another ``database_type`` than the subclass
+here rather than request after request; first with the library's pure-Python reader, which raises
+an error on some files its C reader crashes on) or of another ``database_type`` than the subclass
 accepts. ``check_for_update`` (at most once per ``check_interval``) notices when geoipupdate has
 renamed a new file over the old one (device, inode, size or mtime changed) and switches to it;
 ``generation`` counts the switches so callers know to drop what they cached. Each build carries
@@ -52,6 +53,7 @@ log = logging.getLogger("exportgate.geo")
 _PROBES_V4 = ("8.8.8.8", "2.176.0.1", "81.2.69.142")
 _PROBES_V6 = ("2001:4860:4860::8888", "2a01:5ec0::1")
 _COPY_CHUNK = 1 << 20
+_MAX_DEPTH = 512  # libmaxminddb's own limit on nested maps and arrays
 _NETWORK_CACHE_SIZE = 65536  # networks remembered per build before the cache starts over
 _DAY = 86400.0
 _monotonic = time.monotonic
@@ -100,13 +102,14 @@ def _fd_signature(fd: int) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _reader(where: str, path: str) -> Any:
-    """``maxminddb``'s reader of the file at ``where`` (``path`` or a private copy of it); errors name ``path``.
-    A copy that cannot be opened raises OSError: the caller tries another way."""
+def _reader(where: str, path: str, mode: int | None = None) -> Any:
+    """``maxminddb``'s reader of the file at ``where`` (``path`` or a private copy of it; ``mode``: the library's
+    default, its C reader where built); errors name ``path``. A copy that cannot be opened raises OSError: the
+    caller tries another way."""
     import maxminddb
 
     try:
-        return maxminddb.open_database(where)
+        return maxminddb.open_database(where, maxminddb.MODE_AUTO if mode is None else mode)
     except maxminddb.InvalidDatabaseError as exc:
         raise GeoDatabaseError(
             path, f"not a valid MaxMind DB file, truncated or corrupt ({_named(exc, where, path)})"
@@ -117,6 +120,47 @@ def _reader(where: str, path: str) -> Any:
         raise GeoDatabaseError(path, f"cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # the reader raises ValueError, TypeError… on junk
         raise GeoDatabaseError(path, f"not a valid MaxMind DB file ({_named(exc, where, path)})") from None
+
+
+def _probe(reader: Any, path: str) -> None:
+    """Look up the probe addresses (module constants): a file whose data section is broken is refused at once."""
+    probes = _PROBES_V4 + (_PROBES_V6 if reader.metadata().ip_version == 6 else ())
+    for probe in probes:
+        try:
+            record, _ = reader.get_with_prefix_len(probe)
+        except Exception as exc:  # fail closed
+            raise GeoDatabaseError(path, f"corrupt: looking up {probe} failed ({exc})") from None
+        if not _keys_are_text(record):
+            # The format allows only UTF-8 text as map keys; the C reader crashes on any other.
+            raise GeoDatabaseError(path, f"corrupt: looking up {probe} found a map key that is not text")
+
+
+def _keys_are_text(value: Any, depth: int = 0) -> bool:
+    if depth > _MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(type(key) is str and _keys_are_text(item, depth + 1) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_keys_are_text(item, depth + 1) for item in value)
+    return True
+
+
+def _checked_in_python(where: str, path: str) -> None:
+    """Open and probe the file with ``maxminddb``'s pure-Python reader before its C reader does: on some corrupt
+    files the C reader kills the process (SIGSEGV) where the Python one raises an error, and a crash there would
+    take down the server's master at start or reload, or a worker in a loop of restarts. This guards the metadata
+    and the probes only; a crash further into a corrupt file remains possible."""
+    import maxminddb
+
+    reader = _reader(where, path, maxminddb.MODE_MMAP)
+    try:
+        _probe(reader, path)
+    except GeoDatabaseError:
+        raise
+    except Exception as exc:  # metadata of the wrong shape
+        raise GeoDatabaseError(path, f"not a valid MaxMind DB file ({_named(exc, where, path)})") from None
+    finally:
+        reader.close()
 
 
 def _named(exc: Exception, where: str, path: str) -> str:
@@ -232,6 +276,7 @@ class DatabaseFile:
                         if _fd_signature(fd) != signature:
                             raise GeoDatabaseError(path, "changed while it was read (being written?); read again "
                                                          "once it has changed")
+                        _checked_in_python(copy, path)
                         reader = _reader(copy, path)
                     break
                 except OSError as exc:  # this kind of copy cannot be made here: the next
@@ -242,6 +287,7 @@ class DatabaseFile:
                     log.warning("%s: no private copy could be made (%s), so the file itself is read: replace it "
                                 "only by renaming a new file over it (as geoipupdate does), never by writing into "
                                 "it (cp, curl -o), which would crash the workers", path, "; ".join(problems))
+                _checked_in_python(path, path)
                 reader = _reader(path, path)
         try:
             loaded = _Loaded(reader, signature)
@@ -250,14 +296,7 @@ class DatabaseFile:
                 raise GeoDatabaseError(
                     path, f"database type {database_type!r} is not {self.expected}"
                 )
-            probes = _PROBES_V4 + (_PROBES_V6 if loaded.metadata.ip_version == 6 else ())
-            for probe in probes:
-                try:
-                    reader.get_with_prefix_len(probe)
-                except Exception as exc:  # fail closed
-                    raise GeoDatabaseError(
-                        path, f"corrupt: looking up {probe} failed ({exc})"
-                    ) from None
+            _probe(reader, path)
         except GeoDatabaseError:
             reader.close()
             raise

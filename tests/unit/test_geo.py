@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -515,6 +517,33 @@ def test_refused_database(dbs: dict[str, Path], tmp_path: Path, make: Any, reaso
         build_locator(database=path)
     assert info.value.path == str(path)
     assert reason in info.value.reason
+
+
+@pytest.mark.parametrize("kind", ["Country", "City"])
+def test_a_map_key_that_is_not_text_is_refused_without_crashing(tmp_path: Path, kind: str) -> None:
+    """The format allows only text as map keys. maxminddb's C reader dies of SIGSEGV on a number there (the
+    iso_code key's control byte turned into a one-byte uint16); the file is refused before it gets that far. In a
+    process of its own, so that a regression fails this test rather than killing pytest."""
+    good = geodata.build(NETWORKS, tmp_path / "good.mmdb", kind=kind, build_epoch=FRESH)
+    data = bytearray(good.read_bytes())
+    at = data.find(b"\x48iso_code")
+    assert at > 0 and data.find(b"\x48iso_code", at + 1) == -1
+    data[at] = 0xC1
+    path = tmp_path / f"{kind}.mmdb"
+    path.write_bytes(bytes(data))
+    script = (
+        "import sys\n"
+        "from exportgate.errors import GeoDatabaseError\n"
+        "from exportgate.geo import build_locator\n"
+        "try:\n"
+        "    build_locator(database=sys.argv[1])\n"
+        "except GeoDatabaseError as exc:\n"
+        "    print(exc.reason)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], check=False, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, f"exit {done.returncode} (SIGSEGV is -11): {done.stderr[-1000:]}"
+    assert "corrupt: looking up 8.8.8.8 found a map key that is not text" in done.stdout
 
 
 def test_country_database_as_anonymous_ip_database(dbs: dict[str, Path]) -> None:

@@ -125,7 +125,7 @@ def test_without_proc_a_temporary_file_is_used(tmp_path: Path, monkeypatch: pyte
         reader_refusing_proc(monkeypatch)
     opened: list[str] = []
     real = mmdbfile._reader
-    monkeypatch.setattr(mmdbfile, "_reader", lambda where, p: opened.append(where) or real(where, p))
+    monkeypatch.setattr(mmdbfile, "_reader", lambda where, *args: opened.append(where) or real(where, *args))
     locator = build_locator(database=path, check_interval=3600, cache_size=0)
     where = opened[-1]
     assert where != str(path) and not where.startswith("/proc/") and not os.path.exists(where)
