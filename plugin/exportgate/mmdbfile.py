@@ -33,7 +33,6 @@ import datetime as dt
 import errno
 import logging
 import os
-import shutil
 import stat
 import tempfile
 import threading
@@ -203,10 +202,26 @@ def _temporary_copy(source: IO[bytes]) -> Iterator[str]:
 _PRIVATE_COPIES = (_memory_copy, _temporary_copy)
 
 
+class _Unreadable(Exception):
+    """The file itself could not be read while copying it (not the copy failing): it is refused, never mapped."""
+
+
 def _copy(source: IO[bytes], fd: int) -> None:
-    source.seek(0)
+    """Copy ``source`` into ``fd``. OSError: the copy could not be written (the caller tries another kind);
+    :class:`_Unreadable`: the source could not be read."""
+    try:
+        source.seek(0)
+    except OSError as exc:
+        raise _Unreadable(exc) from None
     with open(fd, "wb", closefd=False) as target:  # its last write is at the close: inside the caller's try
-        shutil.copyfileobj(source, target, _COPY_CHUNK)
+        while True:
+            try:
+                chunk = source.read(_COPY_CHUNK)
+            except OSError as exc:
+                raise _Unreadable(exc) from None
+            if not chunk:
+                break
+            target.write(chunk)
 
 
 def _check_same_file(where: str, fd: int) -> None:
@@ -279,7 +294,13 @@ class DatabaseFile:
                         _checked_in_python(copy, path)
                         reader = _reader(copy, path)
                     break
+                except _Unreadable as exc:
+                    cause = exc.args[0]
+                    raise GeoDatabaseError(path, f"cannot read: {cause.strerror or cause}") from None
                 except OSError as exc:  # this kind of copy cannot be made here: the next
+                    if reader is not None:  # failed on the way out of the ``with``, after the reader had it
+                        reader.close()
+                        reader = None
                     problems.append(f"{private_copy.__name__.strip('_').replace('_', ' ')}: {exc.strerror or exc}")
             if reader is None:
                 if not self._said_no_copy:
@@ -289,6 +310,14 @@ class DatabaseFile:
                                 "it (cp, curl -o), which would crash the workers", path, "; ".join(problems))
                 _checked_in_python(path, path)
                 reader = _reader(path, path)
+                try:
+                    now = _signature(path)
+                except OSError:
+                    now = None
+                if now != signature:  # replaced between the check and the reader: neither saw the same file
+                    reader.close()
+                    raise GeoDatabaseError(path, "changed while it was read (being written?); read again once it "
+                                                 "has changed")
         try:
             loaded = _Loaded(reader, signature)
             database_type = loaded.metadata.database_type

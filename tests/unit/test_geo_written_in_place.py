@@ -9,6 +9,8 @@ this process maps no part of the file itself (``/proc/self/maps``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import subprocess
@@ -17,6 +19,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,24 +190,132 @@ def test_a_refused_copy_names_the_file_not_the_copy(tmp_path: Path) -> None:
     assert "/proc/self/fd" not in str(caught.value) and "exportgate-geo-" not in str(caught.value)
 
 
-@pytest.mark.parametrize("where", ["while copying", "at the last write"])
+@pytest.mark.parametrize("full", ["memory and temporary directory", "temporary directory, no memory files"])
 def test_no_room_for_a_copy_reads_the_file_itself_and_says_why(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, full: str
 ) -> None:
-    """A full memory cgroup or temporary directory must not stop the gate from starting or reloading."""
+    """A full memory cgroup or temporary directory must not stop the gate from starting or reloading. The copy is
+    written to /dev/full: what is left in the write buffer fails as the copy is closed."""
     path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
-    if where == "while copying":
-
-        def full(*args: object) -> None:
-            raise OSError(28, "No space left on device")
-
-        monkeypatch.setattr(mmdbfile.shutil, "copyfileobj", full)
-    else:  # what is left in the write buffer fails as the copy is closed: /dev/full
+    if full == "memory and temporary directory":
+        monkeypatch.setattr(os, "memfd_create", lambda name, flags=0: os.open("/dev/full", os.O_WRONLY))
+    else:
         monkeypatch.setattr(mmdbfile, "_PRIVATE_COPIES", (mmdbfile._temporary_copy,))
-        monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: (os.open("/dev/full", os.O_WRONLY), "/dev/full"))
-        monkeypatch.setattr(os, "unlink", lambda where: None)
+    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: (os.open("/dev/full", os.O_WRONLY), "/dev/full"))
+    monkeypatch.setattr(os, "unlink", lambda where: None)
     with caplog.at_level(logging.WARNING, logger="exportgate.geo"):
         locator = build_locator(database=path, check_interval=0, cache_size=0)
         assert locator.locate("8.8.8.8").country == "US"
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert str(path) in warning and "No space left on device" in warning
+
+
+class _FailingReads(io.RawIOBase):
+    """The file as read through a disk that fails: every read is an I/O error."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self.fd)
+        super().close()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def readinto(self, buffer: Any) -> int:
+        raise OSError(5, "Input/output error")
+
+
+def test_a_file_that_cannot_be_read_is_refused_not_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An I/O error reading the file is no reason to map it instead of a copy: it is refused (the old copy goes on
+    answering), never read through a mapping that a failing page would turn into SIGBUS."""
+    path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
+    real_open = open
+
+    def failing_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if mode == "rb":
+            return io.BufferedReader(_FailingReads(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(mmdbfile, "open", failing_open, raising=False)
+    with pytest.raises(GeoDatabaseError, match="cannot read: Input/output error"):
+        build_locator(database=path)
+    assert not mapped(path)
+
+
+def test_a_copy_that_fails_once_opened_leaves_no_reader_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
+    copies: list[Path] = []
+
+    @contextlib.contextmanager
+    def failing_on_the_way_out(source: Any) -> Any:
+        copy = tmp_path / f"copy-{len(copies)}.mmdb"
+        copy.write_bytes(path.read_bytes())
+        copies.append(copy)
+        yield str(copy)
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(mmdbfile, "_PRIVATE_COPIES", (failing_on_the_way_out, mmdbfile._temporary_copy))
+    readers: list[Any] = []
+    real = mmdbfile._reader
+    monkeypatch.setattr(mmdbfile, "_reader", lambda *args: readers.append(real(*args)) or readers[-1])
+    locator = build_locator(database=path, check_interval=3600, cache_size=0)
+    assert locator.locate("8.8.8.8").country == "US"
+    c_readers = [r for r in readers if type(r).__module__ == "maxminddb.extension"]
+    assert len(c_readers) == 2
+    assert c_readers[0].closed and not c_readers[1].closed  # the first closed, not left open beside the one in use
+    assert not mapped(copies[0])
+
+
+def test_a_file_replaced_while_it_is_read_without_a_copy_is_refused_and_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = geodata.build(NETWORKS, tmp_path / "Country.mmdb", kind="Country", build_epoch=FRESH)
+    new = geodata.build(SUDAN_NOW, tmp_path / "new.mmdb", kind="Country", build_epoch=FRESH + 60)
+    monkeypatch.setattr(mmdbfile, "_PRIVATE_COPIES", ())
+    locator = build_locator(database=path, check_interval=0, cache_size=0)
+    real = mmdbfile._checked_in_python
+
+    def then_replaced(where: str, p: str) -> None:
+        real(where, p)
+        os.replace(new, path)  # between the check and the reader that will answer
+
+    monkeypatch.setattr(mmdbfile, "_checked_in_python", then_replaced)
+    os.utime(path, ns=(0, 0))  # noticed as a change
+    assert locator.locate("2.176.0.1").country == "IR"  # the old reader answers
+    assert "changed while it was read" in str(locator.describe()["last_reload_error"])
+    monkeypatch.setattr(mmdbfile, "_checked_in_python", real)
+    assert locator.locate("2.176.0.2").country == "SD"  # the file now in place, checked and read
+
+
+def test_a_database_with_metadata_the_c_reader_crashes_on_is_refused(tmp_path: Path) -> None:
+    """An extra key in the metadata: maxminddb's C reader dies of SIGSEGV reading it (in a process of its own)."""
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet  # type: ignore[import-untyped]
+
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoIP2-Country", languages=["en"],
+                        description={"en": "test"}, int_type="u32")
+    plain = writer._build_meta
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(writer, "_build_meta", lambda: {**plain(), "x_vendor": "acme"})
+    writer.insert_network(IPSet(["8.8.8.0/24"]), {"country": {"iso_code": "US"}})
+    path = tmp_path / "Country.mmdb"
+    writer.to_db_file(str(path))
+    done = run_alone(f"""
+        from exportgate.errors import GeoDatabaseError
+        from exportgate.geo import build_locator
+        try:
+            build_locator(database={str(path)!r})
+        except GeoDatabaseError as exc:
+            print(exc.reason)
+    """)
+    assert done.returncode == 0, f"exit {done.returncode} (SIGSEGV is -11): {done.stderr[-1000:]}"
+    assert "not a valid MaxMind DB file" in done.stdout
