@@ -5,7 +5,11 @@ file through checks of its own first (``exportgate.mmdbfile``): the pure-Python 
 and map keys that must be text. This flips random bytes in (and sometimes truncates) the test databases built from
 geodata/networks.yaml, then, in a child process per file, opens each corrupted file and looks up one address of
 every network in networks.yaml: once through the gate's locator, once with ``maxminddb.open_database`` alone (the
-baseline). A crash is a child killed by a signal; "at open" if opening alone already kills it.
+baseline). A crash is a child killed by a signal; "at open" if opening alone already kills it. A file that loads is
+compared with the intact one: the same country for every address; some lookups failing (the gate refuses those
+downloads); some addresses now unknown (the pack's rule for unknown locations decides them); or another country for
+some address; for the last two, whether an embargoed country's address is among them. The test databases are tiny (16 networks, about 3 KiB), so the gate's probe lookups
+reach most of their data: on a real database they reach far less, and more corruptions go unnoticed until a lookup.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ from exportgate import geodata  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 BUILT = 1764288000  # 2025-11-28: a fixed build date, so the same seed corrupts the same bytes
-OUTCOMES = ("refused at open", "loaded", "crashed at open", "crashed at a lookup")
+EMBARGOED = {"CU", "IR", "KP", "SD", "SY"}
+FAILED = "lookup failed"
+OUTCOMES = ("refused at open", "another error at open", "loaded, same answers", "loaded, some lookups failed",
+            "loaded, some now unknown", "unknown: an embargoed country's", "loaded, another country",
+            "another: an embargoed country's", "crashed at open", "crashed at a lookup")
+SAME, FAILURES, UNKNOWN, UNKNOWN_EMBARGOED, ANOTHER, ANOTHER_EMBARGOED = 0, 5, 6, 7, 8, 9
+REFUSED, OTHER_ERROR = 2, 3
 
 
 def corruptions(good: bytes, count: int, seed: int) -> list[bytes]:
@@ -45,72 +55,86 @@ def corruptions(good: bytes, count: int, seed: int) -> list[bytes]:
     return out
 
 
-def in_child(action: Callable[[], None]) -> int | None:
-    """Run ``action`` in a forked child: its exit status, or ``None`` if a signal killed it."""
+def in_child(action: Callable[[], int]) -> int | None:
+    """Run ``action`` in a forked child: the status it returns, or ``None`` if a signal killed the child."""
     pid = os.fork()
     if pid == 0:
+        code = OTHER_ERROR
         try:
-            action()
-        except BaseException:  # noqa: BLE001 - an error is an outcome here, not a crash
-            os._exit(3)
-        os._exit(0)
+            code = action()
+        except BaseException:  # noqa: BLE001, S110 - an error is an outcome here, not a crash
+            pass
+        finally:
+            os._exit(code if isinstance(code, int) else OTHER_ERROR)  # never back into the parent's code
     _, status = os.waitpid(pid, 0)
     return None if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def gate_open(path: Path) -> Callable[[], None]:
-    def action() -> None:
-        from exportgate.geo import build_locator
+def compared(answers: Sequence[str | None], expected: Sequence[str | None]) -> int:
+    """How the answers from a corrupted file differ from the intact file's, the worst first: another country for
+    some address (of an embargoed country's address, or not), an unknown location where there was a country (the
+    pack's rule for unknown locations decides those), only lookups failing (the gate refuses those downloads)."""
+    pairs = [(a, e) for a, e in zip(answers, expected, strict=True) if a != FAILED and a != e]
+    another = [e for a, e in pairs if a is not None]
+    if another:
+        return ANOTHER_EMBARGOED if EMBARGOED.intersection(another) else ANOTHER
+    unknown = [e for a, e in pairs if a is None]
+    if unknown:
+        return UNKNOWN_EMBARGOED if EMBARGOED.intersection(unknown) else UNKNOWN
+    return SAME if FAILED not in answers else FAILURES
 
-        build_locator(database=path, check_interval=3600, cache_size=0)
-    return action
+
+def gate_answers(path: Path, addresses: Sequence[str]) -> list[str | None] | None:
+    """The country the gate's locator gives each address; ``None`` if it refuses the file."""
+    from exportgate.errors import GeoDatabaseError
+    from exportgate.geo import build_locator
+
+    try:
+        locator = build_locator(database=path, check_interval=3600, cache_size=0)
+    except GeoDatabaseError:
+        return None
+    answers = []
+    for address in addresses:
+        location = locator.locate(address)
+        answers.append(FAILED if location.unknown_reason == "lookup-failed" else location.country)
+    return answers
 
 
-def gate_read(path: Path, addresses: Sequence[str]) -> Callable[[], None]:
-    def action() -> None:
-        from exportgate.errors import GeoDatabaseError
-        from exportgate.geo import build_locator
+def plain_answers(path: Path, addresses: Sequence[str]) -> list[str | None] | None:
+    """The country maxminddb's own reader gives each address; ``None`` if it refuses the file."""
+    import maxminddb
 
+    try:
+        reader = maxminddb.open_database(str(path))
+    except Exception:  # noqa: BLE001 - refused at open
+        return None
+    answers: list[str | None] = []
+    for address in addresses:
         try:
-            locator = build_locator(database=path, check_interval=3600, cache_size=0)
-        except GeoDatabaseError:
-            os._exit(2)
-        for address in addresses:
-            locator.locate(address)  # never raises: a failed lookup is an unknown location, decided closed
-    return action
+            record = reader.get(address)
+        except Exception:  # noqa: BLE001 - an error, not a crash
+            answers.append(FAILED)
+            continue
+        country = record.get("country") if isinstance(record, dict) else None
+        answers.append(country.get("iso_code") if isinstance(country, dict) else None)
+    return answers
 
 
-def plain_open(path: Path) -> Callable[[], None]:
-    def action() -> None:
-        import maxminddb
+def outcome(read: Callable[[], list[str | None] | None], expected: Sequence[str | None],
+            opened: Callable[[], object]) -> list[str]:
+    def action() -> int:
+        answers = read()
+        return REFUSED if answers is None else compared(answers, expected)
 
-        maxminddb.open_database(str(path))
-    return action
-
-
-def plain_read(path: Path, addresses: Sequence[str]) -> Callable[[], None]:
-    def action() -> None:
-        import maxminddb
-
-        try:
-            reader = maxminddb.open_database(str(path))
-        except Exception:  # noqa: BLE001 - refused at open
-            os._exit(2)
-        for address in addresses:
-            try:
-                reader.get(address)
-            except Exception:  # noqa: BLE001, S112 - an error, not a crash
-                continue
-    return action
-
-
-def outcome(path: Path, read: Callable[[], None], opened: Callable[[], None]) -> str:
-    status = in_child(read)
-    if status == 2:
-        return "refused at open"
-    if status is not None:
-        return "loaded"
-    return "crashed at open" if in_child(opened) is None else "crashed at a lookup"
+    status = in_child(action)
+    if status is None:
+        return ["crashed at open" if in_child(lambda: (opened(), SAME)[1]) is None else "crashed at a lookup"]
+    return {SAME: ["loaded, same answers"], FAILURES: ["loaded, some lookups failed"],
+            UNKNOWN: ["loaded, some now unknown"],
+            UNKNOWN_EMBARGOED: ["loaded, some now unknown", "unknown: an embargoed country's"],
+            ANOTHER: ["loaded, another country"],
+            ANOTHER_EMBARGOED: ["loaded, another country", "another: an embargoed country's"],
+            REFUSED: ["refused at open"]}.get(status, ["another error at open"])
 
 
 def addresses_of(networks: Sequence[dict[str, object]]) -> list[str]:
@@ -129,13 +153,17 @@ def run(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="geo-corruption-") as work:
         folder = Path(work)
         for kind in ("Country", "City"):
-            good = geodata.build(networks, folder / f"good-{kind}.mmdb", kind=kind, build_epoch=BUILT).read_bytes()
-            counts: dict[str, Counter[str]] = {"gate": Counter(), "maxminddb alone": Counter()}
+            intact = geodata.build(networks, folder / f"intact-{kind}.mmdb", kind=kind, build_epoch=BUILT)
+            expected = {"gate": gate_answers(intact, addresses), "maxminddb alone": plain_answers(intact, addresses)}
+            counts: dict[str, Counter[str]] = {who: Counter() for who in expected}
             path = folder / f"{kind}.mmdb"
-            for data in corruptions(good, args.files, args.seed):
+            for data in corruptions(intact.read_bytes(), args.files, args.seed):
                 path.write_bytes(data)
-                counts["gate"][outcome(path, gate_read(path, addresses), gate_open(path))] += 1
-                counts["maxminddb alone"][outcome(path, plain_read(path, addresses), plain_open(path))] += 1
+                counts["gate"].update(outcome(lambda path=path: gate_answers(path, addresses), expected["gate"],
+                                              lambda path=path: gate_answers(path, [])))
+                counts["maxminddb alone"].update(outcome(lambda path=path: plain_answers(path, addresses),
+                                                         expected["maxminddb alone"],
+                                                         lambda path=path: plain_answers(path, [])))
             for who, counted in counts.items():
                 rows.append((kind, who, counted))
                 print(kind, who, dict(counted), flush=True)
