@@ -32,7 +32,17 @@ class Mapping(dict):  # type: ignore[type-arg]
         return self.key_lines.get(key, self.line)
 
 
-class Sequence(list):  # type: ignore[type-arg]
+class _ItemLines:
+    """``line_of`` for a list whose items keep their lines: the item's, else the list's own."""
+
+    line: int | None
+    item_lines: list[int] | tuple[int, ...]
+
+    def line_of(self, index: int) -> int | None:
+        return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
+
+
+class Sequence(_ItemLines, list):  # type: ignore[type-arg]
     """A YAML list with ``line`` and ``item_lines``."""
 
     line: int = 0
@@ -43,11 +53,8 @@ class Sequence(list):  # type: ignore[type-arg]
         super().__init__(*args)
         self.item_lines = []
 
-    def line_of(self, index: int) -> int:
-        return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
 
-
-class Located(tuple):  # type: ignore[type-arg]
+class Located(_ItemLines, tuple):  # type: ignore[type-arg]
     """The text items of a YAML list as a tuple (for frozen settings) that keeps each item's line, so a problem found
     after parsing (a trusted proxy that is no network, a bad glob) still points at file:line. Equal to the plain
     tuple of the same items."""
@@ -62,9 +69,6 @@ class Located(tuple):  # type: ignore[type-arg]
             located.item_lines = tuple(items.item_lines)
             located.line = items.line
         return located
-
-    def line_of(self, index: int) -> int | None:
-        return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
 
 
 def _loader_for(file: str) -> type[yaml.SafeLoader]:
