@@ -285,7 +285,10 @@ def test_two_processes_keep_the_wal_at_sqlites_own_size(tmp_path: Path) -> None:
     assert all(w.returncode == 0 for w in writers)
     written = sum(int(r[0]) for r in results)
     assert sum(int(r[1]) for r in results) >= 2 and all(r[2] == "0" for r in results), results
-    assert most < 2 * TARGET_PAGES, most
+    # What it guards: the WAL never grows to SQLite's backstop, where the checkpoint runs inside a commit (the
+    # per-process estimate did: 4,019 pages). How far above the target it goes depends on the machine (a pass waits
+    # for the other process's commits): 1,300 to 2,000 pages on one 2-core machine, 1,850 to 2,800 on another.
+    assert most < BACKSTOP_PAGES, most
     with SQLiteStore(str(path)) as store:
         assert store.count() == written
         assert verify(store).ok
