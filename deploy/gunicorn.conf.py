@@ -29,7 +29,8 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 from exportgate import reloading  # after the environment is set
 from exportgate.config import load_config
-from exportgate.serve import gunicorn_options, raise_open_file_limit
+from exportgate.openfiles import raise_open_file_limit
+from exportgate.serve import gunicorn_options
 
 _config = load_config()  # EXPORTGATE_CONFIG and EXPORTGATE_* ; a bad file fails here with file:line
 globals().update(gunicorn_options(_config))

@@ -43,6 +43,7 @@ from typing import Any
 from . import reloading
 from .config import GateConfig
 from .errors import ExportGateError
+from .openfiles import raise_open_file_limit
 from .runtime import DecisionFiles
 
 log = logging.getLogger("exportgate.serve")
@@ -122,32 +123,6 @@ def run(config: GateConfig) -> None:
         # there took the live workers' metric files away, and the next worker failed to boot.
         if created is not None and os.getpid() == master:
             shutil.rmtree(created, ignore_errors=True)
-
-
-# With no hard limit (RLIM_INFINITY, some BSDs and macOS), as many as this: Linux refuses an infinite soft limit.
-_OPEN_FILES_WITHOUT_HARD_LIMIT = 65536
-
-
-def raise_open_file_limit() -> None:
-    """Raise this process's soft limit of open files to its hard limit, for the workers it forks (as nginx's
-    ``worker_rlimit_nofile`` and Go's runtime do). Each connection a worker holds is an open file, shells and
-    systemd give 1,024 by default, and past the limit the event loop drops new connections without an answer
-    (uvloop's, the default, without a log line either). Where it may not (a seccomp filter, deploy/systemd), the
-    limit stays and a warning says so."""
-    try:
-        import resource
-    except ImportError:  # not a POSIX system
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = _OPEN_FILES_WITHOUT_HARD_LIMIT if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (OSError, ValueError) as exc:
-            log.warning("open files: cannot raise the limit of %d to %d (%s); raise it where the gate is started "
-                        "(ulimit -n, systemd LimitNOFILE=)", soft, target, exc)
-        else:
-            log.info("open files: limit raised from %d to %d", soft, target)
 
 
 def _run_gunicorn(config: GateConfig) -> None:

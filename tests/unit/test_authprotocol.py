@@ -156,7 +156,7 @@ def test_serve_raises_its_limit_of_open_files_to_the_hard_limit(monkeypatch: pyt
     import logging
     import resource
 
-    from exportgate.serve import raise_open_file_limit
+    from exportgate.openfiles import raise_open_file_limit
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     lower = min(soft, 256)
@@ -170,7 +170,7 @@ def test_serve_raises_its_limit_of_open_files_to_the_hard_limit(monkeypatch: pyt
             raise PermissionError(1, "Operation not permitted")
 
         monkeypatch.setattr(resource, "setrlimit", refuse)  # a seccomp filter (deploy/systemd's @resources)
-        with caplog.at_level(logging.WARNING, logger="exportgate.serve"):
+        with caplog.at_level(logging.WARNING, logger="exportgate.openfiles"):
             raise_open_file_limit()  # no exception: the gate starts with the limit it has
     finally:
         monkeypatch.undo()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 from ..errors import ExportGateError
+from ..openfiles import crowded_at
 from .app import GateApp
 from .forwardauth import REQUEST_HEADERS, environ_key
 from .settle import CountsPerTurn, TransactionWaits, call_page, page_environ
@@ -105,7 +105,7 @@ class ForwardAuthServer:
         self.counts = CountsPerTurn(loop, self.admission.metrics)
         self.connections: set[AuthConnection] = set()
         self.stopping = False
-        self.crowded = _crowded_at()
+        self.crowded = crowded_at()
         self._said_crowded = False
 
     def __call__(self) -> AuthConnection:
@@ -428,16 +428,6 @@ class AuthConnection(asyncio.Protocol):
         if not self._reading_paused and self.transport is not None and not self.transport.is_closing():
             self._reading_paused = True
             self.transport.pause_reading()
-
-
-def _crowded_at() -> int:
-    """Open connections worth a warning: four fifths of the limit of open files (none without a limit)."""
-    try:
-        import resource
-    except ImportError:  # not a POSIX system
-        return sys.maxsize
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return sys.maxsize if soft == resource.RLIM_INFINITY else max(1, soft * 4 // 5)
 
 
 class _Slot:
