@@ -148,7 +148,7 @@ def load_authorization_file(path: str) -> list[Authorization]:
     result = []
     seen: set[str] = set()
     for i, item in enumerate(items):
-        line = items.line_of(i) if isinstance(items, yamlfile.Sequence) else None
+        line = yamlfile.item_line(items, i)
         auth = parse_authorization(item, file=path, line=line)
         if auth.id in seen:
             raise ConfigError(f"duplicate authorization id {auth.id!r}", file=path, line=line)

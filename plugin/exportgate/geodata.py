@@ -141,7 +141,7 @@ def _validated(networks: Iterable[Mapping[str, Any]]) -> list[tuple[Network, dic
     seen: dict[Network, int] = {}
     result = []
     for index, item in enumerate(items):
-        line = networks.line_of(index) if isinstance(networks, yamlfile.Sequence) else None
+        line = yamlfile.item_line(networks, index)
         fields = yamlfile.Fields(item, file=file, what=f"network #{index + 1}", line=line)
         text = fields.str("network")
         try:

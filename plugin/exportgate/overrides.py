@@ -53,7 +53,7 @@ class Overrides:
                     self._add(key, value, None, file=self.file, line=line)
         else:
             for index, item in enumerate(entries):
-                line = entries.line_of(index) if isinstance(entries, yamlfile.Sequence) else None
+                line = yamlfile.item_line(entries, index)
                 self._add_entry(item, f"override #{index + 1}", line=line)
         # Filed most specific first, so the first network the table finds is the one that wins.
         self._table = NetworkTable()

@@ -379,7 +379,7 @@ def parse_pack(data: Any, *, file: str, sha256: str, settings: Mapping[str, str]
     raw_rules = top.list("rules", required=False) or []
     seen_ids: dict[str, int | None] = {}
     for i, value in enumerate(raw_rules):
-        line = raw_rules.line_of(i) if isinstance(raw_rules, yamlfile.Sequence) else None
+        line = yamlfile.item_line(raw_rules, i)
         rule = rule_from(value, what=f"rule #{i + 1}", line=line)
         if rule.id in seen_ids:
             raise ConfigError(f"duplicate rule id {rule.id!r} (first at line {seen_ids[rule.id]})", file=file,

@@ -42,6 +42,12 @@ class _ItemLines:
         return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
 
 
+def item_line(items: object, index: int) -> int | None:
+    """The line of item ``index`` of a list read from YAML (:class:`Sequence` or :class:`Located`); ``None`` for
+    any other list (one given in code or on the command line)."""
+    return items.line_of(index) if isinstance(items, _ItemLines) else None
+
+
 class Sequence(_ItemLines, list):  # type: ignore[type-arg]
     """A YAML list with ``line`` and ``item_lines``."""
 

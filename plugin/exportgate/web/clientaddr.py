@@ -38,6 +38,7 @@ from ipaddress import IPv4Network, ip_network
 from typing import Any, Protocol
 
 from ..errors import ConfigError
+from ..yamlfile import item_line
 
 X_FORWARDED_FOR = "x-forwarded-for"
 FORWARDED = "forwarded"
@@ -134,7 +135,7 @@ class TrustedProxies:
         v6: list[tuple[int, int]] = []
         entries = list(cidrs) if not isinstance(cidrs, str) else [cidrs]
         for index, entry in enumerate(entries):
-            line = cidrs.line_of(index) if hasattr(cidrs, "line_of") else None
+            line = item_line(cidrs, index)
             if entry == UNIX:
                 self.trust_unix = True
                 continue

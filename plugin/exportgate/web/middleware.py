@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from ..errors import ConfigError
 from ..globs import compile_glob
+from ..yamlfile import item_line
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .page import Operator, decision_headers
 from .paths import PathRejected, normalise_path
@@ -49,8 +50,7 @@ def compile_gated(globs: Iterable[str], *, case_insensitive: bool = False) -> re
         try:
             parts.append(f"(?:{compile_glob(glob).source})")
         except ValueError as exc:
-            # With the line when ``globs`` comes from gate.yaml (exportgate.yamlfile.Located).
-            line = globs.line_of(index) if hasattr(globs, "line_of") else None
+            line = item_line(globs, index)  # when ``globs`` comes from gate.yaml
             raise ConfigError(f"serve.gated: {exc}", line=line) from None
     if not parts:
         return None
