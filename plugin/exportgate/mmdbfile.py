@@ -93,11 +93,15 @@ def _signature(path: str) -> tuple[int, ...]:
     st = os.stat(path)
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return _signature_of(st)
 
 
 def _fd_signature(fd: int) -> tuple[int, ...]:
-    st = os.fstat(fd)
+    return _signature_of(os.fstat(fd))
+
+
+def _signature_of(st: os.stat_result) -> tuple[int, ...]:
+    """What tells one file, or one state of it, from another: device, inode, size and modification time."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
