@@ -99,6 +99,70 @@ def test_slow_heads_and_idle_connections_are_closed(gate_config: Any, monkeypatc
     assert still_open
 
 
+def test_a_client_that_never_reads_its_answers_is_cut_off_after_the_keepalive_timeout(gate_config: Any) -> None:
+    """Closing a connection waits for the answers written to it to leave; a client that pipelines requests and
+    never reads them would keep the socket and its queued answers for as long as it likes. Past the keep-alive
+    timeout the sweep aborts it instead, and the shutdown does not wait for it either."""
+    import asyncio
+    import socket
+
+    from conftest import IR_CLIENT
+    from exportgate.web import authprotocol
+    from exportgate.web.app import create_app
+
+    app = create_app(gate_config(serve={"trust_proxy": ["127.0.0.1/32"], "block_status": "auto"}))
+    # Blocked, with the HTML page: about 1 KiB per answer, far more than the sockets' buffers hold.
+    request = (f"GET /auth HTTP/1.1\r\nHost: gate\r\nX-Original-URI: /files/crypto-1.tar.gz\r\n"
+               f"X-Forwarded-For: {IR_CLIENT}\r\nAccept: text/html\r\n\r\n").encode()
+
+    async def main() -> tuple[bool, int, int]:
+        loop = asyncio.get_running_loop()
+        server = authprotocol.ForwardAuthServer(app, loop, keepalive=0.5)
+        listener = await loop.create_server(server, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        await loop.sock_connect(client, ("127.0.0.1", port))
+        await loop.sock_sendall(client, request * 3000)  # and never a recv()
+        stuck = False
+        for _ in range(40):  # until the gate stops writing: its buffer full, the client's window shut
+            await asyncio.sleep(0.1)
+            conns = list(server.connections)
+            if conns and conns[0].unsent() and conns[0]._write_paused:
+                stuck = True
+                break
+        await asyncio.sleep(0.6)  # past the keep-alive timeout
+        server.sweep()
+        await asyncio.sleep(0.2)
+        after_sweep = len(server.connections)
+        # The same client again, this time left to the shutdown (deadline 0: at once).
+        again = socket.socket()
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        again.setblocking(False)
+        await loop.sock_connect(again, ("127.0.0.1", port))
+        await loop.sock_sendall(again, request * 3000)
+        for _ in range(40):
+            await asyncio.sleep(0.1)
+            if any(c._write_paused for c in server.connections):
+                break
+        listener.close()
+        await server.shutdown(0.0)
+        await asyncio.sleep(0.2)
+        after_shutdown = len(server.connections)
+        client.close()
+        again.close()
+        return stuck, after_sweep, after_shutdown
+
+    try:
+        stuck, after_sweep, after_shutdown = asyncio.run(main())
+    finally:
+        app.runtime.close()
+    assert stuck  # the case under test was reached: answers written, unread
+    assert after_sweep == 0
+    assert after_shutdown == 0
+
+
 def test_a_worker_near_its_limit_of_open_files_says_so_once(gate_config: Any, caplog: pytest.LogCaptureFixture) -> None:
     """Past the limit of open files the event loop drops new connections unanswered and unlogged; the server warns
     while there is room (here the limit is made small), once, and again only after the crowd has thinned."""

@@ -19,8 +19,10 @@ HTTP/1.1 as front ends use it: keep-alive, pipelining (answers in request order)
 announces one (``Content-Length`` above 0, ``Transfer-Encoding``, which front ends do not send on ``/auth``) is
 answered and its connection closed after the answer, so no byte after a head is ever read as another request.
 Limits: a head over 64 KiB is a 431, a head not complete within 30 s or a connection idle longer than the
-keep-alive timeout is closed; a connection with 64 answers waiting (for their commits, or for the client to read
-them) is not read until they are written. Upgrades, ``CONNECT`` and a repeated ``Host`` are refused (400).
+keep-alive timeout is closed (aborted, if answers written to it are still unread); a connection with 64 answers
+waiting (for their commits, or for the client to read them) is not read further until they are written (requests
+already received in the same read are still answered: at most one read's worth). Upgrades, ``CONNECT`` and a
+repeated ``Host`` are refused (400).
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ class ForwardAuthServer:
                 break
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            conn.close()
+            conn.close(abort=conn.unsent())  # past the deadline: a client not reading is not waited for
         self.counts.flush()
 
 
@@ -215,6 +217,7 @@ class AuthConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self.last_active = time.monotonic()  # the client reads: not idle, even once closing
         self._flush()
 
     # -- httptools callbacks -----------------------------------------------------------------------------------
@@ -417,11 +420,22 @@ class AuthConnection(asyncio.Protocol):
             return  # waiting for commits: never cut off
         slow_head = self.head_bytes and now - self.head_started > HEAD_TIMEOUT
         if slow_head or now - self.last_active > self.server.keepalive:
-            self.close()
+            # A client that has not read its answers in all that time will not: close() would wait for them
+            # to drain, forever, holding the socket and the answers (also when close() was already asked for).
+            self.close(abort=self.unsent())
 
-    def close(self) -> None:
+    def unsent(self) -> bool:
+        """Whether answers written to the transport still wait for the client to read them."""
+        return self.transport is not None and (self._write_paused or self.transport.get_write_buffer_size() > 0)
+
+    def close(self, *, abort: bool = False) -> None:
+        """Close after the answers written so far have left; ``abort``: at once, dropping them."""
         self.closing = True
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is None:
+            return
+        if abort:
+            self.transport.abort()
+        elif not self.transport.is_closing():
             self.transport.close()
 
     def _pause_reading(self) -> None:
