@@ -120,39 +120,33 @@ def test_a_client_that_never_reads_its_answers_is_cut_off_after_the_keepalive_ti
         server = authprotocol.ForwardAuthServer(app, loop, keepalive=0.5)
         listener = await loop.create_server(server, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
-        client = socket.socket()
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.setblocking(False)
-        await loop.sock_connect(client, ("127.0.0.1", port))
-        await loop.sock_sendall(client, request * 3000)  # and never a recv()
-        stuck = False
-        for _ in range(40):  # until the gate stops writing: its buffer full, the client's window shut
-            await asyncio.sleep(0.1)
-            conns = list(server.connections)
-            if conns and conns[0].unsent() and conns[0]._write_paused:
-                stuck = True
-                break
+
+        async def client_that_never_reads() -> tuple[socket.socket, bool]:
+            """Connected, 3,000 requests sent, and the gate stopped writing: its buffer full, the window shut."""
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.setblocking(False)
+            await loop.sock_connect(client, ("127.0.0.1", port))
+            await loop.sock_sendall(client, request * 3000)  # and never a recv()
+            for _ in range(40):
+                await asyncio.sleep(0.1)
+                if any(c._write_paused and c.unsent() for c in server.connections):
+                    return client, True
+            return client, False
+
+        client, stuck = await client_that_never_reads()
         await asyncio.sleep(0.6)  # past the keep-alive timeout
         server.sweep()
         await asyncio.sleep(0.2)
         after_sweep = len(server.connections)
-        # The same client again, this time left to the shutdown (deadline 0: at once).
-        again = socket.socket()
-        again.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        again.setblocking(False)
-        await loop.sock_connect(again, ("127.0.0.1", port))
-        await loop.sock_sendall(again, request * 3000)
-        for _ in range(40):
-            await asyncio.sleep(0.1)
-            if any(c._write_paused for c in server.connections):
-                break
+        again, stuck_again = await client_that_never_reads()  # this one left to the shutdown (deadline 0: at once)
         listener.close()
         await server.shutdown(0.0)
         await asyncio.sleep(0.2)
         after_shutdown = len(server.connections)
         client.close()
         again.close()
-        return stuck, after_sweep, after_shutdown
+        return stuck and stuck_again, after_sweep, after_shutdown
 
     try:
         stuck, after_sweep, after_shutdown = asyncio.run(main())

@@ -426,7 +426,7 @@ class AuthConnection(asyncio.Protocol):
 
     def unsent(self) -> bool:
         """Whether answers written to the transport still wait for the client to read them."""
-        return self.transport is not None and (self._write_paused or self.transport.get_write_buffer_size() > 0)
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
 
     def close(self, *, abort: bool = False) -> None:
         """Close after the answers written so far have left; ``abort``: at once, dropping them."""
