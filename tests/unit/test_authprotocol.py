@@ -157,6 +157,70 @@ def test_a_client_that_never_reads_its_answers_is_cut_off_after_the_keepalive_ti
     assert after_shutdown == 0
 
 
+@pytest.mark.parametrize("half_close", [False, True], ids=["kept-open", "half-closed"])
+def test_pipelined_requests_past_the_waiting_limit_are_parsed_only_as_answers_leave(gate_config: Any,
+                                                                                   half_close: bool) -> None:
+    """3,000 requests in one send arrive in a few large reads; llhttp would parse and decide every request of a
+    read at once. The connection parses one head at a time and keeps the rest back while MAX_WAITING answers wait,
+    so no more than that are ever in flight on it; every request is still answered, in order, including those
+    sent before a half-close."""
+    import asyncio
+    import re
+    import socket
+
+    from conftest import IR_CLIENT
+    from exportgate.web import authprotocol
+    from exportgate.web.app import create_app
+
+    app = create_app(gate_config(serve={"trust_proxy": ["127.0.0.1/32"]}))
+    request = (f"GET /auth HTTP/1.1\r\nHost: gate\r\nX-Original-URI: /files/chat-1.tar.gz\r\n"
+               f"X-Forwarded-For: {IR_CLIENT}\r\n\r\n").encode()
+    total = 3000
+    in_flight = []
+
+    class Counting(authprotocol.AuthConnection):
+        def on_headers_complete(self) -> None:
+            in_flight.append(len(self.answers) + 1)  # this request's answer, and those still waiting before it
+            super().on_headers_complete()
+
+    class Server(authprotocol.ForwardAuthServer):
+        def __call__(self) -> authprotocol.AuthConnection:
+            return Counting(self)
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        server = Server(app, loop, keepalive=60)
+        listener = await loop.create_server(server, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, ("127.0.0.1", port))
+        await loop.sock_sendall(client, request * total)
+        if half_close:
+            client.shutdown(socket.SHUT_WR)
+        received = b""
+        while received.count(b"HTTP/1.1 ") < total or half_close:
+            chunk = await asyncio.wait_for(loop.sock_recv(client, 1 << 16), 20)
+            if not chunk:
+                break
+            received += chunk
+        client.close()
+        listener.close()
+        await server.shutdown(1.0)
+        return received
+
+    try:
+        received = asyncio.run(main())
+    finally:
+        app.runtime.close()
+    assert len(in_flight) == total
+    # One more at most: a CRLF CRLF split between two reads lets one piece hold two heads.
+    assert max(in_flight) <= authprotocol.MAX_WAITING + 1
+    ids = re.findall(rb"X-Exportgate-Decision-Id: \S+-([0-9a-f]+)\r\n", received)
+    assert received.count(b"HTTP/1.1 200 OK") == len(ids) == total
+    assert [int(i, 16) for i in ids] == list(range(1, total + 1))  # answers in request order
+
+
 def test_a_worker_near_its_limit_of_open_files_says_so_once(gate_config: Any, caplog: pytest.LogCaptureFixture) -> None:
     """Past the limit of open files the event loop drops new connections unanswered and unlogged; the server warns
     while there is room (here the limit is made small), once, and again only after the crowd has thinned."""

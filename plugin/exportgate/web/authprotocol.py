@@ -20,9 +20,9 @@ announces one (``Content-Length`` above 0, ``Transfer-Encoding``, which front en
 answered and its connection closed after the answer, so no byte after a head is ever read as another request.
 Limits: a head over 64 KiB is a 431, a head not complete within 30 s or a connection idle longer than the
 keep-alive timeout is closed (aborted, if answers written to it are still unread); a connection with 64 answers
-waiting (for their commits, or for the client to read them) is not read further until they are written (requests
-already received in the same read are still answered: at most one read's worth). Upgrades, ``CONNECT`` and a
-repeated ``Host`` are refused (400).
+waiting (for their commits, or for the client to read them) is not parsed or read further until half of them are
+written (pipelined requests already received wait, unparsed and undecided). Upgrades, ``CONNECT`` and a repeated
+``Host`` are refused (400).
 """
 
 from __future__ import annotations
@@ -165,6 +165,8 @@ class AuthConnection(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False  # the client is not reading: answers wait in self.answers
         self._eof = False
+        self._backlog = b""  # received, not parsed yet: MAX_WAITING answers were waiting (reading is paused)
+        self._parsing = False
         self._url = b""
         self._head_size = 0
         self._body = False
@@ -185,31 +187,20 @@ class AuthConnection(asyncio.Protocol):
         self.server.connections.discard(self)
         self.closing = True
         self.answers.clear()  # the records of requests still waiting are committed all the same
+        self._backlog = b""
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
         self.last_active = time.monotonic()
-        if not self.in_request:
-            if not self.head_bytes:
-                self.head_started = self.last_active
-            self.head_bytes += len(data)
-        try:
-            self.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # and what on_headers_complete stopped
-            refusal, self._refusal = self._refusal, None
-            if not self.closing:  # not stopped by a request answered with Connection: close
-                status, text = refusal or ("400 Bad Request", f"malformed request: {_parser_reason(exc)}")
-                self._refuse(status, text)
-            return
-        if not self.in_request and self.head_bytes > MAX_HEAD:  # a head still coming, already too large
-            self._refuse("431 Request Header Fields Too Large", "request head too large")
+        self._read(data)
 
     def eof_received(self) -> bool:
         """The client will send nothing more: answer what it asked, then close."""
         self._eof = True
-        self.closing = True
-        return bool(self.answers)  # True: keep the transport open for the answers still waiting
+        if not self._backlog:  # requests received before the half-close are still answered
+            self.closing = True
+        return bool(self.answers or self._backlog)  # True: keep the transport open for the answers to come
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -219,6 +210,58 @@ class AuthConnection(asyncio.Protocol):
         self._write_paused = False
         self.last_active = time.monotonic()  # the client reads: not idle, even once closing
         self._flush()
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    def _read(self, data: bytes) -> None:
+        """Parse requests from ``data`` (after the backlog) one head at a time; once MAX_WAITING answers wait,
+        keep the rest, unparsed, until they are written.
+
+        One read can hold thousands of pipelined requests, and llhttp parses all it is given: fed whole, they
+        would all be decided at once whatever the limit. A head ends at its first CRLF CRLF (llhttp refuses bare
+        LF line ends, and a request with a body is the connection's last), so each piece fed is one request;
+        a CRLF CRLF split between two reads lets the next piece hold two.
+        """
+        if self._backlog:
+            data, self._backlog = self._backlog + data, b""
+        answers = self.answers
+        while data:
+            if len(answers) >= MAX_WAITING:
+                self._backlog = data
+                self._pause_reading()
+                return
+            end = data.find(b"\r\n\r\n") + 4
+            if end == 3 or end == len(data):  # the last head, whole or not
+                piece, data = data, b""
+            else:
+                piece, data = data[:end], data[end:]
+            if not self._feed(piece):
+                return
+        if self._eof:
+            self.closing = True
+
+    def _feed(self, piece: bytes) -> bool:
+        """Parse ``piece``; False once the connection reads no further request."""
+        if not self.in_request:
+            if not self.head_bytes:
+                self.head_started = self.last_active
+            self.head_bytes += len(piece)
+        self._parsing = True
+        try:
+            self.parser.feed_data(piece)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # and what on_headers_complete stopped
+            self._parsing = False
+            refusal, self._refusal = self._refusal, None
+            if not self.closing:  # not stopped by a request answered with Connection: close
+                status, text = refusal or ("400 Bad Request", f"malformed request: {_parser_reason(exc)}")
+                self._refuse(status, text)
+            return False
+        finally:
+            self._parsing = False
+        if not self.in_request and self.head_bytes > MAX_HEAD:  # a head still coming, already too large
+            self._refuse("431 Request Header Fields Too Large", "request head too large")
+            return False
+        return not self.closing
 
     # -- httptools callbacks -----------------------------------------------------------------------------------
 
@@ -401,9 +444,17 @@ class AuthConnection(asyncio.Protocol):
                 self.close()
                 return
         self.last_active = time.monotonic()
-        if self._eof and not answers:
+        if self._parsing:  # an answer given while parsing: _read goes on by itself
+            return
+        room = not self._write_paused and len(answers) < MAX_WAITING // 2
+        if self._backlog and room:
+            self._read(b"")  # the requests kept back: parsed now, up to the limit again
+            if transport.is_closing():
+                return
+            room = not self._backlog and not self._write_paused and len(answers) < MAX_WAITING // 2
+        if self._eof and not answers and not self._backlog:
             self.close()
-        elif self._reading_paused and not self._write_paused and len(answers) < MAX_WAITING // 2:
+        elif self._reading_paused and room:
             self._reading_paused = False
             transport.resume_reading()
 
