@@ -225,11 +225,7 @@ class AuthConnection(asyncio.Protocol):
         if self._backlog:
             data, self._backlog = self._backlog + data, b""
         answers = self.answers
-        while data:
-            if len(answers) >= MAX_WAITING:
-                self._backlog = data
-                self._pause_reading()
-                return
+        while data and len(answers) < MAX_WAITING:
             end = data.find(b"\r\n\r\n") + 4
             if end == 3 or end == len(data):  # the last head, whole or not
                 piece, data = data, b""
@@ -237,7 +233,10 @@ class AuthConnection(asyncio.Protocol):
                 piece, data = data[:end], data[end:]
             if not self._feed(piece):
                 return
-        if self._eof:
+        if len(answers) >= MAX_WAITING:
+            self._backlog = data
+            self._pause_reading()
+        if self._eof and not self._backlog:
             self.closing = True
 
     def _feed(self, piece: bytes) -> bool:
@@ -246,18 +245,20 @@ class AuthConnection(asyncio.Protocol):
             if not self.head_bytes:
                 self.head_started = self.last_active
             self.head_bytes += len(piece)
+        stopped: Exception | None = None
         self._parsing = True
         try:
             self.parser.feed_data(piece)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # and what on_headers_complete stopped
-            self._parsing = False
-            refusal, self._refusal = self._refusal, None
-            if not self.closing:  # not stopped by a request answered with Connection: close
-                status, text = refusal or ("400 Bad Request", f"malformed request: {_parser_reason(exc)}")
-                self._refuse(status, text)
-            return False
+            stopped = exc
         finally:
             self._parsing = False
+        if stopped is not None:
+            refusal, self._refusal = self._refusal, None
+            if not self.closing:  # not stopped by a request answered with Connection: close
+                status, text = refusal or ("400 Bad Request", f"malformed request: {_parser_reason(stopped)}")
+                self._refuse(status, text)
+            return False
         if not self.in_request and self.head_bytes > MAX_HEAD:  # a head still coming, already too large
             self._refuse("431 Request Header Fields Too Large", "request head too large")
             return False
@@ -318,8 +319,6 @@ class AuthConnection(asyncio.Protocol):
         # what follows its head is never parsed, so no byte of a body can be read as a request.
         slot = _Slot()
         self.answers.append(slot)
-        if len(self.answers) >= MAX_WAITING:
-            self._pause_reading()
         head = method == "HEAD"
         close = self._body or not self.parser.should_keep_alive() or self.server.stopping or self.server.no_keepalive
         try:
@@ -446,15 +445,14 @@ class AuthConnection(asyncio.Protocol):
         self.last_active = time.monotonic()
         if self._parsing:  # an answer given while parsing: _read goes on by itself
             return
-        room = not self._write_paused and len(answers) < MAX_WAITING // 2
-        if self._backlog and room:
+        if self._backlog and not self._write_paused and len(answers) < MAX_WAITING // 2:
             self._read(b"")  # the requests kept back: parsed now, up to the limit again
             if transport.is_closing():
                 return
-            room = not self._backlog and not self._write_paused and len(answers) < MAX_WAITING // 2
         if self._eof and not answers and not self._backlog:
             self.close()
-        elif self._reading_paused and room:
+        elif (self._reading_paused and not self._backlog and not self._write_paused
+              and len(answers) < MAX_WAITING // 2):
             self._reading_paused = False
             transport.resume_reading()
 
