@@ -99,6 +99,27 @@ def test_slow_heads_and_idle_connections_are_closed(gate_config: Any, monkeypatc
     assert still_open
 
 
+def _auth_request(uri: str, extra: str = "") -> bytes:
+    """A forward-auth request as nginx sends it, for an Iranian client (the test overrides place it there)."""
+    from conftest import IR_CLIENT
+
+    return (f"GET /auth HTTP/1.1\r\nHost: gate\r\nX-Original-URI: {uri}\r\nX-Forwarded-For: {IR_CLIENT}\r\n"
+            f"{extra}\r\n").encode()
+
+
+async def _client(port: int, *, receive_buffer: int | None = None) -> Any:
+    """A non-blocking socket connected to the server on ``port``, for the running loop's ``sock_*`` calls."""
+    import asyncio
+    import socket
+
+    client = socket.socket()
+    if receive_buffer is not None:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    client.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
+    return client
+
+
 def test_a_client_that_never_reads_its_answers_is_cut_off_after_the_keepalive_timeout(gate_config: Any) -> None:
     """Closing a connection waits for the answers written to it to leave; a client that pipelines requests and
     never reads them would keep the socket and its queued answers for as long as it likes. Past the keep-alive
@@ -106,14 +127,12 @@ def test_a_client_that_never_reads_its_answers_is_cut_off_after_the_keepalive_ti
     import asyncio
     import socket
 
-    from conftest import IR_CLIENT
     from exportgate.web import authprotocol
     from exportgate.web.app import create_app
 
     app = create_app(gate_config(serve={"trust_proxy": ["127.0.0.1/32"], "block_status": "auto"}))
     # Blocked, with the HTML page: about 1 KiB per answer, far more than the sockets' buffers hold.
-    request = (f"GET /auth HTTP/1.1\r\nHost: gate\r\nX-Original-URI: /files/crypto-1.tar.gz\r\n"
-               f"X-Forwarded-For: {IR_CLIENT}\r\nAccept: text/html\r\n\r\n").encode()
+    request = _auth_request("/files/crypto-1.tar.gz", "Accept: text/html\r\n")
 
     async def main() -> tuple[bool, int, int]:
         loop = asyncio.get_running_loop()
@@ -123,10 +142,7 @@ def test_a_client_that_never_reads_its_answers_is_cut_off_after_the_keepalive_ti
 
         async def client_that_never_reads() -> tuple[socket.socket, bool]:
             """Connected, 3,000 requests sent, and the gate stopped writing: its buffer full, the window shut."""
-            client = socket.socket()
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            client.setblocking(False)
-            await loop.sock_connect(client, ("127.0.0.1", port))
+            client = await _client(port, receive_buffer=4096)
             await loop.sock_sendall(client, request * 3000)  # and never a recv()
             for _ in range(40):
                 await asyncio.sleep(0.1)
@@ -168,13 +184,11 @@ def test_pipelined_requests_past_the_waiting_limit_are_parsed_only_as_answers_le
     import re
     import socket
 
-    from conftest import IR_CLIENT
     from exportgate.web import authprotocol
     from exportgate.web.app import create_app
 
     app = create_app(gate_config(serve={"trust_proxy": ["127.0.0.1/32"]}))
-    request = (f"GET /auth HTTP/1.1\r\nHost: gate\r\nX-Original-URI: /files/chat-1.tar.gz\r\n"
-               f"X-Forwarded-For: {IR_CLIENT}\r\n\r\n").encode()
+    request = _auth_request("/files/chat-1.tar.gz")
     total = 3000
     in_flight = []
 
@@ -192,9 +206,7 @@ def test_pipelined_requests_past_the_waiting_limit_are_parsed_only_as_answers_le
         server = Server(app, loop, keepalive=60)
         listener = await loop.create_server(server, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
-        client = socket.socket()
-        client.setblocking(False)
-        await loop.sock_connect(client, ("127.0.0.1", port))
+        client = await _client(port)
         await loop.sock_sendall(client, request * total)
         if half_close:
             client.shutdown(socket.SHUT_WR)
