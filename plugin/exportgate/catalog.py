@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .casefolding import fold_case
 from .classification import UNCLASSIFIED, Classification
 from .errors import ConfigError, ConfigErrors
 from .explanation import Explanation, Match, describe_classification
@@ -137,7 +138,7 @@ class Catalog:
         return self._cached.cache_info()
 
     def _fold(self, path: str) -> str:
-        return path if self.case_sensitive else path.lower()
+        return path if self.case_sensitive else fold_case(path)
 
     def _classify(self, path: str) -> Classification:
         key = self._fold(path)

@@ -63,6 +63,22 @@ def _parse_at(value: str | None) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
+def _request_path(cfg: GateConfig, path: str) -> str:
+    """``path`` as the gate reads a request for it (decoded once, ``//`` merged, dot-segments resolved, case folded
+    for a case-insensitive origin): ``classify`` and ``explain`` answer for the artifact the gate would decide on,
+    so a rule written for one spelling never seems to cover another. A path the gate refuses is an error."""
+    from .web.paths import normalise_path
+
+    try:
+        return normalise_path(path.encode("utf-8"), case_insensitive=cfg.case_insensitive_paths).path
+    except ValueError as exc:  # PathRejected
+        raise ExportGateError(f"{exc}: the gate answers such a request with 400, without a decision") from None
+
+
+def _read_as(asked: str, path: str) -> str:
+    return "" if asked == path else f" (the gate reads {asked!r} as this path)"
+
+
 def _emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
 
@@ -169,7 +185,9 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
 
 @main.command()
 @click.option("--ip", "ip", required=True, help="Client address, as the gate would see it.")
-@click.option("--path", "path", required=True, help="Artifact path on the mirror, e.g. /packages/x.whl.")
+@click.option("--path", "path", required=True,
+              help="Request path, e.g. /packages/x.whl (read as the gate reads it: decoded once, // and dot-segments "
+                   "resolved).")
 @click.option("--at", "at", help="Decide as of this date or time (UTC), e.g. 2010-03-07. Default: now.")
 @click.option("--method", default="GET", show_default=True)
 @click.option("--host", default=None, help="Host header, for the record.")
@@ -183,6 +201,7 @@ def explain(ctx: click.Context, ip: str, path: str, at: str | None, method: str,
 
     cfg = _config(ctx)
     when = _parse_at(at)
+    asked, path = path, _request_path(cfg, path)
     with GateRuntime(cfg, record=False) as rt:
         store = existing_store(cfg)
         if store is not None:
@@ -203,6 +222,8 @@ def explain(ctx: click.Context, ip: str, path: str, at: str | None, method: str,
             if c.classified else "unclassified")
     click.echo(f"decision:       {decision.action.upper()}" + (" (dry-run: served)" if decision.mode == "dry-run"
                                                                  else ""))
+    if asked != path:
+        click.echo(f"path:           {path}{_read_as(asked, path)}")
     click.echo(f"rule:           {decision.rule}")
     click.echo(f"citation:       {decision.citation}")
     if decision.authorization:
@@ -228,10 +249,15 @@ def explain(ctx: click.Context, ip: str, path: str, at: str | None, method: str,
 @click.pass_context
 @_guarded
 def classify(ctx: click.Context, path: str, show_explain: bool, as_json: bool) -> None:
-    """Show the export classification of an artifact path, from the manifest."""
+    """Show the export classification of an artifact path, from the manifest.
+
+    PATH is read as the gate reads a request for it: percent-encoding decoded once, // merged, dot-segments
+    resolved, case folded for a case-insensitive origin."""
     from .runtime import open_catalog
 
-    catalog = open_catalog(_config(ctx))
+    cfg = _config(ctx)
+    asked, path = path, _request_path(cfg, path)
+    catalog = open_catalog(cfg)
     if show_explain:
         explanation = catalog.explain(path)
         if as_json:
@@ -245,11 +271,11 @@ def classify(ctx: click.Context, path: str, show_explain: bool, as_json: bool) -
         _emit(c.to_dict())
         return
     if not c.classified:
-        click.echo(f"{path}: unclassified (no manifest rule matches)")
+        click.echo(f"{path}: unclassified (no manifest rule matches){_read_as(asked, path)}")
         return
     kinds = f" ({', '.join(c.kinds)})" if c.kinds else ""
     click.echo(f"{path}: {c.category}{kinds}, eccn {c.eccn}, {c.price}, "
-               f"{'publicly available' if c.publicly_available else 'not publicly available'}")
+               f"{'publicly available' if c.publicly_available else 'not publicly available'}{_read_as(asked, path)}")
     click.echo(f"  rule: {c.rule}")
     if c.note:
         click.echo(f"  note: {c.note}")

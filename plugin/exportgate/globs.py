@@ -51,6 +51,21 @@ class Glob:
         return self.wildcards == 0 and self.double_stars == 0
 
 
+def _check_normalised(glob: str) -> None:
+    """Refuse a glob no request path can match: paths are matched after the web layer merged ``//`` and resolved
+    ``.`` and ``..`` (:mod:`exportgate.web.paths`), so a rule written with them would never apply, and the
+    download it was meant for would fall through to a broader rule."""
+    segments = glob[1:].split("/")
+    for position, segment in enumerate(segments):
+        if segment == "" and position < len(segments) - 1:  # a trailing "/" (a directory) is a path's own form
+            merged = re.sub("/{2,}", "/", glob)
+            raise ValueError(f"path {glob!r} has an empty segment ('//'): request paths are matched with duplicate "
+                             f"slashes merged, so it would never match; write {merged!r}")
+        if segment in (".", ".."):
+            raise ValueError(f"path {glob!r} has a {segment!r} segment: request paths are matched with dot-segments "
+                             "resolved, so it would never match; write the path without it")
+
+
 def compile_glob(glob: str) -> Glob:
     """Translate one path glob; raises ``ValueError`` with a message for the manifest author.
 
@@ -62,6 +77,7 @@ def compile_glob(glob: str) -> Glob:
         raise ValueError(f"path {glob!r} must start with / (it is matched against the request path)")
     if any(c < " " or c == "\x7f" for c in glob):
         raise ValueError(f"path {glob!r} contains a control character")
+    _check_normalised(glob)
     segments: list[list[str | None] | None] = []  # None: a "**" segment; in a segment, None is a "*"
     literals = glob.count("/")
     double_stars = wildcards = 0

@@ -326,6 +326,8 @@ def test_restricted_artifact_is_never_served_to_iran(make_gate: Any, upstream: U
     pytest.param("/FILES/CRYPTO-1.TAR.GZ", id="upper"),
     pytest.param("/Files/Crypto-1.tar.gz", id="mixed"),
     pytest.param("/files/%43RYPTO-1.tar.gz", id="encoded upper"),
+    pytest.param("/file%C5%BF/crypto-1.tar.gz", id="long s"),
+    pytest.param("/f%C4%B1les/CRYPTO-1.tar.gz", id="dotless i"),
 ])
 @pytest.mark.parametrize("gated", [pytest.param((), id="all gated"),
                                    pytest.param(("/Files/**",), id="gated glob in caps")])

@@ -165,6 +165,8 @@ def test_restricted_artifact_is_never_served_to_iran(make_gate: Any, raw: str, s
 @pytest.mark.parametrize("raw", [
     pytest.param("/FILES/CRYPTO-1.TAR.GZ", id="upper"),
     pytest.param("/Files/Crypto-1.tar.gz", id="mixed"),
+    pytest.param("/file%C5%BF/crypto-1.tar.gz", id="long s"),
+    pytest.param("/f%C4%B1les/CRYPTO-1.tar.gz", id="dotless i"),
 ])
 def test_case_variants_with_case_insensitive_paths(make_gate: Any, raw: str) -> None:
     app = make_gate(top={"case_insensitive_paths": True}, gated=["/Files/**"])

@@ -249,6 +249,22 @@ def test_case_insensitive_origin() -> None:
     assert winner_note(sensitive, "/simple/FOO/") == "rule2"  # PyPI names ignore case anyway
 
 
+@pytest.mark.parametrize("path", [
+    pytest.param("/tools/SECRET-KIT-1.0.tar.gz", id="upper"),
+    pytest.param("/tools/\u017fecret-kit-1.0.tar.gz", id="long s"),
+    pytest.param("/tools/\u017fECRET-KIT-1.0.TAR.GZ", id="long s upper"),
+    pytest.param("/tool\u017f/secret-kit-1.0.tar.gz", id="long s in a directory"),
+    pytest.param("/tools/secret-k\u0131t-1.0.tar.gz", id="dotless i"),
+    pytest.param("/tools/secret-\u212ait-1.0.tar.gz", id="kelvin sign"),
+])
+def test_case_insensitive_origin_folds_every_spelling_of_a_letter(path: str) -> None:
+    """``lower()`` keeps ſ apart from s and ı apart from i; a case-insensitive origin (NTFS, APFS) opens the same
+    file for both, so the rule written for it must win, not a broader one."""
+    text = rules("path: /tools/secret-kit-1.0.tar.gz", "path: /tools/**")
+    assert winner_note(parse_catalog(text, case_sensitive=False), path) == "rule0"
+    assert winner_note(parse_catalog(text), path) in ("rule1", None)  # case-sensitive: another file
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Precedence
 
@@ -415,6 +431,18 @@ BAD = [
                  [(4, "includes /")], id="range over slash"),
     pytest.param("manifest: m\nversion: 1\nartifacts:\n  - path: \"/a/\\tb\"\n    class: other\n",
                  [(4, "control character")], id="control character"),
+    # Request paths are matched with // merged and dot-segments resolved: a rule spelled otherwise never applies,
+    # and the artifact it was written for would fall through to a broader rule.
+    pytest.param("manifest: m\nversion: 1\nartifacts:\n  - path: /tools//secret-1.0.tar.gz\n    class: other\n",
+                 [(4, "empty segment ('//')")], id="double slash"),
+    pytest.param("manifest: m\nversion: 1\nartifacts:\n  - path: //tools/**\n    class: other\n",
+                 [(4, "write '/tools/**'")], id="leading double slash"),
+    pytest.param("manifest: m\nversion: 1\nartifacts:\n  - path: /tools/./vault/**\n    class: other\n",
+                 [(4, "'.' segment")], id="dot segment"),
+    pytest.param("manifest: m\nversion: 1\nartifacts:\n  - path: /tools/x/../vault.tar.gz\n    class: other\n",
+                 [(4, "'..' segment")], id="dot-dot segment"),
+    pytest.param("manifest: m\nversion: 1\nartifacts:\n  - path: /tools/vault/.\n    class: other\n",
+                 [(4, "'.' segment")], id="trailing dot segment"),
     pytest.param("manifest: m\nversion: 1\nartifacts:\n  - path: /a\n", [(4, "missing required key 'class'")],
                  id="no class"),
     pytest.param("manifest: m\nversion: 1\nartifacts:\n  - path: /a\n    class: malware\n",

@@ -60,11 +60,17 @@ def ref_specificity(glob: str) -> tuple[int, int, int]:
 TOKENS = ["a", "b", "*", "?", "[ab]", "[!a]", "[]a]", "."]
 
 
+def normal(glob: str) -> bool:
+    """Whether a rule is written as request paths are matched (no '//', '.' or '..' segment): others are refused."""
+    segments = glob[1:].split("/")
+    return all(s not in (".", "..") for s in segments) and all(segments[:-1])
+
+
 @st.composite
 def segment_globs(draw: st.DrawFn) -> str:
     tokens = draw(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=4))
     text = "".join(tokens)
-    assume("**" not in text)
+    assume("**" not in text and text not in (".", ".."))
     return text
 
 
@@ -94,7 +100,7 @@ def rule_sets(draw: st.DrawFn) -> list[tuple[str, str, str | None]]:
     packages = draw(st.lists(st.tuples(st.sampled_from(["foo", "bar"]), st.sampled_from([None, *ECOSYSTEMS])),
                              max_size=5, unique=True))
     rules: list[tuple[str, str, str | None]] = [("path", g, None) for g in globs_drawn]
-    rules += [("path", p, None) for p in exact if p not in globs_drawn]
+    rules += [("path", p, None) for p in exact if p not in globs_drawn and normal(p)]
     rules += [("package", name, eco) for name, eco in packages]
     return draw(st.permutations(rules))
 

@@ -95,6 +95,33 @@ def test_classify(run, config):
     assert "unclassified" in run("classify", "/nothing/here", config=config).output
 
 
+@pytest.mark.parametrize("asked", [
+    pytest.param("/files/x/../crypto-1.tar.gz", id="dot-dot"),
+    pytest.param("/files//crypto-1.tar.gz", id="double slash"),
+    pytest.param("/files/%63rypto-1.tar.gz", id="encoded"),
+])
+def test_classify_and_explain_read_the_path_as_the_gate_does(run, config, asked):
+    """A release engineer checking a spelling gets the artifact the gate would decide on, and is told so."""
+    result = run("classify", asked, config=config)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("/files/crypto-1.tar.gz: other") and f"reads {asked!r}" in result.output
+    explained = run("explain", "--ip", IR_CLIENT, "--path", asked, config=config)
+    assert "BLOCK" in explained.output and "path:           /files/crypto-1.tar.gz" in explained.output
+    data = json.loads(run("explain", "--ip", IR_CLIENT, "--path", asked, "--json", config=config).output)
+    assert data["rule"] == "ir-other-software"
+
+
+@pytest.mark.parametrize(("asked", "reason"), [
+    pytest.param("/files/a%2Fcrypto-1.tar.gz", "an encoded '/'", id="encoded slash"),
+    pytest.param("/../etc/passwd", "climbs above the root", id="escapes the root"),
+])
+def test_classify_refuses_a_path_the_gate_refuses(run, config, asked, reason):
+    for args in (("classify", asked), ("explain", "--ip", IR_CLIENT, "--path", asked)):
+        result = run(*args, config=config)
+        assert result.exit_code == 1
+        assert reason in result.output and "answers such a request with 400" in result.output
+
+
 def test_check_passes_on_defaults_and_on_the_test_config(run, config):
     assert run("check").exit_code == 0
     result = run("check", config=config)

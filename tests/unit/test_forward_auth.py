@@ -261,6 +261,33 @@ def test_path_variants(gate: tuple[GateApp, Client, Path], uri: str, rule: str, 
         assert record["request"]["path"] == CRYPTO  # type: ignore[index]
 
 
+@pytest.mark.parametrize("uri", [
+    pytest.param("/FILES/CRYPTO-1.TAR.GZ", id="upper"),
+    pytest.param("/Files/./Crypto-1.tar.gz", id="mixed, dot segment"),
+    pytest.param("/file%C5%BF/crypto-1.tar.gz", id="long s"),
+    pytest.param("/f%C4%B1les/CRYPTO-1.tar.gz", id="dotless i"),
+])
+@pytest.mark.parametrize("style", ["nginx", "forwarded", "envoy"])
+def test_case_variants_with_case_insensitive_paths(tmp_path: Path, uri: str, style: str) -> None:
+    """For a case-insensitive origin every spelling the origin opens as the restricted file is that file, including
+    letters ``lower()`` leaves apart (ſ and s, ı and i)."""
+    config = load_config(write_config(tmp_path, case_insensitive_paths=True,
+                                      serve={"trust_proxy": [f"{FRONT_END}/32"]}), env={})
+    app = create_app(config)
+    try:
+        client = Client(app)
+        if style == "envoy":
+            r = ask(client, "/auth" + uri, headers={"X-Forwarded-For": IR_CLIENT})
+        else:
+            r = ask(client, headers=nginx(uri) if style == "nginx" else forwarded(uri))
+        assert r.status_code == (403 if style == "nginx" else 451)
+        assert r.headers["X-Exportgate-Rule"] == "ir-other-software"
+        record = decision_record(tmp_path / "records.db", r.headers["X-Exportgate-Decision-Id"])
+        assert record is not None and record["request"]["path"] == CRYPTO  # type: ignore[index]
+    finally:
+        app.runtime.close()
+
+
 # -------------------------------------------------------------------------------------------- the 451 page
 
 

@@ -96,12 +96,15 @@ def fetch(app: Any, raw: str, *, client: str = IR_CLIENT, method: str = "GET", h
     pytest.param(["/files/*.tar.gz"], "/files/a.tar\ngz", False, False, id="dot is literal"),
     pytest.param(["/Packages/**"], "/packages/x", False, False, id="case sensitive by default"),
     pytest.param(["/Packages/**"], "/packages/x", True, True, id="case-insensitive origin"),
+    pytest.param(["/Packages/**"], "/PACKAGE\u017f/x", True, True, id="long s is s"),
+    pytest.param(["/Packages/**"], "/package\u017f/x", False, False, id="long s is another letter when case matters"),
+    pytest.param(["/l\u0131b/**"], "/LIB/x", True, True, id="dotless i in the glob"),
     pytest.param(["/a/**", "/b/*"], "/b/x", False, True, id="several globs"),
 ])
 def test_compile_gated(globs: list[str], path: str, case_insensitive: bool, matches: bool) -> None:
-    regex = compile_gated(globs, case_insensitive=case_insensitive)
-    assert regex is not None
-    assert bool(regex.match(path)) is matches
+    gated = compile_gated(globs, case_insensitive=case_insensitive)
+    assert gated is not None
+    assert gated.match(path) is matches
 
 
 def test_no_globs_gates_everything() -> None:
@@ -177,9 +180,14 @@ def test_restricted_artifact_is_never_served_to_iran(make: Any, raw: str, status
     assert all(call["PATH_INFO"] != "/files/crypto-1.tar.gz" for call in mirror.calls)
 
 
-def test_case_insensitive_gate_matches_globs_without_case(make: Any) -> None:
+@pytest.mark.parametrize("raw", [
+    pytest.param("/PACKAGES/CRYPTOPKG-1.0.tar.gz", id="upper"),
+    pytest.param("/package%C5%BF/cryptopkg-1.0.tar.gz", id="long s"),
+    pytest.param("/Packages/CryptoPkg-1.0.tar.gz", id="mixed"),
+])
+def test_case_insensitive_gate_matches_globs_without_case(make: Any, raw: str) -> None:
     app, mirror, _, _ = make(gated=("/Packages/**",), case_insensitive_paths=True)
-    response = fetch(app, "/PACKAGES/CRYPTOPKG-1.0.tar.gz", headers={"Accept": "application/json"})
+    response = fetch(app, raw, headers={"Accept": "application/json"})
     assert response.status_code == 451
     assert json.loads(response.data)["rule"] == "ir-other-software"
     assert mirror.calls == []

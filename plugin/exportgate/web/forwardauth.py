@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..casefolding import fold_case
 from ..decision import RequestFacts
 from ..errors import ExportGateError, RecordStoreError
 from .clientaddr import ClientOrigin, TrustedProxies
@@ -126,7 +127,7 @@ class Admission:
                     self.metrics.reject("path")
                 return None, "400 Bad Request", f"rejected path: {exc.reason}"
         elif self.case_insensitive:
-            normalised = NormalisedPath(path=normalised.path.lower(), raw=normalised.raw)
+            normalised = NormalisedPath(path=fold_case(normalised.path), raw=normalised.raw)
         client_error = None
         if origin.address is None:
             client_error = origin.error or "unparseable"

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
+from ..casefolding import fold_case
 from ..errors import ConfigError
 from ..globs import compile_glob
 from ..yamlfile import item_line
@@ -36,25 +37,39 @@ ORIGINAL_URI_KEY = "exportgate.original_uri"
 _SAFE_PATH = "/:@!$&'()*+,;=-._~"
 
 
-def compile_gated(globs: Iterable[str], *, case_insensitive: bool = False) -> re.Pattern[str] | None:
-    """One regex for the gated path globs; None = every path is gated.
+def compile_gated(globs: Iterable[str], *, case_insensitive: bool = False) -> GatedPaths | None:
+    """The gated path globs, matched as one regex; None = every path is gated.
 
     The globs are the manifest's (:func:`exportgate.globs.compile_glob`: ``*`` within a segment, ``**`` a whole
     segment crossing directories), so release engineers and ops write paths one way. A glob that is not valid is
-    a :class:`ConfigError` naming ``serve.gated``. ``case_insensitive``: match without regard to case, as the
-    decision does for a case-insensitive origin (otherwise a glob written ``/Packages/**`` would never match the
-    case-folded path, and every download under it would pass undecided).
+    a :class:`ConfigError` naming ``serve.gated``. ``case_insensitive``: globs and paths are compared case-folded
+    as the decision compares them for a case-insensitive origin (:func:`~exportgate.casefolding.fold_case`), so a
+    glob written ``/Packages/**`` matches ``/packages/x`` and ``/PACKAGEſ/x`` alike, and no spelling of a gated
+    path passes undecided.
     """
     parts = []
     for index, glob in enumerate(globs):
         try:
-            parts.append(f"(?:{compile_glob(glob).source})")
+            parts.append(f"(?:{compile_glob(fold_case(glob) if case_insensitive else glob).source})")
         except ValueError as exc:
             line = item_line(globs, index)  # when ``globs`` comes from gate.yaml
             raise ConfigError(f"serve.gated: {exc}", line=line) from None
     if not parts:
         return None
-    return re.compile("|".join(parts), re.IGNORECASE if case_insensitive else 0)
+    return GatedPaths(re.compile("|".join(parts)), case_insensitive=case_insensitive)
+
+
+class GatedPaths:
+    """Which paths need a decision (``serve.gated``): ``match(path)`` is true for those."""
+
+    __slots__ = ("_fold", "_match")
+
+    def __init__(self, pattern: re.Pattern[str], *, case_insensitive: bool) -> None:
+        self._match = pattern.match
+        self._fold = case_insensitive
+
+    def match(self, path: str) -> bool:
+        return self._match(fold_case(path) if self._fold else path) is not None
 
 
 class GateMiddleware:

@@ -26,7 +26,8 @@ decoded it once, and ``%2F`` in it has become indistinguishable from ``/``.
 
 Caveats: a raw ``\\`` is an ordinary character, as for nginx on Unix; an origin on Windows treats it as ``/``.
 ``;`` path parameters are part of the name (nginx), whereas Java servlet containers strip them. Unicode is not
-normalised (NFC/NFD), as Linux file systems do not; case folding is ``str.lower``, not a file system's table.
+normalised (NFC/NFD), as Linux file systems do not. Case folding, where asked for, is
+:func:`~exportgate.casefolding.fold_case` (``ſ`` is ``s``, ``ı`` is ``i``), as the catalog folds its rules.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from ..casefolding import fold_case
 from ..errors import ExportGateError
 
 MAX_PATH_BYTES = 4096
@@ -113,7 +115,7 @@ def normalise_path(raw: str | bytes | bytearray, *, case_insensitive: bool = Fal
         and path.isprintable()
         and len(path) <= MAX_PATH_BYTES
     ):
-        return _fast_value(path.lower() if case_insensitive else path, path)
+        return _fast_value(path.lower() if case_insensitive else path, path)  # ASCII: lower() is fold_case()
     return _normalise(path, case_insensitive)
 
 
@@ -180,5 +182,5 @@ def _normalise(path: str, case_insensitive: bool) -> NormalisedPath:
     if directory and segments:
         normalised += "/"
     if case_insensitive:
-        normalised = normalised.lower()
+        normalised = fold_case(normalised)
     return NormalisedPath(path=normalised, raw=path)
