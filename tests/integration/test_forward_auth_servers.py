@@ -197,12 +197,23 @@ def test_missing_uri_header_is_400(gate: GateProcess) -> None:
     assert r.status == 400 and b"missing X-Original-URI" in r.body
 
 
-def test_two_uri_lines_are_no_artifact_at_all(gate: GateProcess) -> None:
-    r = gate.get("/auth", headers=[("X-Original-URI", CHAT), ("X-Original-URI", CRYPTO),
-                                   ("X-Forwarded-For", IR_CLIENT)])
-    # Joined as WSGI servers join them: a path nobody classified, blocked to Iran (never the allowed one).
-    assert r.status == 403
-    assert committed(gate, r)["action"] == "block"
+@pytest.mark.parametrize(("lines", "named"), [
+    pytest.param([("X-Original-URI", CHAT), ("X-Original-URI", CRYPTO)], "X-Original-URI", id="nginx's URI twice"),
+    # Joined with ",", these two would read as one path whose last segment names the allowed package.
+    pytest.param([("X-Original-URI", "/packages/aa/cryptopkg-1.0.tar.gz"),
+                  ("x-original-uri", "/packages/bb/chatpkg-1.0.tar.gz")], "X-Original-URI", id="joined to another"),
+    pytest.param([("X-Forwarded-Uri", CRYPTO), ("X-Forwarded-Uri", CHAT)], "X-Forwarded-Uri", id="Traefik's URI"),
+    pytest.param([("X-Original-URI", CRYPTO), ("X-Original-Method", "GET"), ("X-Original-Method", "HEAD")],
+                 "X-Original-Method", id="method twice"),
+])
+def test_a_header_naming_the_request_sent_twice_is_400_without_a_record(gate: GateProcess, lines: list[tuple[str, str]],
+                                                                        named: str) -> None:
+    """Front ends set these headers once, replacing the client's: a second line came from elsewhere."""
+    before = decision_count(database(gate))
+    r = gate.get("/auth", headers=[*lines, ("X-Forwarded-For", IR_CLIENT)])
+    assert r.status == 400 and f"more than one {named} header".encode() in r.body, r
+    assert decision_count(database(gate)) == before
+    assert nginx_auth(gate, CHAT).status == 200
 
 
 def test_metrics_count_every_decision(gate: GateProcess) -> None:

@@ -163,6 +163,20 @@ def test_requests_the_gate_will_not_guess_at(gate: tuple[GateApp, Client, Path],
     assert r.headers["Cache-Control"] == "no-store"
 
 
+def test_a_header_a_server_saw_twice_is_400_without_a_record(gate: tuple[GateApp, Client, Path]) -> None:
+    """The event-loop servers list the headers naming the request that came twice; ForwardAuth refuses them."""
+    from exportgate.web.forwardauth import REPEATED_KEY
+
+    app, _, database = gate
+    before = decision_count(database)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/auth", "REMOTE_ADDR": FRONT_END,
+               "HTTP_X_ORIGINAL_URI": "/packages/aa/cryptopkg-1.0.tar.gz,/packages/bb/chatpkg-1.0.tar.gz",
+               "HTTP_X_FORWARDED_FOR": IR_CLIENT, REPEATED_KEY: ["X-Original-URI"]}
+    facts, status, text = app.forward_auth.request(environ)
+    assert facts is None and status.startswith("400") and "more than one X-Original-URI header" in text
+    assert decision_count(database) == before
+
+
 def test_envoy_path_needs_the_raw_request_target(gate: tuple[GateApp, Client, Path]) -> None:
     """PATH_INFO is decoded once already; without RAW_URI/REQUEST_URI the gate refuses rather than decode twice."""
     app, _, _ = gate

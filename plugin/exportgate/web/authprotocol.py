@@ -39,7 +39,7 @@ import httptools
 from ..errors import ExportGateError
 from ..openfiles import crowded_at
 from .app import GateApp
-from .forwardauth import REQUEST_HEADERS, environ_key
+from .forwardauth import REPEATED_KEY, REQUEST_HEADERS, SINGLE_HEADERS, environ_key
 from .settle import CountsPerTurn, TransactionWaits, call_page, page_environ
 
 log = logging.getLogger("exportgate.web")
@@ -56,6 +56,7 @@ _HEADER_KEYS = {
     **{name.encode(): environ_key(name) for name in REQUEST_HEADERS},
     b"content-length": _BODY, b"transfer-encoding": _BODY, b"upgrade": _UPGRADE,
 }
+_SINGLE = {environ_key(name): written for name, written in SINGLE_HEADERS.items()}
 _PLAIN = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 414: "URI Too Long",
             431: "Request Header Fields Too Large", 451: "Unavailable For Legal Reasons",
@@ -296,8 +297,9 @@ class AuthConnection(asyncio.Protocol):
         if key in environ:
             if key == "HTTP_HOST" and self._refusal is None:
                 self._refusal = ("400 Bad Request", "more than one Host header")
-            # A repeated header is one value joined with "," (as WSGI servers do): X-Forwarded-For stays one
-            # chain, and two X-Original-URI lines are no URI at all.
+            elif key in _SINGLE:  # ForwardAuth refuses the request (400); the connection goes on
+                environ.setdefault(REPEATED_KEY, []).append(_SINGLE[key])
+            # A repeated header is one value joined with "," (as WSGI servers do): X-Forwarded-For stays one chain.
             environ[key] = f"{environ[key]},{text}"
         else:
             environ[key] = text

@@ -13,7 +13,10 @@ Where the original request is read from, in this order: ``X-Original-URI``/``X-O
 ``X-Forwarded-Uri``/``X-Forwarded-Method`` (Traefik, Caddy), or the path after ``/auth`` (Envoy ext_authz HTTP with
 ``path_prefix: /auth``), taken from the raw request target (``RAW_URI``/``REQUEST_URI``), never from the already
 decoded ``PATH_INFO``. Two sources that disagree (including a header next to a path after ``/auth``), or none at
-all, is a 400: the gate will not guess which artifact it is deciding on.
+all, is a 400: the gate will not guess which artifact it is deciding on. So is one of these headers sent twice
+(:data:`SINGLE_HEADERS`): every front end sets it once, replacing what the client sent, so a second line was added
+by someone else, and the two joined could name a third artifact. The event-loop and RSGI servers see each line;
+under a generic WSGI server the lines arrive already joined with ``,``, which cannot be told from a comma in a path.
 
 Security caveat: these headers and ``X-Forwarded-For`` are trusted because only the front end can reach this
 endpoint. Bind the gate to loopback or a private network and list the front end in ``trust_proxy``.
@@ -42,6 +45,13 @@ MAX_URI = 8192
 # server that builds its environ itself must copy, as ``HTTP_*`` keys.
 REQUEST_HEADERS = ("x-original-uri", "x-original-method", "x-forwarded-uri", "x-forwarded-method",
                    "x-forwarded-host", "x-forwarded-for", "forwarded", "host", "accept")
+
+
+SINGLE_HEADERS = {"x-original-uri": "X-Original-URI", "x-original-method": "X-Original-Method",
+                  "x-forwarded-uri": "X-Forwarded-Uri", "x-forwarded-method": "X-Forwarded-Method"}
+"""Headers naming the original request, which a request may carry once (module docstring), as they are written."""
+REPEATED_KEY = "exportgate.repeated_headers"
+"""Environ key where a server that sees each header line lists those of :data:`SINGLE_HEADERS` sent more than once."""
 
 
 def environ_key(header: str) -> str:
@@ -192,6 +202,10 @@ class ForwardAuth:
 
     def original_request(self, environ: dict[str, Any]) -> tuple[str | None, str, str, str | None]:
         """``(uri, method, style, problem)`` where style is ``nginx``, ``forwarded`` or ``envoy``."""
+        repeated = environ.get(REPEATED_KEY)
+        if repeated:
+            return None, "", "", (f"more than one {repeated[0]} header: the front end sends it once, and the gate "
+                                  "will not choose which request to decide on")
         nginx_uri = environ.get("HTTP_X_ORIGINAL_URI")
         fwd_uri = environ.get("HTTP_X_FORWARDED_URI")
         if nginx_uri is not None and fwd_uri is not None and nginx_uri != fwd_uri:

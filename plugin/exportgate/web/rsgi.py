@@ -23,13 +23,14 @@ from typing import Any
 from ..errors import ExportGateError
 from ..runtime import DecisionFiles
 from .app import GateApp
-from .forwardauth import REQUEST_HEADERS, ForwardAuth, environ_key
+from .forwardauth import REPEATED_KEY, REQUEST_HEADERS, SINGLE_HEADERS, ForwardAuth, environ_key
 from .settle import CountsPerTurn, TransactionWaits, call_page, page_environ
 
 log = logging.getLogger("exportgate.web")
 
 # The request headers the forward-auth endpoint reads (granian gives names in lower case), by WSGI environ key.
 _ENVIRON_KEYS = {name: environ_key(name) for name in REQUEST_HEADERS}
+_SINGLE = {environ_key(name): written for name, written in SINGLE_HEADERS.items()}
 _PEER_CACHE_SIZE = 4096
 
 _PLAIN = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
@@ -116,10 +117,16 @@ class ForwardAuthRSGI:
         keys = _ENVIRON_KEYS
         for name, value in scope.headers.items():  # one call into granian, every line of every header
             key = keys.get(name)
-            if key is not None:
-                # A repeated header is one value joined with "," (as WSGI servers do): X-Forwarded-For stays
-                # one chain, and two X-Original-URI lines are no URI at all.
-                environ[key] = f"{environ[key]},{value}" if key in environ else value
+            if key is None:
+                continue
+            if key in environ:
+                if key in _SINGLE:  # ForwardAuth refuses the request (400)
+                    environ.setdefault(REPEATED_KEY, []).append(_SINGLE[key])
+                # A repeated header is one value joined with "," (as WSGI servers do): X-Forwarded-For stays one
+                # chain.
+                environ[key] = f"{environ[key]},{value}"
+            else:
+                environ[key] = value
         return environ
 
     def _counter(self) -> CountsPerTurn:
