@@ -41,6 +41,11 @@ TIMEOUT = 0.5
 # -- the upstream ---------------------------------------------------------------------------------------------
 
 
+# Caching headers CDNs and nginx obey ahead of Cache-Control.
+CACHE_OVERRIDES = [("Surrogate-Control", "max-age=600"), ("CDN-Cache-Control", "max-age=600"),
+                   ("Cloudflare-CDN-Cache-Control", "max-age=600"), ("X-Accel-Expires", "600")]
+
+
 class Upstream:
     """A small mirror as a WSGI app: files under ``root`` (Range, ETag, 304 by werkzeug) and misbehaving routes."""
 
@@ -136,7 +141,7 @@ class Upstream:
         start_response("200 OK", [("Connection", "X-Secret-Hop"), ("X-Secret-Hop", "1"), ("Keep-Alive", "timeout=5"),
                                   ("Proxy-Authenticate", "Basic"), ("Upgrade", "h2c"), ("Trailer", "X-T"),
                                   ("X-Kept", "yes"), ("X-Exportgate-Decision", "allow"),
-                                  ("Cache-Control", "public, max-age=3600"), ("Content-Length", "2")])
+                                  ("Cache-Control", "public, max-age=3600"), *CACHE_OVERRIDES, ("Content-Length", "2")])
         return [b"ok"]
 
     def route_redirect(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -472,12 +477,14 @@ def test_hop_by_hop_response_headers_are_dropped(make_gate: Any) -> None:
         assert name not in response.headers, name
     assert response.headers["X-Kept"] == "yes"
     assert response.headers["Cache-Control"] == "no-store"  # gated: the upstream's caching is overridden
+    assert [name for name, _ in CACHE_OVERRIDES if name in response.headers] == []  # and what would override it
     assert response.headers.getlist("X-Exportgate-Decision") == ["allow"]
 
 
 def test_ungated_response_keeps_upstream_caching_but_not_fake_decisions(make_gate: Any) -> None:
     response = fetch(make_gate(gated=["/packages/**"]), "/files/hop", client=IR_CLIENT)
     assert response.headers["Cache-Control"] == "public, max-age=3600"
+    assert all(response.headers[name] == value for name, value in CACHE_OVERRIDES)
     assert "X-Exportgate-Decision" not in response.headers
 
 
@@ -556,6 +563,76 @@ def test_malformed_upstream_answer_is_502(make_gate: Any, path: str, kind: str) 
     response = fetch(app, path, client=US_CLIENT)
     assert response.status_code == 502
     assert upstream_errors(app, kind) == 1
+
+
+@contextmanager
+def raw_upstream(answer: bytes) -> Iterator[str]:
+    """An upstream that answers every request with ``answer``, byte for byte (what no WSGI server would send)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(5)
+                try:
+                    connection.recv(65536)
+                    connection.sendall(answer)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_upstream_length_beside_transfer_encoding_is_dropped(gate_config: Any) -> None:
+    """The body arrives de-chunked, so the upstream's Content-Length is not its length (RFC 9112, 6.3): passed on,
+    the client would stop after 10 of 100 bytes and take the file for complete."""
+    body = bytes(range(100))
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+              + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+    with raw_upstream(answer) as base:
+        app = create_app(gate_config(serve={"mode": "proxy", "upstream": base, "upstream_timeout": TIMEOUT}))
+        try:
+            response = fetch(app, "/files/chat-1.tar.gz")
+            assert response.status_code == 200 and response.headers["X-Exportgate-Decision"] == "allow"
+            assert "Content-Length" not in response.headers and response.data == body
+        finally:
+            app.mode_app.close()
+            app.runtime.close()
+
+
+@pytest.mark.parametrize("length", [
+    pytest.param(b"\xb2", id="superscript two"),
+    pytest.param(b"-1", id="negative"),
+    pytest.param(b"+2", id="signed"),
+    pytest.param(b"0x2", id="hex"),
+    pytest.param(b"2, 3", id="two values"),
+    pytest.param(b"9" * 30, id="too large"),
+])
+def test_malformed_upstream_length_is_502(gate_config: Any, length: bytes) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\nConnection: close\r\n\r\nok"
+    with raw_upstream(answer) as base:
+        app = create_app(gate_config(serve={"mode": "proxy", "upstream": base, "upstream_timeout": TIMEOUT}))
+        try:
+            response = fetch(app, "/files/chat-1.tar.gz")
+            assert response.status_code == 502, response.headers
+            assert response.headers["X-Exportgate-Decision"] == "allow"  # decided and recorded; the mirror failed
+            assert upstream_errors(app, "bad-response") == 1
+        finally:
+            app.mode_app.close()
+            app.runtime.close()
 
 
 def test_slow_upstream_is_504(make_gate: Any) -> None:

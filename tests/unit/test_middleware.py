@@ -39,6 +39,11 @@ FILES = {
 }
 
 
+# Caching headers CDNs and nginx obey ahead of Cache-Control.
+CACHE_OVERRIDES = [("Surrogate-Control", "max-age=600"), ("CDN-Cache-Control", "max-age=600"),
+                   ("Cloudflare-CDN-Cache-Control", "max-age=600"), ("X-Accel-Expires", "600")]
+
+
 class Mirror:
     """Serves FILES by exact PATH_INFO, like an app that does no path resolution of its own."""
 
@@ -52,7 +57,7 @@ class Mirror:
             start_response("404 Not Found", [("Content-Length", "0")])
             return [b""]
         start_response("200 OK", [("Content-Length", str(len(body))), ("Cache-Control", "public, max-age=600"),
-                                  ("X-Exportgate-Decision", "forged")])
+                                  *CACHE_OVERRIDES, ("X-Exportgate-Decision", "forged")])
         return [body]
 
 
@@ -120,6 +125,7 @@ def test_allowed_download_reaches_the_app_with_the_decision(make: Any) -> None:
     assert response.status_code == 200 and response.data == CHAT
     assert response.headers.getlist("X-Exportgate-Decision") == ["allow"]  # the app's forgery replaced
     assert response.headers["Cache-Control"] == "no-store"  # the app's caching replaced
+    assert [name for name, _ in CACHE_OVERRIDES if name in response.headers] == []  # and what would override it
     decision = mirror.calls[0][DECISION_KEY]
     assert decision.id == response.headers["X-Exportgate-Decision-Id"]
     assert runtime.store.get(decision.id) is not None
@@ -242,6 +248,7 @@ def test_ungated_paths_pass_without_a_decision(make: Any) -> None:
     response = fetch(app, "/simple/")
     assert response.status_code == 200 and "X-Exportgate-Decision-Id" not in response.headers
     assert response.headers["Cache-Control"] == "public, max-age=600"  # the app's own answer, untouched
+    assert all(response.headers[name] == value for name, value in CACHE_OVERRIDES)
     assert DECISION_KEY not in mirror.calls[0]
     assert runtime.store.count("decision") == 0
     assert fetch(app, "/simple/../packages/cryptopkg-1.0.tar.gz").status_code == 451

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..globs import compile_glob
 from ..yamlfile import item_line
 from .forwardauth import Admission, StartResponse, plain, reject_path
-from .page import Operator, decision_headers
+from .page import Operator, decision_headers, overrides_no_store
 from .paths import PathRejected, normalise_path
 
 DECISION_KEY = "exportgate.decision"
@@ -105,7 +105,7 @@ class GateMiddleware:
 
         def start_with_decision(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             names = {name.lower() for name, _ in extra}
-            kept = [(n, v) for n, v in headers if n.lower() not in names]
+            kept = [(n, v) for n, v in headers if n.lower() not in names and not overrides_no_store(n.lower())]
             return start_response(status, kept + extra, exc_info)
 
         return self.app(environ, start_with_decision)

@@ -18,6 +18,16 @@ from ..gate import format_time
 
 NO_STORE = ("Cache-Control", "no-store")
 
+# Caching headers that CDNs and nginx obey ahead of Cache-Control (RFC 9213 CDN-Cache-Control and its vendor forms,
+# Surrogate-Control, nginx's X-Accel-Expires): on a gated answer they would let a cache replay one client's
+# download to another, whatever no-store says.
+_CACHE_OVERRIDES = frozenset({"cdn-cache-control", "surrogate-control", "x-accel-expires"})
+
+
+def overrides_no_store(name: str) -> bool:
+    """Whether a response header (lower case) would make a cache keep a gated answer despite ``no-store``."""
+    return name in _CACHE_OVERRIDES or name.endswith("-cdn-cache-control")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Operator:

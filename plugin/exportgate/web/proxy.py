@@ -6,10 +6,14 @@ at the **normalised** path (what was decided is exactly what the upstream resolv
 ``/b``), with the query string as sent, and stream the answer back in 64 KiB chunks: status and entity headers,
 ``Range``/``If-None-Match``/``If-Modified-Since``/``If-Range`` and ``HEAD`` pass through (206, 304, 416 are the
 upstream's), the body bytes are not decoded (``Content-Length`` and ``Content-Encoding`` stay true), hop-by-hop
-headers are dropped both ways, and gated answers carry the decision headers and ``Cache-Control: no-store``.
+headers are dropped both ways, and gated answers carry the decision headers and ``Cache-Control: no-store`` (and
+lose the caching headers CDNs and nginx obey ahead of it: ``CDN-Cache-Control``, ``Surrogate-Control``,
+``X-Accel-Expires``).
 Paths outside ``gated`` (index pages, metadata) are forwarded without a decision.
 
-Upstream failures: cannot connect -> 502, no answer within ``timeout`` -> 504, a malformed answer -> 502; the
+Upstream failures: cannot connect -> 502, no answer within ``timeout`` -> 504, a malformed answer (including a
+``Content-Length`` that is not one number) -> 502, and a ``Content-Length`` beside ``Transfer-Encoding`` is dropped
+(the body arrives de-chunked: RFC 9112, section 6.3); the
 upstream closing (or stalling past ``timeout``) in the middle of a body raises :class:`UpstreamCutOff` out of the
 response iterator, so the WSGI server aborts the connection and the client sees a short body, never a response
 that looks complete. Each is logged and counted in ``exportgate_upstream_errors{kind}``.
@@ -38,7 +42,7 @@ from urllib3.exceptions import NewConnectionError
 from ..errors import ConfigError, ExportGateError
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
-from .page import Operator, decision_headers
+from .page import Operator, decision_headers, overrides_no_store
 from .paths import PathRejected, normalise_path
 
 log = logging.getLogger("exportgate.web")
@@ -157,6 +161,9 @@ class ProxyApp:
             return self.failed(start_response, BAD_RESPONSE, "502 Bad Gateway", target, exc, decision)
         try:
             status, out = self.response_headers(response, decision)
+        except BadUpstreamAnswer as exc:
+            response.close()
+            return self.failed(start_response, BAD_RESPONSE, "502 Bad Gateway", target, exc, decision)
         except Exception:
             response.close()
             raise
@@ -214,11 +221,18 @@ class ProxyApp:
         connection_named = {t.strip().lower() for v in raw.getlist("connection") for t in v.split(",")}
         extra = decision_headers(decision) if decision is not None else []
         replaced = {n.lower() for n, _ in extra}
+        # Content-Length only where it is the body's length: beside Transfer-Encoding the body arrives de-chunked
+        # and the length is wrong (RFC 9112 section 6.3: a proxy removes it), and one that is not a number is no
+        # answer at all; passed on, either would end the client's download early, looking complete.
+        if raw.get("transfer-encoding") is not None:
+            replaced.add("content-length")
+        else:
+            content_length(response)
         out: list[tuple[str, str]] = []
         for name, value in raw.items():
             lower = name.lower()
             if lower in HOP_BY_HOP or lower.startswith(("proxy-", "x-exportgate-")) or lower in connection_named \
-                    or lower in replaced:
+                    or lower in replaced or (decision is not None and overrides_no_store(lower)):
                 # X-Exportgate-* only ever comes from the gate: an upstream's could pass for a decision in logs.
                 continue
             if lower == "location":
@@ -249,6 +263,24 @@ class ProxyApp:
             self.metrics.upstream_errors.labels(kind).inc()
 
 
+class BadUpstreamAnswer(ValueError):
+    """The upstream's answer cannot be passed on as it is (502)."""
+
+
+def content_length(response: requests.Response) -> int | None:
+    """The upstream's declared body length; None when it declares none (or sends Transfer-Encoding)."""
+    raw = response.raw.headers
+    if raw.get("transfer-encoding") is not None:
+        return None
+    values = {v.strip() for v in raw.getlist("content-length")}
+    if not values:
+        return None
+    value = values.pop()
+    if values or not (value.isascii() and value.isdigit()) or len(value) > 19:  # one value, ASCII digits, < 2**63
+        raise BadUpstreamAnswer(f"malformed Content-Length: {', '.join(raw.getlist('content-length'))!r}")
+    return int(value)
+
+
 class _Streamed:
     """The upstream body as a WSGI iterable: chunks as they arrive; raises if the upstream cuts it short."""
 
@@ -259,8 +291,7 @@ class _Streamed:
         self.url = url
         self.app = app
         self.received = 0
-        length = response.headers.get("content-length")
-        self.expected = int(length) if length and length.isdigit() else None
+        self.expected = content_length(response)  # checked by response_headers before this is made
 
     def __iter__(self) -> Iterator[bytes]:
         try:
