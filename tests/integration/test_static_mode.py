@@ -146,6 +146,7 @@ HOSTILE_PATHS = [
     pytest.param("/files/chat-latest.tar.gz", 451, id="symlink with an allowed name"),
     pytest.param("/FILES/CRYPTO-1.TAR.GZ", 451, id="upper case"),
     pytest.param("/files%2fcrypto-1.tar.gz", 400, id="encoded slash"),
+    pytest.param("/files/chat-\\..\\crypto-1.tar.gz", 400, id="backslash traversal behind an allowed name"),
     pytest.param("/files/crypto-1.tar.gz%00", 400, id="encoded nul"),
     pytest.param("/../files/crypto-1.tar.gz", 400, id="above the root"),
 ]

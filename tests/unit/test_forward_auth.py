@@ -146,6 +146,8 @@ def test_every_header_source(gate: tuple[GateApp, Client, Path], path: str, head
     pytest.param("/auth", {"X-Original-URI": "/files%2fcrypto-1.tar.gz"}, 400, "encoded-slash", id="%2f"),
     pytest.param("/auth", {"X-Original-URI": "/files/..%5ccrypto-1.tar.gz"}, 400, "encoded-backslash",
                  id="%5c"),
+    pytest.param("/auth", {"X-Original-URI": "/files/chat-\\..\\crypto-1.tar.gz"}, 400, "backslash",
+                 id="raw backslash"),
     pytest.param("/auth", {"X-Original-URI": "/../files/crypto-1.tar.gz"}, 400, "escapes-root", id="above root"),
     pytest.param("/auth", {"X-Original-URI": "/files/%zzcrypto"}, 400, "bad-percent-encoding", id="bad escape"),
     pytest.param("/auth", {"X-Original-URI": "/files/%ff"}, 400, "not-utf8", id="not UTF-8"),

@@ -168,6 +168,7 @@ HOSTILE = [
     pytest.param("/files/crypto-1.tar.gz/", 451, id="trailing slash"),
     pytest.param("/FILES/crypto-1.tar.gz", 451, id="case (unclassified)"),
     pytest.param("/files%2fcrypto-1.tar.gz", 400, id="encoded slash"),
+    pytest.param("/files/chat-1.tar.gz\\..\\crypto-1.tar.gz", 400, id="backslash traversal"),
     pytest.param("/files/crypto-1.tar.gz%00", 400, id="nul"),
     pytest.param("/../files/crypto-1.tar.gz", 400, id="above root"),
 ]

@@ -14,7 +14,9 @@ does what nginx does to ``$uri`` with ``merge_slashes on`` (``ngx_http_parse_com
 Rejected with :class:`PathRejected` (the web layer answers 400), where nginx accepts but another origin could
 resolve the path differently, or where the input is simply broken: an encoded ``/`` or ``\\`` (``%2F``,
 ``%5C``: nginx decodes ``%2F`` into a separator, Apache answers 404 by default, an object store keeps it in the
-key: three origins, three artifacts), control characters raw or encoded (``%00`` is a 400 in nginx too) and a
+key: three origins, three artifacts), a raw ``\\`` (an ordinary character to nginx on Unix, a separator to an
+origin on Windows or an app that accepts both: ``/files/chat-\\..\\crypto-1.tar.gz`` is a chat client's name to
+one and the crypto toolkit to the other), control characters raw or encoded (``%00`` is a 400 in nginx too) and a
 raw space, invalid percent-encoding (``%zz``, ``%4``), bytes that are not UTF-8 after decoding (``%ff``,
 overlong ``%c0%af``), a path not starting with ``/`` (``*``, absolute-form ``http://…``), and more than
 :data:`MAX_PATH_BYTES`.
@@ -24,9 +26,8 @@ per byte, so ``REQUEST_URI``/``RAW_URI`` and headers such as ``X-Original-URI`` 
 above U+00FF is rejected; ``bytes`` are taken as they are. Never pass ``PATH_INFO``: the server has already
 decoded it once, and ``%2F`` in it has become indistinguishable from ``/``.
 
-Caveats: a raw ``\\`` is an ordinary character, as for nginx on Unix; an origin on Windows treats it as ``/``.
-``;`` path parameters are part of the name (nginx), whereas Java servlet containers strip them. Unicode is not
-normalised (NFC/NFD), as Linux file systems do not. Case folding, where asked for, is
+Caveats: ``;`` path parameters are part of the name (nginx), whereas Java servlet containers strip them. Unicode
+is not normalised (NFC/NFD), as Linux file systems do not. Case folding, where asked for, is
 :func:`~exportgate.casefolding.fold_case` (``ſ`` is ``s``, ``ı`` is ``i``), as the catalog folds its rules.
 """
 
@@ -52,10 +53,11 @@ SPACE = "space"
 BAD_PERCENT_ENCODING = "bad-percent-encoding"
 ENCODED_SLASH = "encoded-slash"
 ENCODED_BACKSLASH = "encoded-backslash"
+BACKSLASH = "backslash"
 NOT_UTF8 = "not-utf8"
 ESCAPES_ROOT = "escapes-root"
 REASONS = (TOO_LONG, NOT_ABSOLUTE, NOT_BYTES, CONTROL_CHARACTER, SPACE, BAD_PERCENT_ENCODING, ENCODED_SLASH,
-           ENCODED_BACKSLASH, NOT_UTF8, ESCAPES_ROOT)
+           ENCODED_BACKSLASH, BACKSLASH, NOT_UTF8, ESCAPES_ROOT)
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODED_SEPARATOR = re.compile(r"%(?:2[Ff]|5[Cc])")
@@ -111,6 +113,7 @@ def normalise_path(raw: str | bytes | bytearray, *, case_insensitive: bool = Fal
         and "//" not in path
         and "/." not in path
         and " " not in path
+        and "\\" not in path
         and path.isascii()
         and path.isprintable()
         and len(path) <= MAX_PATH_BYTES
@@ -142,6 +145,8 @@ def _normalise(path: str, case_insensitive: bool) -> NormalisedPath:
         if raw_bad.group() == " ":
             raise PathRejected(path, SPACE, "contains a raw space (it must be sent as %20)")
         raise PathRejected(path, CONTROL_CHARACTER, f"contains the control character {raw_bad.group()!r}")
+    if "\\" in path:
+        raise PathRejected(path, BACKSLASH, "contains '\\', a separator to some origins and part of a name to others")
     if "%" in path:
         bad = _BAD_PERCENT.search(path)
         if bad:
