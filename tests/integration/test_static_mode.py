@@ -265,6 +265,35 @@ def test_range_and_conditional_requests(make_gate: Any) -> None:
     assert blocked.status_code == 451
 
 
+def _bytes_read() -> int:
+    with open("/proc/self/io", encoding="ascii") as io:
+        return int(next(line for line in io if line.startswith("rchar:")).split()[1])
+
+
+def test_a_range_is_seeked_to_under_a_server_file_wrapper_that_cannot_seek(make_gate: Any, tree: Path) -> None:
+    """gunicorn's wsgi.file_wrapper (its sendfile path) has no seek: one request for the last bytes of a large
+    file must not make the worker read the whole file to find them."""
+    from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
+
+    size = 64 * 1024 * 1024
+    with open(tree / "files" / "big.tar.gz", "wb") as big:
+        big.truncate(size)  # sparse: nothing on disk, but reading it still costs 64 MiB of read()
+    app = make_gate()
+    before = _bytes_read()
+    response = Client(app).open("/files/big.tar.gz", headers={"Range": f"bytes={size - 8}-"}, buffered=True,
+                                environ_overrides={"REMOTE_ADDR": US_CLIENT, "RAW_URI": "/files/big.tar.gz",
+                                                   "wsgi.file_wrapper": GunicornFileWrapper})
+    assert response.status_code == 206 and response.data == bytes(8)
+    assert _bytes_read() - before < size // 8
+
+
+def test_a_directory_named_like_the_index_page_is_not_found_not_a_redirect_loop(make_gate: Any, tree: Path) -> None:
+    (tree / "loop" / "index.html").mkdir(parents=True)
+    response = fetch(make_gate(), "/loop/", client=US_CLIENT)
+    assert response.status_code == 404
+    assert fetch(make_gate(), "/loop", client=US_CLIENT).headers["Location"] == "/loop/"
+
+
 def test_head(make_gate: Any) -> None:
     app = make_gate()
     response = fetch(app, "/files/chat-1.tar.gz", method="HEAD")

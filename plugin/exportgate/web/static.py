@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wrappers import Response
-from werkzeug.wsgi import wrap_file
+from werkzeug.wsgi import FileWrapper, wrap_file
 
 from ..errors import ConfigError
 from .forwardauth import Admission, StartResponse, plain, reject_path
@@ -99,7 +99,9 @@ class StaticApp:
                 return refusal
         extra = decision_headers(decision) if decision is not None else []
         # Only now, with the decision recorded, is the file opened.
-        found = self.open(real, directory_ok=not target.endswith("/")) if real is not None else None
+        # A directory where a file was asked for is redirected to its URL with a slash; where the slash was already
+        # there (its index.html is a directory), it is no file at all, and redirecting again would loop.
+        found = self.open(real, directory_ok=not path.endswith("/")) if real is not None else None
         if found is None:
             return plain(start_response, "404 Not Found", "not found", extra)
         if found == "directory":
@@ -149,7 +151,10 @@ class StaticApp:
     def send(self, environ: dict[str, Any], start_response: StartResponse, file: Any, target: str,
              extra: list[tuple[str, str]]) -> Iterable[bytes]:
         info = os.fstat(file.fileno())
-        response = Response(wrap_file(environ, file), mimetype=content_type(target), direct_passthrough=True)
+        # A range is served by seeking to it: werkzeug seeks only a wrapper that says it can, and a server's own
+        # (gunicorn's, for sendfile) cannot, so werkzeug would read and drop every byte before the range.
+        body = FileWrapper(file) if environ.get("HTTP_RANGE") else wrap_file(environ, file)
+        response = Response(body, mimetype=content_type(target), direct_passthrough=True)
         response.content_length = info.st_size
         response.last_modified = info.st_mtime  # type: ignore[assignment]
         response.set_etag(f"{info.st_mtime_ns:x}-{info.st_size:x}-{info.st_ino:x}")
