@@ -149,6 +149,10 @@ class Upstream:
                                                  ("Content-Length", "0")])
         return [b""]
 
+    def route_redirect_slashes(self, environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("302 Found", [("Location", self.base + "//elsewhere.example/x"), ("Content-Length", "0")])
+        return [b""]
+
     def route_cookies(self, environ: dict[str, Any], start_response: Any) -> Any:
         start_response("200 OK", [("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; Path=/"),
                                   ("Content-Length", "0")])
@@ -368,6 +372,9 @@ def test_allowed_variant_is_forwarded_as_the_normalised_path(make_gate: Any, ups
     pytest.param("/echo/x?q=a%20b&r=%2F&s=[1]", "/echo/x?q=a%20b&r=%2F&s=%5B1%5D", id="query escapes kept"),
     pytest.param('/echo/x?q=a"b<c>{d}|e', "/echo/x?q=a%22b%3Cc%3E%7Bd%7D%7Ce", id="query: wire-illegal escaped"),
     pytest.param("/echo/x?q=\xe9", "/echo/x?q=%E9", id="query: the client's byte, not re-encoded"),
+    # One stray '%' made the HTTP client re-encode every escape of the query (%2F became %252F).
+    pytest.param("/echo/x?a=%2F&b=%zz", "/echo/x?a=%2F&b=%25zz", id="query: a stray % is the only escape added"),
+    pytest.param("/echo/x?a=%2F&b=100%", "/echo/x?a=%2F&b=100%25", id="query: a trailing %"),
 ])
 def test_forwarded_path_encoding(make_gate: Any, raw: str, forwarded: str) -> None:
     response = fetch(make_gate(), raw, client=US_CLIENT)
@@ -493,6 +500,28 @@ def test_redirect_to_upstream_is_rewritten_onto_the_gate(make_gate: Any) -> None
     response = fetch(make_gate(), "/files/redirect", client=US_CLIENT)
     assert response.status_code == 301
     assert response.headers["Location"] == "/files/chat-1.tar.gz"
+
+
+def test_redirect_to_an_upstream_path_with_slashes_stays_on_the_gate(make_gate: Any) -> None:
+    """'//elsewhere.example/x' is a path on the upstream, but a client reads it as another host."""
+    response = fetch(make_gate(), "/files/redirect-slashes", client=US_CLIENT)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/elsewhere.example/x"
+
+
+def test_upstream_switching_protocols_is_502(gate_config: Any) -> None:
+    """The gate forwards no upgrade: a 101 passed on without its Upgrade header would leave the connection in
+    no protocol at all."""
+    answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    with raw_upstream(answer) as base:
+        app = create_app(gate_config(serve={"mode": "proxy", "upstream": base, "upstream_timeout": TIMEOUT}))
+        try:
+            response = fetch(app, "/files/chat-1.tar.gz", client=US_CLIENT)
+            assert response.status_code == 502
+            assert upstream_errors(app, "bad-response") == 1
+        finally:
+            app.mode_app.close()
+            app.runtime.close()
 
 
 def test_cookies_pass_to_the_client_and_are_not_kept(make_gate: Any) -> None:

@@ -12,7 +12,7 @@ lose the caching headers CDNs and nginx obey ahead of it: ``CDN-Cache-Control``,
 Paths outside ``gated`` (index pages, metadata) are forwarded without a decision.
 
 Upstream failures: cannot connect -> 502, no answer within ``timeout`` -> 504, a malformed answer (including a
-``Content-Length`` that is not one number) -> 502, and a ``Content-Length`` beside ``Transfer-Encoding`` is dropped
+``Content-Length`` that is not one number, or a ``101``: no upgrade is forwarded) -> 502, and a ``Content-Length`` beside ``Transfer-Encoding`` is dropped
 (the body arrives de-chunked: RFC 9112, section 6.3); the
 upstream closing (or stalling past ``timeout``) in the middle of a body raises :class:`UpstreamCutOff` out of the
 response iterator, so the WSGI server aborts the connection and the client sees a short body, never a response
@@ -30,6 +30,7 @@ from __future__ import annotations
 import http
 import http.cookiejar
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit
@@ -65,6 +66,7 @@ _OWN_REQUEST_HEADERS = frozenset({"host", "x-forwarded-for", "x-forwarded-host",
                                   "x-real-ip", "expect", "content-length"})
 _SAFE_PATH = "/:@!$&'()*+,;=-._~"
 _SAFE_QUERY = _SAFE_PATH + "?%"
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class UpstreamCutOff(ExportGateError):
@@ -139,8 +141,10 @@ class ProxyApp:
         query = raw_uri.partition("#")[0].partition("?")[2]
         if query:
             try:
-                # The client's bytes (WSGI text is one character per byte), escaped only where the wire needs it.
-                query = quote(query.encode("latin-1"), safe=_SAFE_QUERY)
+                # The client's bytes (WSGI text is one character per byte), escaped only where the wire needs it;
+                # a '%' that starts no escape is one too, or the HTTP client would re-encode every escape of the
+                # query (%2F becoming %252F) to fix it.
+                query = _STRAY_PERCENT.sub("%25", quote(query.encode("latin-1"), safe=_SAFE_QUERY))
             except UnicodeEncodeError:
                 return plain(start_response, "400 Bad Request", "rejected query: not bytes")
         url = self.base + quoted + (f"?{query}" if query else "")
@@ -160,6 +164,8 @@ class ProxyApp:
         except (requests.RequestException, Urllib3Error, ValueError) as exc:
             return self.failed(start_response, BAD_RESPONSE, "502 Bad Gateway", target, exc, decision)
         try:
+            if response.status_code < 200:  # http.client skips 100 Continue; 101 would switch to no protocol
+                raise BadUpstreamAnswer(f"{response.status_code}: the gate forwards no protocol switch")
             status, out = self.response_headers(response, decision)
         except BadUpstreamAnswer as exc:
             response.close()
@@ -168,7 +174,7 @@ class ProxyApp:
             response.close()
             raise
         start_response(status, out)
-        if method == "HEAD" or response.status_code in (204, 304) or 100 <= response.status_code < 200:
+        if method == "HEAD" or response.status_code in (204, 304):
             response.close()
             return []
         return _Streamed(response, target, self)
@@ -245,8 +251,8 @@ class ProxyApp:
         """A redirect to the upstream itself becomes a path on the gate (so it is decided again)."""
         base = self.public_base
         if location.startswith(base) and location[len(base):len(base) + 1] in ("/", "?", ""):
-            rest = location[len(base):]
-            return rest if rest.startswith("/") else "/" + rest
+            # One leading slash: '//host/x' is a path on the upstream but another host to the client.
+            return "/" + location[len(base):].lstrip("/")
         return location
 
     def failed(self, start_response: StartResponse, kind: str, status: str, url: str, exc: Exception,
