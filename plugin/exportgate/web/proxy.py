@@ -12,11 +12,11 @@ lose the caching headers CDNs and nginx obey ahead of it: ``CDN-Cache-Control``,
 Paths outside ``gated`` (index pages, metadata) are forwarded without a decision.
 
 Upstream failures: cannot connect -> 502, no answer within ``timeout`` -> 504, a malformed answer (including a
-``Content-Length`` that is not one number, or a ``101``: no upgrade is forwarded) -> 502, and a ``Content-Length`` beside ``Transfer-Encoding`` is dropped
-(the body arrives de-chunked: RFC 9112, section 6.3); the
-upstream closing (or stalling past ``timeout``) in the middle of a body raises :class:`UpstreamCutOff` out of the
-response iterator, so the WSGI server aborts the connection and the client sees a short body, never a response
-that looks complete. Each is logged and counted in ``exportgate_upstream_errors{kind}``.
+``Content-Length`` that is not one number, or a ``101``: no upgrade is forwarded) -> 502, and a ``Content-Length``
+beside ``Transfer-Encoding`` is dropped (the body arrives de-chunked: RFC 9112, section 6.3); the upstream closing
+(or stalling past ``timeout``) in the middle of a body raises :class:`UpstreamCutOff` out of the response iterator,
+so the WSGI server aborts the connection and the client sees a short body, never a response that looks complete.
+Each is logged and counted in ``exportgate_upstream_errors{kind}``.
 
 Caveats: one pooled ``requests.Session`` per ``ProxyApp`` (per worker process), shared by its threads; it keeps no
 cookies (one client's cookies must never reach another) and ignores ``HTTP_PROXY``/``.netrc`` in the
