@@ -265,6 +265,31 @@ def test_range_and_conditional_requests(make_gate: Any) -> None:
     assert blocked.status_code == 451
 
 
+@pytest.mark.parametrize("value", [
+    pytest.param("items=0-5", id="unknown unit: ignored"),
+    pytest.param("bytes=0-0,5-9", id="two ranges"),
+    pytest.param("bytes=1-2, 3-4", id="two ranges, spaced"),
+])
+def test_ranges_served_whole(make_gate: Any, value: str) -> None:
+    response = fetch(make_gate(), "/files/chat-1.tar.gz", headers={"Range": value})
+    assert response.status_code == 200 and response.data == CHAT
+
+
+def test_failed_preconditions_are_412_without_the_file(make_gate: Any) -> None:
+    app = make_gate()
+    etag = fetch(app, "/files/chat-1.tar.gz").headers["ETag"]
+    for headers in ({"If-Match": '"other"'}, {"If-Unmodified-Since": "Mon, 01 Jan 1990 00:00:00 GMT"}):
+        response = fetch(app, "/files/chat-1.tar.gz", headers=headers)
+        assert response.status_code == 412 and response.data == b"", headers
+        assert response.headers["X-Exportgate-Decision"] == "allow" and response.headers["Cache-Control"] == "no-store"
+    # If-Match decides alone when both are sent (RFC 9110, 13.2.2); an invalid date is ignored.
+    both = {"If-Match": etag, "If-Unmodified-Since": "Mon, 01 Jan 1990 00:00:00 GMT"}
+    assert fetch(app, "/files/chat-1.tar.gz", headers=both).data == CHAT
+    assert fetch(app, "/files/chat-1.tar.gz", headers={"If-Unmodified-Since": "garbage"}).data == CHAT
+    assert fetch(app, "/files/chat-1.tar.gz", headers={"If-Unmodified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}
+                 ).data == CHAT
+
+
 def _bytes_read() -> int:
     with open("/proc/self/io", encoding="ascii") as io:
         return int(next(line for line in io if line.startswith("rchar:")).split()[1])

@@ -2,9 +2,11 @@
 
 ``StaticApp(admission, root="/srv/mirror", operator=…)`` decides every gated request first (451 page on a block),
 and only then opens the file at ``root`` + the normalised path: what was decided is exactly what is served.
-``Range`` (206, 416), ``If-None-Match``/``If-Modified-Since`` (304), ``If-Range`` and ``HEAD`` are answered by
-werkzeug's ``Response.make_conditional``; gated answers carry the decision headers and ``Cache-Control: no-store``
-(a cache must not replay one client's allowed download to a blocked one).
+``Range`` (206, 416), ``If-None-Match``/``If-Modified-Since`` (304), ``If-Match`` (412), ``If-Range`` and ``HEAD``
+are answered by werkzeug's ``Response.make_conditional``, with what it leaves out added here: ``If-Unmodified-Since``
+(412), a 412 without the file as its body, a range in a unit other than bytes ignored and several ranges served as
+the whole file (RFC 9110, 13 and 14); gated answers carry the decision headers and ``Cache-Control: no-store`` (a
+cache must not replay one client's allowed download to a blocked one).
 
 The decision is about the file that will be served: a path ending in ``/`` serves that directory's
 ``index.html`` and is decided as ``…/index.html``; a symlink inside root (``latest.tar.gz -> crypto-2.0.tar.gz``)
@@ -31,6 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.http import parse_date, parse_range_header
 from werkzeug.wrappers import Response
 from werkzeug.wsgi import FileWrapper, wrap_file
 
@@ -151,6 +154,12 @@ class StaticApp:
     def send(self, environ: dict[str, Any], start_response: StartResponse, file: Any, target: str,
              extra: list[tuple[str, str]]) -> Iterable[bytes]:
         info = os.fstat(file.fileno())
+        environ = _ranges_served(environ)
+        if _unmodified_since_failed(environ, info.st_mtime):
+            file.close()
+            response = Response(status=412)
+            response.headers.extend(extra)
+            return response(environ, start_response)
         # A range is served by seeking to it: werkzeug seeks only a wrapper that says it can, and a server's own
         # (gunicorn's, for sendfile) cannot, so werkzeug would read and drop every byte before the range.
         body = FileWrapper(file) if environ.get("HTTP_RANGE") else wrap_file(environ, file)
@@ -165,9 +174,34 @@ class StaticApp:
             file.close()
             response = exc.get_response(environ)
             response.headers["Content-Range"] = f"bytes */{info.st_size}"
+        if response.status_code == 412:  # If-Match failed: werkzeug keeps the file as the body
+            file.close()
+            response.response = []
+            response.content_length = 0
         for name, value in extra:
             response.headers[name] = value  # replaces Cache-Control: no-cache with no-store
         return response(environ, start_response)
+
+
+def _ranges_served(environ: dict[str, Any]) -> dict[str, Any]:
+    """``environ`` without a ``Range`` the file is better served whole for (RFC 9110, 14.2): one in a unit other
+    than bytes (which must be ignored), or several ranges (werkzeug would refuse them with 416)."""
+    value = environ.get("HTTP_RANGE")
+    if value is None:
+        return environ
+    parsed = parse_range_header(value)
+    if parsed is None or (parsed.units == "bytes" and len(parsed.ranges) == 1):
+        return environ  # one byte range, or a malformed one (werkzeug answers 416)
+    return {k: v for k, v in environ.items() if k != "HTTP_RANGE"}
+
+
+def _unmodified_since_failed(environ: dict[str, Any], mtime: float) -> bool:
+    """``If-Unmodified-Since`` failed (RFC 9110, 13.1.4: only without ``If-Match``; an invalid date is ignored),
+    which werkzeug does not check."""
+    if environ.get("HTTP_IF_MATCH") is not None:
+        return False
+    since = parse_date(environ.get("HTTP_IF_UNMODIFIED_SINCE"))
+    return since is not None and int(mtime) > since.timestamp()
 
 
 def content_type(path: str) -> str:
