@@ -12,6 +12,10 @@ resolved, slashes merged; encoded ``/`` is a 400), and the wrapped app is handed
 ``environ["exportgate.original_uri"]``), so an app that does not resolve ``..`` itself cannot open anything but
 what was decided. A path that climbs out of the app's ``SCRIPT_NAME`` is a 404.
 
+Paths are the whole request target, ``SCRIPT_NAME`` included: for an app mounted at ``/mirror``, ``gated`` globs and
+the manifest's rules are written ``/mirror/files/**``. A ``gated`` glob written without the mount point matches
+nothing, and every download under it would pass undecided.
+
 Caveat: apps that decode the path a second time or accept backslashes as separators need their own care; so does
 a case-insensitive app behind a gate not configured with ``case_insensitive_paths``.
 """
