@@ -332,11 +332,18 @@ def authorize_add(ctx: click.Context, auth_id: str, basis: str, destinations: tu
 
 
 def _record_authorizations(cfg: GateConfig, auths: list[Authorization]) -> None:
+    from .records import NotCommitted
+
     store, recorder = _recorder(cfg)
     try:
         at = format_time(_now())
-        for auth in auths:
-            recorder.record("authorization", f"authorization:{auth.id}:{at}", at, auth.to_dict())
+        try:
+            recorder.record_many(("authorization", f"authorization:{auth.id}:{at}", at, auth.to_dict())
+                                 for auth in auths)
+        except NotCommitted as exc:
+            recorded = [r.body.get("id") for r in exc.committed]
+            raise ExportGateError(f"{exc.count} of {len(auths)} authorization(s) not recorded ({exc}); recorded: "
+                                  f"{', '.join(map(str, recorded)) or 'none'}") from None
     finally:
         recorder.close()
         store.close()
@@ -347,7 +354,10 @@ def _record_authorizations(cfg: GateConfig, auths: list[Authorization]) -> None:
 @click.pass_context
 @_guarded
 def authorize_import(ctx: click.Context, file: str) -> None:
-    """Record every authorization of a YAML file (`authorizations:` list). All or nothing."""
+    """Record every authorization of a YAML file (`authorizations:` list), in one transaction.
+
+    All are checked before any is recorded; if the store fails, none is (or, past the recorder's largest
+    transaction, the error names those that were)."""
     auths = load_authorization_file(file)
     _record_authorizations(_config(ctx), auths)
     click.echo(f"recorded {len(auths)} authorization(s) from {file}")
@@ -431,9 +441,12 @@ def audit() -> None:
 def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | None, as_json: bool) -> None:
     """Check every hash chain; name each altered, deleted, inserted or reordered record. Exit 1 if any."""
     from .records import chain_heads, verify
-    from .runtime import open_store
+    from .runtime import existing_store, open_store
 
-    store = open_store(_config(ctx))
+    cfg = _config(ctx)
+    if existing_store(cfg) is None:  # never create an empty store and call it verified
+        raise ExportGateError(f"no record store at {cfg.records}: a store that was moved or deleted does not verify")
+    store = open_store(cfg)
     try:
         expected = None
         if heads_file:
@@ -443,17 +456,21 @@ def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | N
             except (OSError, ValueError, TypeError, IndexError, AttributeError) as exc:
                 raise ExportGateError(f"{heads_file}: not a chain-heads file written by --save-heads ({exc})") from None
         report = verify(store, expected_heads=expected)
-        if save_heads:
+        if save_heads and report.ok:  # heads of a store that failed would make its damage the new normal
             heads = chain_heads(store)
             Path(save_heads).write_text(json.dumps({k: list(v) for k, v in heads.items()}, indent=2),
                                         encoding="utf-8")
     finally:
         store.close()
     if as_json:
-        _emit(report.to_dict())
+        _emit({**report.to_dict(), "heads_checked": expected is not None})
     else:
         for line in report.lines():
             click.echo(line)
+        if report.ok and expected is None:
+            click.echo("(without --heads, records cut from a chain's end or a whole chain removed cannot be seen)")
+        if save_heads and not report.ok:
+            click.echo(f"heads not saved to {save_heads}: the store did not verify", err=True)
     if not report.ok:
         sys.exit(1)
 

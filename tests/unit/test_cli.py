@@ -292,7 +292,93 @@ def test_audit_verify_detects_tampering(run, config, tmp_path):
     assert report["counts"]["altered"] == 1 and "authorization:A1:" in report["problems"][0]["id"]
 
 
+def _tamper(database, *statements):
+    db = sqlite3.connect(database)
+    for statement in statements:
+        db.execute(statement)
+    db.commit()
+    db.close()
+
+
+def _two_authorizations(run, config):
+    """A1 and A2, #1 and #2 of one chain."""
+    file = write(config.parent / "two.yaml", "authorizations:\n"
+                 + "".join(f"  - id: {i}\n    basis: b\n    destinations: [CU]\n    valid_from: 2010-01-01\n"
+                           for i in ("A1", "A2")))
+    assert run("authorize", "import", str(file), config=config).exit_code == 0
+
+
+@pytest.mark.parametrize(("statements", "kind"), [
+    pytest.param(["INSERT INTO records SELECT chain, 0, kind, id, at, '{\"forged\":true}', 'x', 'y' FROM records "
+                  "LIMIT 1"], "inserted", id="a row at seq 0 of a chain"),
+    pytest.param(["INSERT INTO records VALUES ('attacker:000000000000', -1, 'decision', 'zzz', "
+                  "'2026-01-01T00:00:00.000000Z', '{}', 'x', 'y')"], "inserted", id="a chain of its own at seq -1"),
+    pytest.param(["DROP TRIGGER records_no_update",
+                  "INSERT INTO records SELECT chain, 1.5, kind, 'junk', at, '{}', 'x', 'y' FROM records LIMIT 1",
+                  "UPDATE records SET body = replace(body, '\"A2\"', '\"A9\"') WHERE seq = 2"],
+                 "altered", id="an unreadable row does not hide a later edit"),
+])
+def test_audit_verify_reads_every_row(run, config, tmp_path, statements, kind):
+    """Rows stored at seq 0 or below, or at a seq that is not an integer, were never read: verify said ok."""
+    _two_authorizations(run, config)
+    heads = tmp_path / "heads.json"
+    assert run("audit", "verify", "--save-heads", str(heads), config=config).exit_code == 0
+    _tamper(tmp_path / "records.db", *statements)
+    for args in ((), ("--heads", str(heads))):
+        result = run("audit", "verify", "--json", *args, config=config)
+        assert result.exit_code == 1, result.output
+        report = json.loads(result.output)
+        assert report["counts"][kind] >= 1, report
+    if "UPDATE" in statements[-1]:
+        problems = json.loads(run("audit", "verify", "--json", config=config).output)["problems"]
+        assert any(p["kind"] == "altered" and p["seq"] == 2 for p in problems), problems
+
+
+def test_a_forged_row_at_seq_0_is_not_what_the_store_answers_for_its_id(config, tmp_path):
+    from exportgate.config import load_config
+    from exportgate.runtime import open_store
+
+    store = open_store(load_config(config, env={}))
+    try:
+        from exportgate.records import Recorder
+
+        with Recorder(store, instance="t") as recorder:
+            real = recorder.record("decision", "d-1", "2026-01-01T00:00:00.000000Z", {"enforced": "block"})
+        _tamper(tmp_path / "records.db", f"INSERT INTO records VALUES ('{real.chain}', 0, 'decision', 'd-1', "
+                "'2026-01-01T00:00:00.000000Z', '{\"enforced\":\"allow\"}', 'x', 'y')")
+        assert store.get("d-1").body == {"enforced": "block"}
+    finally:
+        store.close()
+
+
+def test_audit_verify_saves_heads_only_of_a_store_that_verifies(run, config, tmp_path):
+    _two_authorizations(run, config)
+    heads = tmp_path / "heads.json"
+    assert run("audit", "verify", "--save-heads", str(heads), config=config).exit_code == 0
+    saved = heads.read_text()
+    _tamper(tmp_path / "records.db", "DROP TRIGGER records_no_delete", "DELETE FROM records WHERE seq = 2")
+    failed = run("audit", "verify", "--heads", str(heads), "--save-heads", str(heads), config=config)
+    assert failed.exit_code == 1 and "heads not saved" in failed.output
+    assert heads.read_text() == saved  # the truncation stays visible to the next run
+    assert run("audit", "verify", "--heads", str(heads), config=config).exit_code == 1
+
+
+def test_audit_verify_of_a_missing_store_fails_and_creates_nothing(run, tmp_path):
+    config = write_config(tmp_path, records=f"sqlite://{tmp_path / 'moved.db'}")
+    result = run("audit", "verify", config=config)
+    assert result.exit_code == 1 and "no record store" in result.output
+    assert not (tmp_path / "moved.db").exists()
+
+
+def test_audit_verify_says_what_it_cannot_see_without_heads(run, config):
+    _two_authorizations(run, config)
+    result = run("audit", "verify", config=config)
+    assert result.exit_code == 0 and "without --heads" in result.output
+    assert json.loads(run("audit", "verify", "--json", config=config).output)["heads_checked"] is False
+
+
 def test_audit_verify_with_a_bad_heads_file(run, config, tmp_path):
+    _two_authorizations(run, config)
     heads = write(tmp_path / "heads.json", "not json")
     result = run("audit", "verify", "--heads", str(heads), config=config)
     assert result.exit_code == 1 and "chain-heads" in result.output

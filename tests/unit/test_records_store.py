@@ -89,6 +89,7 @@ def test_open_store_absolute_relative_and_memory(
         ),
         pytest.param("sqlite:r.db?busy_timeout_ms=-1", "busy_timeout_ms", id="negative timeout"),
         pytest.param("sqlite:r.db?busy_timeout_ms=1e3", "busy_timeout_ms", id="float timeout"),
+        pytest.param("sqlite:r.db?busy_timeout_ms=%C2%B2", "busy_timeout_ms", id="superscript digit timeout"),
         pytest.param("sqlite:r.db?journal=delete", "unknown option", id="unknown option"),
         pytest.param("sqlite:r.db?commit_delay_ms=-1", "commit_delay_ms", id="negative delay"),
         pytest.param("sqlite:r.db?commit_delay_ms=1001", "commit_delay_ms", id="delay over a second"),
@@ -502,3 +503,26 @@ def test_a_lock_file_made_by_root_belongs_to_the_database_owner(tmp_path: Path) 
     SQLiteStore(str(tmp_path / "r.db")).close()  # root again, e.g. `exportgate audit verify`
     st = os.stat(tmp_path / "r.db.lock")
     assert (st.st_uid, st.st_gid) == (65534, 65534)
+
+
+def test_a_commit_a_trigger_skipped_rows_of_is_no_commit(tmp_path: Path) -> None:
+    """A trigger put in the file by someone else can drop rows silently (RAISE(IGNORE)); append used to return as if
+    they were stored, and the download was served without a record."""
+    store = SQLiteStore(str(tmp_path / "records.db"))
+    try:
+        db = sqlite3.connect(tmp_path / "records.db")
+        db.execute("CREATE TRIGGER skip BEFORE INSERT ON records WHEN NEW.body LIKE '%allow%' "
+                   "BEGIN SELECT RAISE(IGNORE); END")
+        db.commit()
+        db.close()
+        chain = Chain("t:trigger")
+        few = [chain.seal("decision", f"d-{i}", AT, {"enforced": "allow" if i % 2 else "block"}) for i in range(4)]
+        with pytest.raises(RecordStoreError, match="only 2 of 4 rows were stored"):
+            store.append(few)
+        # Past one statement: a transaction of its own, rolled back whole.
+        many = [chain.seal("decision", f"e-{i}", AT, {"enforced": "allow" if i else "block"}) for i in range(300)]
+        with pytest.raises(RecordStoreError, match="only 1 of 300 rows were stored"):
+            store.append(many)
+        assert [r.id for r in store.iter_records() if r.id.startswith("e-")] == []
+    finally:
+        store.close()

@@ -331,15 +331,15 @@ class ListStore:
         self.records.extend(records)
 
     def iter_records(
-        self, kind: str | None = None, chain: str | None = None, *, after_seq: int = 0
+        self, kind: str | None = None, chain: str | None = None, *, after_seq: int | None = 0
     ) -> Iterator[Record]:
         for r in sorted(self.records, key=lambda r: (r.chain, r.seq)):
             wanted = (kind is None or r.kind == kind) and (chain is None or r.chain == chain)
-            if wanted and r.seq > after_seq:
+            if wanted and (after_seq is None or r.seq > after_seq):
                 yield r
 
     def get(self, id: str) -> Record | None:
-        return next((r for r in self.iter_records() if r.id == id), None)
+        return next((r for r in self.iter_records() if r.id == id), None)  # seq > 0, as the protocol says
 
     def last(self, chain: str) -> Record | None:
         mine = list(self.iter_records(chain=chain))

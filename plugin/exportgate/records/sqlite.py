@@ -308,14 +308,21 @@ class SQLiteStore:
         with self._writing(f"{count} record(s) not committed") as conn:
             try:
                 if count <= _ROWS_PER_STATEMENT:
-                    conn.execute(_INSERTS[count], params)
+                    stored = conn.execute(_INSERTS[count], params).rowcount
                 else:
                     conn.execute("BEGIN IMMEDIATE")
                     step = _ROWS_PER_STATEMENT * 8
+                    stored = 0
                     for start in range(0, len(params), step):
                         chunk = params[start : start + step]
-                        conn.execute(_INSERTS[len(chunk) // 8], chunk)
-                    conn.execute("COMMIT")
+                        stored += conn.execute(_INSERTS[len(chunk) // 8], chunk).rowcount
+                    if stored == count:
+                        conn.execute("COMMIT")
+                if stored != count:
+                    # A trigger put in the file by someone else can drop rows silently (RAISE(IGNORE)): a commit
+                    # that did not store every record is no commit (the recorder re-reads the chain's head).
+                    raise sqlite3.DatabaseError(f"only {stored} of {count} rows were stored: a trigger or rule "
+                                                "in the database skipped the others")
             except Exception as exc:  # any failure: nothing is stored, and the caller is told
                 try:
                     if conn.in_transaction:
@@ -391,10 +398,10 @@ class SQLiteStore:
     # -- reading ---------------------------------------------------------------------------
 
     def iter_records(
-        self, kind: str | None = None, chain: str | None = None, *, after_seq: int = 0
+        self, kind: str | None = None, chain: str | None = None, *, after_seq: Any = 0
     ) -> Iterator[Record]:
-        where = ["seq > ?"]
-        params: list[Any] = [after_seq]
+        where = ["1"] if after_seq is None else ["seq > ?"]
+        params: list[Any] = [] if after_seq is None else [after_seq]
         if kind is not None:
             if kind != "decision" and _KIND_LITERAL.fullmatch(kind):
                 where.append(f"kind = '{kind}' AND kind <> 'decision'")
@@ -433,7 +440,7 @@ class SQLiteStore:
 
     def get(self, id: str) -> Record | None:
         row = self._query_one(
-            f"SELECT {_COLUMNS} FROM records WHERE id = ? ORDER BY chain, seq LIMIT 1", (id,)
+            f"SELECT {_COLUMNS} FROM records WHERE id = ? AND seq > 0 ORDER BY chain, seq LIMIT 1", (id,)
         )
         return None if row is None else _to_record(row)
 
@@ -545,6 +552,7 @@ def _to_record(row: tuple[Any, ...]) -> Record:
             prev_hash=str(prev_hash),
             hash=str(digest),
             reason=str(exc),
+            position=seq,
         ) from None
     return make_record(chain, seq, kind, id, at, body, prev_hash, digest, body_json)
 

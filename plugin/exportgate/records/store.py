@@ -26,7 +26,7 @@ A PostgreSQL store (several gate replicas, one store) plugs in as another scheme
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from exportgate.errors import ConfigError, RecordStoreError
@@ -45,14 +45,16 @@ class StoreOpenError(RecordStoreError):
 class CorruptRecordError(RecordStoreError):
     """A stored row cannot be read back as a record (changed outside exportgate).
 
-    Carries what could be read, so ``verify`` can report it and go on after ``seq``.
+    Carries what could be read, so ``verify`` can report it and go on after it: ``position`` is the row's seq as
+    stored (``seq`` is -1 when that is not an integer), to pass back as ``after_seq``.
     """
 
     def __init__(
-        self, *, chain: str, seq: int, id: str, prev_hash: str, hash: str, reason: str
+        self, *, chain: str, seq: int, id: str, prev_hash: str, hash: str, reason: str, position: Any = None
     ) -> None:
         self.chain = chain
         self.seq = seq
+        self.position = position
         self.id = id
         self.prev_hash = prev_hash
         self.hash = hash
@@ -72,16 +74,18 @@ class Store(Protocol):
         """
 
     def iter_records(
-        self, kind: str | None = None, chain: str | None = None, *, after_seq: int = 0
+        self, kind: str | None = None, chain: str | None = None, *, after_seq: Any = 0
     ) -> Iterator[Record]:
-        """Records in (chain, seq) order, optionally of one kind / chain, with seq > ``after_seq``.
+        """Records in (chain, seq) order, optionally of one kind / chain, with seq > ``after_seq``;
+        ``after_seq=None``: every row, whatever is stored as its seq (what verification reads: a row put in at
+        seq 0 or below is still a row).
 
         Raises :class:`CorruptRecordError` on a row that cannot be read back.
         """
         ...
 
     def get(self, id: str) -> Record | None:
-        """The first record (in (chain, seq) order) with this id, or ``None``."""
+        """The first record (in (chain, seq) order, seq from 1) with this id, or ``None``."""
         ...
 
     def last(self, chain: str) -> Record | None:
@@ -166,7 +170,7 @@ def _open_sqlite(url: str, file: str | None, line: int | None) -> Store:
             f"{', '.join(m.lower() for m in SYNCHRONOUS_MODES)}"
         )
     timeout_text = options.pop("busy_timeout_ms", "5000")
-    if not timeout_text.isdigit() or not 0 < int(timeout_text) <= 600_000:
+    if not (timeout_text.isascii() and timeout_text.isdigit()) or not 0 < int(timeout_text) <= 600_000:
         raise bad(f"busy_timeout_ms={timeout_text!r} is not a whole number of ms in 1..600000")
     delay_text = options.pop("commit_delay_ms", None)
     commit_delay = DEFAULT_COMMIT_DELAY

@@ -10,8 +10,9 @@ the record id when there is one, and a kind:
     records are missing: a seq gap, a chain that does not start at 1, or (with saved heads) a
     truncated tail or a vanished chain.
 ``inserted``
-    a well-formed record that does not fit where it sits: a duplicate, or one that links after
-    some record but is stored elsewhere (a forgery that copied a ``prev_hash``).
+    a well-formed record that does not fit where it sits: a duplicate, one that links after
+    some record but is stored elsewhere (a forgery that copied a ``prev_hash``), or one stored at
+    seq 0 or below; also stored rows that no chain's reading reached (compared with ``count()``).
 ``reordered``
     a record sealed at one position and stored at another (e.g. two records' seq swapped): its
     hash is right for the position its links give it.
@@ -29,8 +30,10 @@ followed by renumbering the later records shows as every later record ``altered`
 the tail that links to an unknown predecessor is reported ``inserted``, though its predecessor
 may have been rewritten instead (the detail says so).
 
-Runs in one streaming pass per chain (constant memory); a chain with a problem is read a second
-time and held in memory to classify it.
+Every row is read, whatever is stored as its seq: a row that cannot be read back (a seq that is not
+an integer, a column of the wrong type) is reported ``altered`` and reading goes on after it, so it
+cannot hide what follows. Runs in one streaming pass per chain (constant memory); a chain with a
+problem is read a second time and held in memory to classify it.
 """
 
 from __future__ import annotations
@@ -135,6 +138,7 @@ def verify(
     """Check every chain of ``store`` (and the saved heads, if given); see the module docstring."""
     problems: list[Problem] = []
     total = 0
+    stored = store.count()  # before listing the chains: rows appended meanwhile only add to what is read
     chains = store.chains()
     heads = dict(expected_heads or {})
     for chain in chains:
@@ -145,6 +149,16 @@ def verify(
             problems.extend(_classify(chain, list(_entries(store, chain))))
         if head is not None:
             problems.extend(_check_head(chain, head, scan))
+    if total < stored:
+        problems.append(
+            Problem(
+                kind=INSERTED,
+                chain="(none)",
+                seq=None,
+                id=None,
+                detail=f"{stored - total} stored row(s) that no chain's reading reached",
+            )
+        )
     for chain in sorted(set(heads) - set(chains)):
         seq, _ = heads[chain]
         problems.append(
@@ -174,8 +188,10 @@ class _Entry:
 
 
 def _entries(store: Store, chain: str) -> Iterator[_Entry]:
-    """The chain's records in seq order; unreadable rows become invalid entries, not a crash."""
-    after = 0
+    """The chain's rows in seq order, every one of them (seq 0 and below included); unreadable rows become invalid
+    entries, not a crash, and reading goes on after them where the store says where they are."""
+    after: Any = None
+    resumed_at: list[Any] = []
     while True:
         try:
             for record in store.iter_records(chain=chain, after_seq=after):
@@ -202,9 +218,10 @@ def _entries(store: Store, chain: str) -> Iterator[_Entry]:
                 None,
                 note=f"unreadable: {exc.reason}",
             )
-            if exc.seq <= after:  # cannot step past it (e.g. seq is not a number): stop here
+            if exc.position is None or exc.position in resumed_at:  # cannot step past it: stop here
                 return
-            after = exc.seq
+            resumed_at.append(exc.position)
+            after = exc.position
 
 
 @dataclass(slots=True)
@@ -283,6 +300,10 @@ def _classify(chain: str, entries: list[_Entry]) -> list[Problem]:
     seen_seq: set[int] = set()
     previous: _Entry | None = None
     for entry in entries:
+        if entry.seq < 1 and entry.record is not None:  # read back whole, but where no record can be
+            report(INSERTED, entry, entry.seq, f"stored as #{entry.seq}, before the chain's first record (#1)")
+            blamed.add(id(entry))
+            continue
         if entry.seq in seen_seq:
             report(INSERTED, entry, entry.seq, f"a second record stored as #{entry.seq}")
             blamed.add(id(entry))
