@@ -345,6 +345,11 @@ def parse_pack(data: Any, *, file: str, sha256: str, settings: Mapping[str, str]
         if destinations:
             dests = parse_destinations(f.list("destinations"), file=file, line=f.line("destinations"),
                                        what=f"rule {rule_id}")
+        if f.has("when") and f.raw("when") is None:
+            # Most likely every condition under it was commented out: read as none at all, it would match
+            # everything, unclassified artifacts included.
+            raise f.error("when", f"rule {rule_id}: when is empty; give its conditions, or leave out 'when' for a "
+                                  "rule that applies to every artifact")
         when = parse_conditions(f.raw("when"), file=file, line=f.line("when"), what=f"rule {rule_id}")
         action = _action(f, rule_id, known_settings, chosen)
         rule = Rule(

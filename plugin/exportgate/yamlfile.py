@@ -258,9 +258,11 @@ class Fields:
 
 
 def parse_date(value: Any, *, where: str, file: str, line: int | None) -> dt.date:
-    """A calendar date from YAML (``2010-03-08``, unquoted or quoted)."""
+    """A calendar date from YAML (``2010-03-08``, unquoted or quoted). A date with a time is refused: dates are days
+    taken at 00:00 UTC, and keeping the day of ``2010-03-07T23:00:00-05:00`` would start a rule a day early."""
     if isinstance(value, dt.datetime):
-        return value.date()
+        raise ConfigError(f"{where} must be a calendar date like 2010-03-08 (taken at 00:00 UTC), not a date and "
+                          f"time ({value.isoformat()})", file=file, line=line)
     if isinstance(value, dt.date):
         return value
     if isinstance(value, str):

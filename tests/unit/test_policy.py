@@ -70,6 +70,14 @@ SCENARIOS = [
     pytest.param("US", UNCLASSIFIED, BEFORE, "allow", "not-a-sanctioned-destination", id="US unclassified before"),
     pytest.param("DE", FEE, TODAY, "allow", "not-a-sanctioned-destination", id="DE fee today"),
     pytest.param("IR", FREE_EAR99, TODAY, "allow", "ir-personal-comms-software", id="IR free EAR99 today"),
+    # No general license reached North Korea or Syria: before this, other_destinations allowed them.
+    pytest.param("KP", FREE_EAR99, AFTER, "block", "kp-embargo", id="KP free EAR99 after"),
+    pytest.param("KP", FREE_NOT_SUBJECT, TODAY, "block", "kp-embargo", id="KP not subject today"),
+    pytest.param("KP", STRONG_CRYPTO, BEFORE, "block", "kp-embargo", id="KP 5D002 before"),
+    pytest.param("KP", UNCLASSIFIED, TODAY, "block", "unclassified-to-sanctioned", id="KP unclassified today"),
+    pytest.param("SY", FREE_EAR99, AFTER, "block", "sy-embargo", id="SY free EAR99 after"),
+    pytest.param("SY", FEE, BEFORE, "block", "sy-embargo", id="SY fee before"),
+    pytest.param("SY", UNCLASSIFIED, TODAY, "block", "unclassified-to-sanctioned", id="SY unclassified today"),
 ]
 
 
@@ -246,6 +254,11 @@ BAD_PACKS = [
                  id="bad eccn"),
     pytest.param(GOOD.replace("when: {price: no-cost}", "when: {price: []}"), 18, "empty list",
                  id="empty condition list"),
+    # Every condition commented out: read as none, the rule would allow anything, unclassified artifacts too.
+    pytest.param(GOOD.replace("when: {price: no-cost}", "when:\n      # price: no-cost"), 18, "when is empty",
+                 id="when with nothing under it"),
+    pytest.param(GOOD.replace("{from: 2030-01-01, until: null}", "{from: 2030-01-01T00:00:00-05:00, until: null}"),
+                 3, "not a date and time", id="date with a time and zone"),
     pytest.param(GOOD.replace("    when: {price: no-cost}\n    action: flag", "    action: flag")
                  .replace("destinations: [\"*\"]", "destinations: [KP]"), 20, "never reached",
                  id="shadowed rule"),
