@@ -18,7 +18,8 @@ so that the server starts another one: gunicorn stops altogether when a worker "
 passing lock into a gate that stays down.
 
 Caveat: authorizations and the geo database are still read by each new worker (they are data of the store and a
-reader that must not cross a fork).
+reader that must not cross a fork); a running worker follows the store's authorizations itself
+(:class:`~exportgate.runtime.AuthorizationWatch`).
 """
 
 from __future__ import annotations

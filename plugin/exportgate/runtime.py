@@ -8,10 +8,16 @@ A server's master loads the manifest and the packs once (:func:`load_decision_fi
 decides by that copy (:class:`DecisionFiles`): a worker started later (after a crash, at ``max_requests``)
 never depends on files that were edited, or broken, since. ``SIGHUP`` loads them again, and only a set that
 loads without a problem replaces the one in force (:mod:`exportgate.serve`).
+
+Authorizations are records in the store, added and revoked by ``exportgate authorize`` in another process: a
+recording runtime watches for them (:class:`AuthorizationWatch`), so a revocation reaches running workers within
+:data:`AUTHORIZATION_POLL` seconds instead of at their next restart.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +55,12 @@ def open_store(config: GateConfig) -> Any:
     from .records import open_store as _open_store
 
     return _open_store(config.records)
+
+
+log = logging.getLogger("exportgate.runtime")
+
+AUTHORIZATION_POLL = 1.0
+"""Seconds between two looks at the store's authorization and revocation records."""
 
 
 def authorization_book(store: Any) -> AuthorizationBook:
@@ -115,6 +127,7 @@ class GateRuntime:
             book = authorization_book(self.store)
             sinks = [JsonLinesSink(config.record_log)] if config.record_log else []
             self.recorder = Recorder(self.store, instance=config.instance, sinks=sinks)
+        self.authorization_watch: AuthorizationWatch | None = None
         try:
             policies = PolicySet(files.packs, book) if files is not None else open_policies(config, book)
         except ConfigErrors as exc:
@@ -125,6 +138,8 @@ class GateRuntime:
         kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
         self.gate = Gate(locator=locator, catalog=catalog, policies=policies, recorder=self.recorder,
                          instance=config.instance, **kwargs)
+        if self.store is not None:
+            self.authorization_watch = AuthorizationWatch(self)
 
     def reload_authorizations(self) -> None:
         if self.store is None:
@@ -132,6 +147,9 @@ class GateRuntime:
         self.gate.policies = self.gate.policies.with_authorizations(authorization_book(self.store))
 
     def close(self) -> None:
+        watch, self.authorization_watch = getattr(self, "authorization_watch", None), None
+        if watch is not None:
+            watch.stop()
         if self.recorder is not None:
             self.recorder.close()
             self.recorder = None
@@ -159,3 +177,50 @@ def existing_store(config: GateConfig) -> Any:
         return open_store(config)
     except ExportGateError:
         return None
+
+
+class AuthorizationWatch:
+    """Keeps a running gate's authorizations in step with its store (module docstring).
+
+    Every :data:`AUTHORIZATION_POLL` seconds a thread lists the authorization and revocation records (a handful,
+    read through the store's index of non-decision kinds) and, when the list changed, gives the gate a new book.
+    A store that cannot be read keeps the book in force and says so in the log.
+    """
+
+    def __init__(self, runtime: GateRuntime, interval: float | None = None) -> None:
+        self._runtime = runtime
+        self._interval = AUTHORIZATION_POLL if interval is None else interval
+        self._stopped = threading.Event()
+        self._seen = self._listed()
+        self._thread = threading.Thread(target=self._run, name="exportgate-authorizations", daemon=True)
+        self._thread.start()
+
+    def _listed(self) -> tuple[tuple[str, str, int], ...]:
+        store = self._runtime.store
+        return tuple((r.kind, r.chain, r.seq) for kind in ("authorization", "revocation")
+                     for r in store.iter_records(kind))
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stopped.wait(self._interval):
+            try:
+                listed = self._listed()
+                if listed != self._seen:
+                    self._runtime.reload_authorizations()
+                    self._seen = listed
+                    log.info("authorizations changed in the record store: %d authorization and revocation "
+                             "record(s) now in force", len(listed))
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive a store that is briefly unreadable
+                if self._stopped.is_set():
+                    return
+                if not failing:
+                    log.warning("cannot read the authorizations from the record store (the ones read before stay "
+                                "in force): %s", exc)
+                failing = True
+            else:
+                failing = False
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(5)

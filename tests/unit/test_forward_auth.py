@@ -482,6 +482,44 @@ def test_fail_open(make_app: AppFactory, headers: dict[str, str], status: int, d
     assert decision_record(database, r.headers["X-Exportgate-Decision-Id"]) is None  # it was never recorded
 
 
+def test_an_authorization_added_or_revoked_reaches_a_running_gate(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``exportgate authorize`` writes to the store from another process; a worker that read the authorizations
+    once at start went on allowing under a revoked license until it was restarted."""
+    import time
+
+    from click.testing import CliRunner
+
+    from exportgate import runtime
+    from exportgate.cli import main
+
+    monkeypatch.setattr(runtime, "AUTHORIZATION_POLL", 0.05)
+    app, client, _ = open_gate(tmp_path / "gate")
+    config = str(tmp_path / "gate" / "gate.yaml")
+
+    def decided(expected: str) -> dict[str, str]:
+        deadline = time.monotonic() + 10
+        while True:
+            r = ask(client, headers=nginx(CHAT, CU_CLIENT))
+            if r.headers["X-Exportgate-Decision"] == expected or time.monotonic() > deadline:
+                return dict(r.headers)
+            time.sleep(0.02)
+
+    def cli(*args: str) -> None:
+        result = CliRunner().invoke(main, ["--config", config, *args], env={})
+        assert result.exit_code == 0, result.output
+
+    try:
+        assert decided("block")["X-Exportgate-Rule"] == "cu-software-pending-commerce"
+        cli("authorize", "add", "--id", "BIS-CU-9", "--basis", "BIS license D999", "--destination", "CU",
+            "--class", "personal-communications", "--valid-from", "2010-01-01")
+        assert decided("allow")["X-Exportgate-Decision"] == "allow"
+        cli("authorize", "revoke", "BIS-CU-9", "--reason", "license withdrawn")
+        assert decided("block")["X-Exportgate-Decision"] == "block"
+    finally:
+        app.runtime.close()
+
+
 def test_readiness_recovers_without_a_download_once_the_store_can_write(make_app: AppFactory) -> None:
     # A load balancer that drains the gate on 503 sends it no download: readiness must see the store heal by itself.
     _, client, database = make_app()
