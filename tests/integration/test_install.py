@@ -32,7 +32,7 @@ def test_fresh_install_explains_with_no_config(tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["country"] == "IR" and data["geo_source"].startswith("iptocc")
-    assert data["pack"] == "us-2010-03-08-internet-comms@1"
+    assert data["pack"] == "us-2022-02-21-covered-regions@1"  # the pack in force today
     check = subprocess.run([str(exportgate), "check"], capture_output=True, text=True, cwd=work, env=env,
                            timeout=120)
     assert check.returncode == 0, check.stderr

@@ -418,7 +418,7 @@ def test_health_readiness_and_policy(gate: tuple[GateApp, Client, Path]) -> None
     assert ready.status_code == 200
     checks = json.loads(ready.get_data())["checks"]
     assert checks["geo"]["ok"] and checks["policy"]["ok"] and checks["records"]["ok"]
-    assert checks["policy"]["pack"].startswith("us-2010-03-08-internet-comms@")
+    assert checks["policy"]["pack"].startswith("us-2022-02-21-covered-regions@")  # in force today
     policy = json.loads(ask(client, "/exportgate/policy").get_data())
     assert policy["operator"] == "Test Mirror Operator"
     assert all("file" not in p for p in policy["packs"])  # no server paths on a public page

@@ -132,7 +132,7 @@ def test_decide_and_record_commits_before_returning(tmp_path):
     assert record is not None and record.kind == "decision"
     body = record.body
     assert body["action"] == "block" and body["rule"] == "ir-other-software"
-    assert body["pack"]["id"] == "us-2010-03-08-internet-comms" and len(body["pack"]["sha256"]) == 64
+    assert body["pack"]["id"] == "us-2022-02-21-covered-regions" and len(body["pack"]["sha256"]) == 64
     assert body["location"]["country"] == "IR" and body["location"]["source"].startswith("iptocc")
     assert body["classification"]["eccn"] == "5D002" and "catalog.yaml" in body["classification"]["rule"]
     assert body["request"]["raw_path"] == "/files/./crypto-1.0.tar.gz"

@@ -89,6 +89,33 @@ def test_seed_scenarios(shipped, country, artifact, when, action, rule):
     assert outcome.mode == "enforce"
 
 
+def utc(day: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(("subdivision", "artifact", "when", "action", "rule"), [
+    # ../shared/REGULATIONS.md: cr-2014 (block), cr-gl9 (no-cost personal communications, EAR99 or 5D992.c), dl-2022.
+    pytest.param("UA-43", FREE_EAR99, utc("2014-12-18T23:59"), "allow", "not-a-sanctioned-destination",
+                 id="Crimea the day before the embargo"),
+    pytest.param("UA-43", FREE_EAR99, utc("2014-12-19"), "block", "crimea-embargo", id="Crimea embargo"),
+    pytest.param("UA-40", FREE_EAR99, utc("2015-01-01"), "block", "sevastopol-embargo", id="Sevastopol embargo"),
+    pytest.param("UA-43", FREE_EAR99, utc("2015-05-22"), "allow", "crimea-gl9-personal-comms", id="Crimea GL 9"),
+    pytest.param("UA-43", FREE_5D992, TODAY, "allow", "crimea-gl9-personal-comms", id="Crimea GL 9 5D992.c today"),
+    pytest.param("UA-43", FEE, TODAY, "block", "crimea-other-software", id="Crimea fee today"),
+    pytest.param("UA-43", FREE_NOT_SUBJECT, TODAY, "block", "crimea-other-software", id="Crimea not EAR99 today"),
+    pytest.param("UA-43", UNCLASSIFIED, TODAY, "block", "unclassified-to-sanctioned", id="Crimea unclassified"),
+    pytest.param("UA-14", FREE_EAR99, utc("2022-02-20"), "allow", "not-a-sanctioned-destination",
+                 id="Donetsk before EO 14065"),
+    pytest.param("UA-14", FREE_EAR99, utc("2022-02-21"), "flag", "covered-regions-personal-comms",
+                 id="Donetsk personal comms (OFAC side unconfirmed: review)"),
+    pytest.param("UA-09", STRONG_CRYPTO, TODAY, "block", "luhansk-other-software", id="Luhansk 5D002 today"),
+    pytest.param("UA-63", STRONG_CRYPTO, TODAY, "allow", "not-a-sanctioned-destination", id="Kharkiv 5D002 today"),
+])
+def test_regions_of_ukraine(shipped, subdivision, artifact, when, action, rule):
+    outcome = shipped.evaluate(at("UA", subdivision), artifact, when)
+    assert (outcome.action, outcome.rule) == (action, rule)
+
+
 def test_pack_changes_at_midnight_utc(shipped):
     assert shipped.pack_at(BEFORE).id == "us-pre-2010-baseline"
     assert shipped.pack_at(AFTER).id == "us-2010-03-08-internet-comms"
