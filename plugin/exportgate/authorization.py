@@ -36,17 +36,27 @@ class Authorization:
     note: str = ""
     revoked_at: dt.datetime | None = None
     revoked_reason: str = ""
+    not_before: dt.datetime | None = None
+    """Added again after a revocation: valid only from then on, whatever ``valid_from`` says (the revoked period
+    stays revoked)."""
 
     def valid_at(self, at: dt.datetime) -> bool:
         day = at.astimezone(dt.UTC).date()
         if day < self.valid_from or (self.valid_until is not None and day >= self.valid_until):
             return False
+        if self.not_before is not None and at < self.not_before:
+            return False
         return self.revoked_at is None or at < self.revoked_at
 
-    def covers(self, location: Location, classification: Classification, at: dt.datetime) -> bool:
+    def covers(self, location: Location, classification: Classification, at: dt.datetime, *,
+               region: str | None = None) -> bool:
+        """``region``: a subdivision the pack restricts on its own, which only an authorization naming it covers."""
         if not location.known or not self.valid_at(at):
             return False
-        if location.country not in self.destinations and location.subdivision not in self.destinations:
+        if region is not None:
+            if region not in self.destinations:
+                return False
+        elif location.country not in self.destinations and location.subdivision not in self.destinations:
             return False
         return self.when.matches(classification, location)
 
@@ -64,6 +74,8 @@ class Authorization:
     def status_at(self, at: dt.datetime) -> str:
         if self.revoked_at is not None and at >= self.revoked_at:
             return "revoked"
+        if self.not_before is not None and at < self.not_before:
+            return "not yet valid"
         day = at.astimezone(dt.UTC).date()
         if day < self.valid_from:
             return "not yet valid"
@@ -78,14 +90,16 @@ class AuthorizationBook:
     def __init__(self, authorizations: Iterable[Authorization]) -> None:
         self.all = tuple(authorizations)
 
-    def covering(self, location: Location, classification: Classification, at: dt.datetime) -> Authorization | None:
+    def covering(self, location: Location, classification: Classification, at: dt.datetime, *,
+                 region: str | None = None) -> Authorization | None:
         for auth in self.all:
-            if auth.covers(location, classification, at):
+            if auth.covers(location, classification, at, region=region):
                 return auth
         return None
 
     def get(self, auth_id: str) -> Authorization | None:
-        for auth in self.all:
+        """The latest authorization on file under ``auth_id``."""
+        for auth in reversed(self.all):
             if auth.id == auth_id:
                 return auth
         return None
@@ -94,19 +108,26 @@ class AuthorizationBook:
     def from_entries(cls, entries: Iterable[tuple[str, str, Mapping[str, Any]]]) -> AuthorizationBook:
         """Replay ``(kind, at, body)`` entries in order: ``authorization`` adds, ``revocation`` withdraws.
 
-        Re-adding an id that is already on file replaces it (a renewed license), keeping the history in the store.
+        Re-adding an id that is on file and not revoked replaces it (a renewed license). Re-adding a revoked one
+        keeps the revoked one for the time it was valid, and the new one is valid only from when it was added:
+        a revocation is never undone for the past (``explain --at`` must agree with the decisions made then).
         """
         by_id: dict[str, Authorization] = {}
+        withdrawn: list[Authorization] = []
         for kind, at, body in entries:
             if kind == "authorization":
                 auth = parse_authorization(body, file="<record store>", line=None)
+                earlier = by_id.get(auth.id)
+                if earlier is not None and earlier.revoked_at is not None:
+                    withdrawn.append(earlier)
+                    auth = replace(auth, not_before=parse_time(at))
                 by_id[auth.id] = auth
             elif kind == "revocation":
                 auth_id = body.get("authorization")
                 if auth_id in by_id:
                     by_id[auth_id] = replace(by_id[auth_id], revoked_at=parse_time(at),
                                              revoked_reason=str(body.get("reason", "")))
-        return cls(by_id.values())
+        return cls([*withdrawn, *by_id.values()])
 
 
 def parse_time(text: str) -> dt.datetime:

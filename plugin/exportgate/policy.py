@@ -189,7 +189,10 @@ class PolicyPack:
     ) -> Outcome:
         action, citation, authorization = rule.action, rule.citation, None
         if rule.requires_authorization:
-            found = authorizations.covering(location, classification, at) if authorizations else None
+            # A region the pack restricts on its own (UA-43 inside UA) needs a license that names it: one for the
+            # country is not one for the region.
+            region = location.subdivision if location.subdivision in self.jurisdictions else None
+            found = authorizations.covering(location, classification, at, region=region) if authorizations else None
             if found is not None:
                 action, authorization = "allow", found.id
                 citation = f"{found.basis} (authorization {found.id}); otherwise: {rule.citation}"

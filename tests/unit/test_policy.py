@@ -199,6 +199,56 @@ def test_revoked_authorization_stops_at_its_time():
     assert packs.evaluate(at("CU"), FREE_EAR99, dt.datetime(2010, 8, 1, tzinfo=dt.UTC)).action == "block"
 
 
+def test_a_revocation_stays_when_the_authorization_is_added_again():
+    """Re-adding replaced the revoked authorization whole, so its revoked period counted as valid again."""
+    entries = [
+        ("authorization", "2010-06-01T00:00:00.000000Z", authorization().to_dict()),
+        ("revocation", "2010-08-01T00:00:00.000000Z", {"authorization": "BIS-CU-2010-001", "reason": "withdrawn"}),
+        ("authorization", "2010-09-01T00:00:00.000000Z", authorization().to_dict()),
+    ]
+    book = AuthorizationBook.from_entries(entries)
+    packs = load_packs([SHIPPED_DIR], authorizations=book)
+    for day, action in (((2010, 7, 31), "allow"), ((2010, 8, 15), "block"), ((2010, 9, 1), "allow")):
+        assert packs.evaluate(at("CU"), FREE_EAR99, dt.datetime(*day, tzinfo=dt.UTC)).action == action, day
+    assert book.get("BIS-CU-2010-001").revoked_at is None  # the one in force now
+
+
+REGION_PACK = """\
+pack: region-pack
+version: 1
+effective: {from: 2030-01-01, until: null}
+sources: ["test"]
+disclaimer: "Example, not legal advice."
+jurisdictions:
+  UA-43:
+    name: Crimea
+    program: "test program"
+    otherwise: {id: crimea-pending, action: block, requires_authorization: true, citation: "c"}
+  CU:
+    name: Cuba
+    program: "test program"
+    otherwise: {id: cu-pending, action: block, requires_authorization: true, citation: "c"}
+rules: []
+defaults:
+  unknown_location: {action: flag, citation: "c"}
+  unclassified: {action: block, citation: "c"}
+  other_destinations: {action: allow, citation: "c"}
+"""
+
+
+@pytest.mark.parametrize(("destinations", "where", "action"), [
+    pytest.param(["UA"], ("UA", "UA-43"), "block", id="a license for Ukraine is not one for Crimea"),
+    pytest.param(["UA-43"], ("UA", "UA-43"), "allow", id="a license naming Crimea"),
+    pytest.param(["CU"], ("CU", "CU-03"), "allow", id="a license for Cuba covers a province of Cuba"),
+])
+def test_an_authorization_reaches_a_region_the_pack_restricts_only_by_naming_it(tmp_path, destinations, where,
+                                                                                action):
+    auth = authorization(destinations=destinations, when=None, valid_from="2030-01-01", valid_until=None)
+    packs = load_packs([write(tmp_path, REGION_PACK)], authorizations=AuthorizationBook([auth]))
+    outcome = packs.evaluate(at(*where), STRONG_CRYPTO, dt.datetime(2030, 6, 1, tzinfo=dt.UTC))
+    assert outcome.action == action
+
+
 def test_authorization_never_applies_where_no_rule_asks_for_one():
     # An authorization for Iran must not override the Iranian block: that rule does not require authorization.
     auth = authorization(destinations=["IR"], when=None)
