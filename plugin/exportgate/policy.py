@@ -484,9 +484,11 @@ def _check_reachable(rules: list[Rule], file: str) -> None:
 
 
 def _covers_destinations(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Whether a rule naming ``a`` applies wherever one naming ``b`` does: a country's rule applies in each of its
+    subdivisions too (rules are tried for the subdivision and the country alike)."""
     if "*" in a:
         return True
-    return b <= a
+    return all(d in a or d.partition("-")[0] in a for d in b)
 
 
 def load_packs(paths: Iterable[str | Path], settings: Mapping[str, str] | None = None,

@@ -339,6 +339,10 @@ BAD_PACKS = [
     pytest.param(GOOD.replace("    when: {price: no-cost}\n    action: flag", "    action: flag")
                  .replace("destinations: [\"*\"]", "destinations: [KP]"), 20, "never reached",
                  id="shadowed rule"),
+    pytest.param(GOOD.replace("destinations: [KP]", "destinations: [UA]").replace(
+        "destinations: [\"*\"]\n    when: {anonymizer: [tor-exit-node]}",
+        "destinations: [UA-43]\n    when: {price: no-cost}"), 21, "never reached",
+        id="a country's rule hides a later one for its region"),
     pytest.param(GOOD + "rules: []\n", 31, "duplicate key 'rules'", id="rules key repeated"),
     pytest.param(GOOD.replace("  - id: tor\n", "  - id: kp-free\n"), 21, "duplicate rule id", id="duplicate id"),
     pytest.param(GOOD.replace("version: 1\n", "version: [1]\n"), 2, "must be text", id="wrong type"),
