@@ -140,8 +140,9 @@ def _copy(value: Any) -> dict[str, Any]:
     if isinstance(value, yamlfile.Mapping):
         copy = yamlfile.Mapping(value)
         copy.line, copy.file, copy.key_lines = value.line, value.file, dict(value.key_lines)
+        copy.key_sources = dict(value.key_sources)
         return copy
-    return dict(value) if isinstance(value, dict) else {}
+    return yamlfile.Mapping(value if isinstance(value, dict) else {})
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -162,6 +163,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             target[key] = child
             target = child
         target[keys[-1]] = value
+        target.key_lines.pop(keys[-1], None)
+        target.key_sources[keys[-1]] = f"the environment variable {name}"
     return merged
 
 
@@ -194,7 +197,9 @@ def _parse(data: dict[str, Any], *, file: str, base: Path, env: Mapping[str, str
     settings = f.mapping("policy_settings", required=False) or {}
     for k, v in settings.items():
         if not isinstance(v, str):
-            raise f.error("policy_settings", f"config: policy_settings.{k} must be text, got {v!r}")
+            where = yamlfile.Fields(settings, file=file, what="policy_settings")
+            raise where.error(k, f"config: policy_settings.{k} must be text, got {v!r} (quote it: YAML reads "
+                                 "no, off, yes and on as true/false)")
     records = f.str("records", required=False) or default_records_url(env)
     if records.startswith("sqlite:") and not records.startswith(("sqlite://", "sqlite::memory:")):
         # sqlite:relative/path.db is relative to the config file, like every other path in it.

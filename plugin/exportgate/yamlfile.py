@@ -23,10 +23,13 @@ class Mapping(dict):  # type: ignore[type-arg]
     line: int = 0
     file: str = ""
     key_lines: dict[Any, int]
+    key_sources: dict[Any, str]
+    """Keys whose value came from elsewhere than the file (an environment variable), and from where."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.key_lines = {}
+        self.key_sources = {}
 
     def line_of(self, key: Any) -> int:
         return self.key_lines.get(key, self.line)
@@ -125,19 +128,75 @@ def _loader_for(file: str) -> type[yaml.SafeLoader]:
     return Loader
 
 
+MAX_ALIAS_GROWTH = 10
+"""Aliases may make a document at most this many times its own size (plus :data:`_ALIAS_ALLOWANCE` nodes) once
+expanded: a few KB of nested aliases (a "billion laughs") would otherwise take gigabytes wherever the values are
+walked or printed in an error message."""
+_ALIAS_ALLOWANCE = 10_000
+
+
 def loads(text: str, file: str = "<string>") -> Any:
     """Parse one YAML document; syntax errors become :class:`ConfigError` with file:line."""
     try:
-        return yaml.load(text, Loader=_loader_for(file))  # noqa: S506 - SafeLoader subclass
+        loader = _loader_for(file)(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_aliases(node, file)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except ConfigError:
         raise
+    except RecursionError:
+        raise ConfigError("YAML nested too deeply", file=file) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(f"YAML syntax error: {problem}", file=file, line=line) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: it says where, by position
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else None
+        code = ord(exc.character) if isinstance(exc.character, str) else exc.character
+        raise ConfigError(f"YAML error: the character U+{code:04X} is not allowed in YAML (control characters "
+                          "other than tab and line breaks are not)", file=file, line=line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", file=file) from None
+
+
+def _check_aliases(root: yaml.Node, file: str) -> None:
+    """Refuse a document whose aliases expand it past :data:`MAX_ALIAS_GROWTH` (a node reached twice is one
+    anchored node used again)."""
+    expanded: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    worst: tuple[int, yaml.Node] = (0, root)
+
+    def size(node: yaml.Node) -> int:
+        nonlocal worst
+        known = expanded.get(id(node))
+        if known is not None:
+            if known > worst[0]:
+                worst = (known, node)
+            return known
+        if id(node) in open_nodes:
+            raise ConfigError("recursive YAML alias (a node that contains itself)", file=file,
+                              line=node.start_mark.line + 1)
+        open_nodes.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in node.value)
+        open_nodes.discard(id(node))
+        expanded[id(node)] = total
+        return total
+
+    whole = size(root)
+    if whole > MAX_ALIAS_GROWTH * len(expanded) + _ALIAS_ALLOWANCE:
+        raise ConfigError(f"YAML aliases expand this document to {whole:,} values from {len(expanded):,} written: "
+                          "refused (nested aliases like these are a way to exhaust memory)", file=file,
+                          line=worst[1].start_mark.line + 1)
 
 
 def load(path: str | Path) -> Any:
@@ -178,6 +237,9 @@ class Fields:
         return None
 
     def error(self, key: str | None, message: str) -> ConfigError:
+        source = getattr(self.map, "key_sources", {}).get(key) if key is not None else None
+        if source is not None:  # not the file's line: the value came from elsewhere
+            return ConfigError(f"{message} (set by {source})", file=self.file)
         return ConfigError(message, file=self.file, line=self.line(key))
 
     def has(self, key: str) -> bool:

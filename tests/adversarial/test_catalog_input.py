@@ -178,6 +178,11 @@ HOSTILE_MANIFESTS = [
     pytest.param("manifest: m\nversion: 1\nartifacts:\n  - package: \"" + "a" * 300 + "\"\n    class: other\n",
                  "not a valid package name", id="overlong package name"),
     pytest.param("manifest: m\nversion: 1\nartifacts: &a\n  - *a\n", "recursive", id="recursive alias"),
+    # Eight levels of nine: about 1 KB of YAML, 48 million values once expanded (a "billion laughs").
+    pytest.param("manifest: m\nversion: 1\nx0: &x0 [a, a, a, a, a, a, a, a, a]\n"
+                 + "".join(f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]\n" for i in range(1, 8))
+                 + "artifacts:\n  - path: /a\n    class: other\n    eccn: [*x7]\n", "aliases expand",
+                 id="billion laughs"),
     pytest.param("\ufeffmanifest: m\nversion: 1\nartifacts:\n  - path: /a\n", "missing required key 'class'",
                  id="byte order mark"),
 ]

@@ -66,6 +66,8 @@ BAD = [
     pytest.param("geo: {database: a\n", 2, "YAML syntax error", id="syntax error"),
     pytest.param("instance: a\ninstance: b\n", 2, "duplicate key", id="duplicate key"),
     pytest.param("case_insensitive_paths: maybe\n", 1, "true or false", id="bool wrong"),
+    pytest.param("instance: t\noperator: \"a\x07b\"\n", 2, "U\\+0007 is not allowed", id="control character"),
+    pytest.param("instance: t\npolicy_settings:\n  cuba_software: no\n", 3, "quote it", id="setting read as false"),
 ]
 
 
@@ -77,6 +79,13 @@ def test_bad_config(tmp_path, text, line, message):
     assert info.value.file == str(path)
     assert info.value.line == line
     assert str(info.value).startswith(f"{path}:{line}: ")
+
+
+def test_an_error_in_a_value_from_the_environment_names_the_variable_not_a_line(tmp_path):
+    path = write(tmp_path, "instance: t\nserve:\n  workers: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"EXPORTGATE_SERVE__WORKERS": "0"})
+    assert info.value.line is None and "set by the environment variable EXPORTGATE_SERVE__WORKERS" in str(info.value)
 
 
 def test_unknown_environment_setting_is_an_error():
