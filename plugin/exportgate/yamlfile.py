@@ -122,6 +122,17 @@ def _loader_for(file: str) -> type[yaml.SafeLoader]:
         except ValueError:
             return loader.construct_scalar(node)
 
+    def construct_number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        # A number keeps the text it was written as: where text is expected (a version), 1.10 must stay "1.10",
+        # not become 1.1, and 010 not 8.
+        value = (yaml.SafeLoader.construct_yaml_float if node.tag.endswith(":float")
+                 else yaml.SafeLoader.construct_yaml_int)(loader, node)
+        number = (_WrittenFloat if isinstance(value, float) else _WrittenInt)(value)
+        number.text = node.value
+        return number
+
+    Loader.add_constructor("tag:yaml.org,2002:float", construct_number)
+    Loader.add_constructor("tag:yaml.org,2002:int", construct_number)
     Loader.add_constructor("tag:yaml.org,2002:timestamp", construct_timestamp)
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, construct_sequence)
@@ -133,6 +144,18 @@ MAX_ALIAS_GROWTH = 10
 expanded: a few KB of nested aliases (a "billion laughs") would otherwise take gigabytes wherever the values are
 walked or printed in an error message."""
 _ALIAS_ALLOWANCE = 10_000
+
+
+class _WrittenInt(int):
+    """An int from YAML that remembers how it was written."""
+
+    text: str
+
+
+class _WrittenFloat(float):
+    """A float from YAML that remembers how it was written."""
+
+    text: str
 
 
 def loads(text: str, file: str = "<string>") -> Any:
@@ -262,7 +285,7 @@ class Fields:
         if value is None:
             return None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
+            value = getattr(value, "text", None) or str(value)  # as written: 1.10, not 1.1
         if not isinstance(value, str):
             raise self.error(key, f"{self.what}: {key} must be text, got {_type_name(value)}")
         if choices is not None and value not in choices:

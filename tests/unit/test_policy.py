@@ -393,3 +393,10 @@ def test_not_a_mapping(tmp_path):
 
 def test_config_error_str_has_file_and_line():
     assert str(ConfigError("bad", file="a.yaml", line=3)) == "a.yaml:3: bad"
+
+
+@pytest.mark.parametrize(("written", "kept"), [("1.10", "1.10"), ("010", "010"), ("'2.0'", "2.0"), ("3", "3")])
+def test_a_version_is_kept_as_written(tmp_path, written, kept):
+    """YAML reads 1.10 as the number 1.1: records and `exportgate packs` named version 1.10 as "1.1"."""
+    packs = load_packs([write(tmp_path, GOOD.replace("version: 1\n", f"version: {written}\n"))])
+    assert packs.packs[0].ref.version == kept
