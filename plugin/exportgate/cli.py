@@ -440,7 +440,7 @@ def audit() -> None:
 @_guarded
 def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | None, as_json: bool) -> None:
     """Check every hash chain; name each altered, deleted, inserted or reordered record. Exit 1 if any."""
-    from .records import chain_heads, verify
+    from .records import verify
     from .runtime import existing_store, open_store
 
     cfg = _config(ctx)
@@ -457,7 +457,7 @@ def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | N
                 raise ExportGateError(f"{heads_file}: not a chain-heads file written by --save-heads ({exc})") from None
         report = verify(store, expected_heads=expected)
         if save_heads and report.ok:  # heads of a store that failed would make its damage the new normal
-            heads = chain_heads(store)
+            heads = report.heads  # what was checked, not what was appended meanwhile
             Path(save_heads).write_text(json.dumps({k: list(v) for k, v in heads.items()}, indent=2),
                                         encoding="utf-8")
     finally:

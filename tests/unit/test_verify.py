@@ -411,3 +411,19 @@ def test_any_tampering_but_tail_truncation_is_noticed(ops: list[tuple[str, int, 
     for problem in report.problems:
         assert problem.kind in {"altered", "deleted", "inserted", "reordered"}
         assert problem.chain == CHAIN and problem.detail
+
+
+def test_the_report_names_the_heads_it_checked(tmp_path: Path) -> None:
+    """The heads to save are those of the pass that checked them: chain_heads() read afterwards could name records
+    appended meanwhile, which no run checked."""
+    build(tmp_path / "r.db")
+    store = SQLiteStore(str(tmp_path / "r.db"))
+    try:
+        report = verify(store)
+        assert report.ok and report.heads == chain_heads(store) and report.heads
+        chain_id, (seq, digest) = next(iter(report.heads.items()))
+        later = Chain(chain_id, digest, seq + 1)
+        store.append([later.seal("decision", "appended-after", "2026-01-01T00:00:00.000000Z", {"late": True})])
+        assert chain_heads(store) != report.heads  # what a save after the run would have named
+    finally:
+        store.close()

@@ -39,7 +39,7 @@ problem is read a second time and held in memory to classify it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from exportgate.records.chain import GENESIS, Record, canonical_text, record_hash
@@ -87,6 +87,10 @@ class VerifyReport:
     """Records read."""
     problems: tuple[Problem, ...]
     """Everything found, by chain then seq."""
+    heads: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+    """``{chain: (seq, hash)}`` of the last record each chain's checked pass read: what to save for a later
+    ``expected_heads`` (not :func:`chain_heads` afterwards, which could name records appended since and never
+    checked)."""
 
     @property
     def ok(self) -> bool:
@@ -141,10 +145,13 @@ def verify(
     stored = store.count()  # before listing the chains: rows appended meanwhile only add to what is read
     chains = store.chains()
     heads = dict(expected_heads or {})
+    verified_heads: dict[str, tuple[int, str]] = {}
     for chain in chains:
         head = heads.get(chain)
         scan = _scan(store, chain, head[0] if head else None)
         total += scan.count
+        if scan.last_hash is not None:
+            verified_heads[chain] = (scan.last_seq, scan.last_hash)
         if not scan.clean:
             problems.extend(_classify(chain, list(_entries(store, chain))))
         if head is not None:
@@ -170,7 +177,7 @@ def verify(
                 detail=f"the whole chain is missing (saved head was #{seq})",
             )
         )
-    return VerifyReport(chains=len(chains), records=total, problems=tuple(problems))
+    return VerifyReport(chains=len(chains), records=total, problems=tuple(problems), heads=verified_heads)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -230,6 +237,7 @@ class _Scan:
     clean: bool = True
     last_seq: int = 0
     at_head: str | None = None  # the hash stored at the saved head's seq, if any
+    last_hash: str | None = None  # of the record read last (the highest seq)
 
 
 def _scan(store: Store, chain: str, head_seq: int | None) -> _Scan:
@@ -242,7 +250,8 @@ def _scan(store: Store, chain: str, head_seq: int | None) -> _Scan:
             scan.clean = False
         if entry.seq == head_seq:
             scan.at_head = entry.hash
-        scan.last_seq = max(scan.last_seq, entry.seq)
+        if entry.seq >= scan.last_seq:
+            scan.last_seq, scan.last_hash = entry.seq, entry.hash
         expect_seq, expect_prev = entry.seq + 1, entry.hash
     return scan
 
