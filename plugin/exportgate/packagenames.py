@@ -64,8 +64,12 @@ _NPM_VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]*")
 # A generic download: a name, a dash, a version that starts with a digit (optionally after "v"), an extension.
 # A dash inside the name is allowed only when a digit does not follow it, so the first "-1…" starts the version.
 _GENERIC = re.compile(
-    r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._+~]|-(?![vV]?[0-9]))*)-[vV]?[0-9][A-Za-z0-9._+~-]*\.[A-Za-z0-9]+"
+    r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._+~]|-(?![vV]?[0-9]))*)-(?P<version>[vV]?[0-9][A-Za-z0-9._+~-]*)"
+    r"\.[A-Za-z0-9]+"
 )
+# Another place in the version where one could start: then the name is not known (chatpkg-2fa-1.0 is chatpkg 2fa-1.0
+# or chatpkg-2fa 1.0), and the file names no package rather than a guess that could be another project's.
+_ANOTHER_VERSION_START = re.compile(r"-[vV]?[0-9]")
 _ECOSYSTEM_EXTENSIONS = (".whl", ".whl.metadata", ".deb", ".udeb", ".ddeb", ".dsc", ".rpm")
 
 
@@ -120,6 +124,8 @@ def _add(found: list[tuple[str, str]], ecosystem: str, name: str) -> None:
 def _pypi_file(filename: str, directories: list[str], found: list[tuple[str, str]]) -> None:
     # PEP 658 metadata files belong to the distribution they describe (pip fetches them first).
     filename = filename.removesuffix(".metadata")
+    if not filename.isascii():  # PEP 427/625 names are ASCII; packaging would fold the Kelvin sign into "k"
+        return
     try:
         if filename.endswith(".whl"):
             _add(found, PYPI, parse_wheel_filename(filename)[0])
@@ -189,5 +195,5 @@ def _npm_file(filename: str, directories: list[str], found: list[tuple[str, str]
 
 def _generic_file(filename: str, found: list[tuple[str, str]]) -> None:
     match = _GENERIC.fullmatch(filename)
-    if match is not None:
+    if match is not None and not _ANOTHER_VERSION_START.search(match["version"]):
         _add(found, GENERIC, match["name"])

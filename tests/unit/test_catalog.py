@@ -98,6 +98,14 @@ LAYOUTS = [
     pytest.param("/npm/lodash/-/underscore-1.0.0.tgz", [], id="npm name mismatch"),
     pytest.param("/downloads/vpn-pro/vpn-pro-2.1.0.exe", [("generic", "vpn-pro")], id="generic"),
     pytest.param("/downloads/Signal_Desktop-v7.0.0-x64.dmg", [("generic", "signal-desktop")], id="generic v"),
+    # Two places a version could start: chatpkg-2fa 1.0, or chatpkg 2fa-1.0? No name rather than another project's.
+    pytest.param("/downloads/chatpkg-2fa-1.0.tar.gz", [], id="generic with two possible versions"),
+    pytest.param("/downloads/chatpkg-v2ray-plugin-1.2.0.zip", [], id="generic with a v-digit word in the name"),
+    pytest.param("/root/pypi/+f/ab1/cd2/chatpkg-2fa-1.0.tar.gz", [], id="devpi sdist read as generic, ambiguous"),
+    pytest.param("/downloads/app-1.2.3-2.exe", [], id="generic with a build number: ambiguous too"),
+    # PEP 427/625 names are ASCII; packaging folds the Kelvin sign (U+212A) into "k".
+    pytest.param("/packages/ab/chatp\u212ag-1.0-py3-none-any.whl", [], id="wheel name with a Kelvin sign"),
+    pytest.param("/packages/ab/chatp\u212ag-1.0.tar.gz", [], id="sdist name with a Kelvin sign"),
     pytest.param("/downloads/readme.txt", [], id="no version"),
     pytest.param("/", [], id="root"),
     pytest.param("", [], id="empty"),
