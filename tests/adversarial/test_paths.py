@@ -347,3 +347,13 @@ def test_fast_path_agrees_with_the_general_case(raw: str, case_insensitive: bool
     except PathRejected as rejected:
         general = rejected.reason
     assert _outcome(raw, case_insensitive) == general
+
+
+@pytest.mark.parametrize("raw", ["/a%C3%9F", "/%C5%BFecret", "/b%C4%B1tcoin", "/%CE%91%CE%A3"])
+def test_letters_file_systems_fold_differently_are_rejected_when_case_does_not_matter(raw: str) -> None:
+    from exportgate.web.paths import CASE_AMBIGUOUS
+
+    with pytest.raises(PathRejected) as info:
+        normalise_path(raw, case_insensitive=True)
+    assert info.value.reason == CASE_AMBIGUOUS
+    assert normalise_path(raw).path  # an ordinary name where case matters

@@ -189,7 +189,6 @@ def test_restricted_artifact_is_never_served_to_iran(make: Any, raw: str, status
 
 @pytest.mark.parametrize("raw", [
     pytest.param("/PACKAGES/CRYPTOPKG-1.0.tar.gz", id="upper"),
-    pytest.param("/package%C5%BF/cryptopkg-1.0.tar.gz", id="long s"),
     pytest.param("/Packages/CryptoPkg-1.0.tar.gz", id="mixed"),
 ])
 def test_case_insensitive_gate_matches_globs_without_case(make: Any, raw: str) -> None:
@@ -197,6 +196,18 @@ def test_case_insensitive_gate_matches_globs_without_case(make: Any, raw: str) -
     response = fetch(app, raw, headers={"Accept": "application/json"})
     assert response.status_code == 451
     assert json.loads(response.data)["rule"] == "ir-other-software"
+    assert mirror.calls == []
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param("/file%C5%BF/crypto-1.tar.gz", id="long s"),
+    pytest.param("/f%C4%B1les/CRYPTO-1.tar.gz", id="dotless i"),
+    pytest.param("/files/cry%C3%9Fpto-1.tar.gz", id="sharp s"),
+])
+def test_a_letter_file_systems_fold_differently_is_400_for_a_case_insensitive_app(make: Any, raw: str) -> None:
+    app, mirror, _, _ = make(gated=("/Files/**",), case_insensitive_paths=True)
+    response = fetch(app, raw)
+    assert response.status_code == 400 and b"case-ambiguous" in response.data
     assert mirror.calls == []
 
 

@@ -28,12 +28,11 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..casefolding import fold_case
 from ..decision import RequestFacts
 from ..errors import ExportGateError, RecordStoreError
 from .clientaddr import ClientOrigin, TrustedProxies
 from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers, send_blocked
-from .paths import NormalisedPath, PathRejected, normalise_path
+from .paths import NormalisedPath, PathRejected, fold_path, normalise_path
 
 log = logging.getLogger("exportgate.web")
 
@@ -129,15 +128,15 @@ class Admission:
             if self.metrics is not None:
                 self.metrics.reject("path")
             return None, "414 URI Too Long", "request URI too long"
-        if normalised is None:
-            try:
+        try:
+            if normalised is None:
                 normalised = normalise_path(raw_uri, case_insensitive=self.case_insensitive)
-            except PathRejected as exc:
-                if self.metrics is not None:
-                    self.metrics.reject("path")
-                return None, "400 Bad Request", f"rejected path: {exc.reason}"
-        elif self.case_insensitive:
-            normalised = NormalisedPath(path=fold_case(normalised.path), raw=normalised.raw)
+            elif self.case_insensitive:
+                normalised = NormalisedPath(path=fold_path(normalised.path, normalised.raw), raw=normalised.raw)
+        except PathRejected as exc:
+            if self.metrics is not None:
+                self.metrics.reject("path")
+            return None, "400 Bad Request", f"rejected path: {exc.reason}"
         client_error = None
         if origin.address is None:
             client_error = origin.error or "unparseable"

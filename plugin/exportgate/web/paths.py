@@ -28,7 +28,8 @@ decoded it once, and ``%2F`` in it has become indistinguishable from ``/``.
 
 Caveats: ``;`` path parameters are part of the name (nginx), whereas Java servlet containers strip them. Unicode
 is not normalised (NFC/NFD), as Linux file systems do not. Case folding, where asked for, is
-:func:`~exportgate.casefolding.fold_case` (``ſ`` is ``s``, ``ı`` is ``i``), as the catalog folds its rules.
+:func:`~exportgate.casefolding.fold_case`, as the catalog folds its rules, and a path with a letter that
+case-insensitive file systems fold differently (``ß``, ``ſ``, ``ı``, final ``ς``) is rejected (``case-ambiguous``).
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ ENCODED_BACKSLASH = "encoded-backslash"
 BACKSLASH = "backslash"
 NOT_UTF8 = "not-utf8"
 ESCAPES_ROOT = "escapes-root"
+CASE_AMBIGUOUS = "case-ambiguous"
 REASONS = (TOO_LONG, NOT_ABSOLUTE, NOT_BYTES, CONTROL_CHARACTER, SPACE, BAD_PERCENT_ENCODING, ENCODED_SLASH,
-           ENCODED_BACKSLASH, BACKSLASH, NOT_UTF8, ESCAPES_ROOT)
+           ENCODED_BACKSLASH, BACKSLASH, NOT_UTF8, ESCAPES_ROOT, CASE_AMBIGUOUS)
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODED_SEPARATOR = re.compile(r"%(?:2[Ff]|5[Cc])")
@@ -187,5 +189,18 @@ def _normalise(path: str, case_insensitive: bool) -> NormalisedPath:
     if directory and segments:
         normalised += "/"
     if case_insensitive:
-        normalised = fold_case(normalised)
+        normalised = fold_path(normalised, path)
     return NormalisedPath(path=normalised, raw=path)
+
+
+def fold_path(path: str, raw: str) -> str:
+    """``path`` case-folded for a case-insensitive origin (:func:`~exportgate.casefolding.fold_case`); a letter that
+    case-insensitive file systems fold differently (``ß``, ``ſ``, ``ı``, final ``ς``…) is refused: one origin opens
+    the file a rule names, another a different one, and either guess could serve the wrong artifact."""
+    folded = fold_case(path)
+    if folded != path.lower():
+        odd = next((c for c in path if fold_case(c) != c.lower()), None)
+        shown = f"{odd!r} (U+{ord(odd):04X})" if odd is not None else "a letter"
+        raise PathRejected(raw, CASE_AMBIGUOUS, f"contains {shown}, which case-insensitive file systems fold "
+                                                "differently")
+    return folded
