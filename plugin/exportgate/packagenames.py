@@ -98,10 +98,12 @@ def package_of(path: str) -> list[tuple[str, str]]:
         _debian_file(filename, directories, found)
         _rpm_file(filename, found)
         _npm_file(filename, directories, found)
+        # The file's own name before any a directory gives (a pool's source package): a generic download stored
+        # under pool/…/chatpkg/ named cryptopkg-2.0-setup.exe is cryptopkg first.
+        if not found and not _claimed(filename, directories):
+            _generic_file(filename, found)
     _pypi_pages(segments, found)
     _debian_pool(directories, found)
-    if not found and len(filename) <= MAX_NAME and not _claimed(filename, directories):
-        _generic_file(filename, found)
     unique: list[tuple[str, str]] = []
     for candidate in found:
         if candidate not in unique:

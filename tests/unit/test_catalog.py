@@ -88,6 +88,10 @@ LAYOUTS = [
     pytest.param("/debian-security/pool/updates/main/libs/libsignal/libsignal_1.0_all.deb",
                  [("debian", "libsignal")], id="nested component lib prefix"),
     pytest.param("/debian/pool/main/t/thunderbird/", [("debian", "thunderbird")], id="pool listing"),
+    # A download that is no Debian file, under a pool directory: its own name first, the directory's after.
+    pytest.param("/mirror/pool/main/c/chatpkg/cryptopkg-2.0-setup.exe", [("generic", "cryptopkg"),
+                                                                         ("debian", "chatpkg")],
+                 id="generic file in a pool directory"),
     pytest.param("/debian/pool/main/x/thunderbird/README", [], id="pool prefix mismatch"),
     pytest.param("/fedora/40/x86_64/signal-desktop-7.0.0-1.fc40.x86_64.rpm", [("rpm", "signal-desktop")],
                  id="rpm"),
