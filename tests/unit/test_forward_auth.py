@@ -210,7 +210,6 @@ def test_envoy_path_needs_the_raw_request_target(gate: tuple[GateApp, Client, Pa
                  id="more trusted hops than allowed is unknown"),
     pytest.param(FRONT_END, ["unknown"], "unknown-location", None, id="obfuscated is unknown"),
     pytest.param(FRONT_END, ["not-an-address"], "unknown-location", None, id="garbage is unknown"),
-    pytest.param(FRONT_END, [], "unknown-location", None, id="front end asking for itself (loopback)"),
     # Untrusted peers: their X-Forwarded-For is ignored, whatever it says.
     pytest.param(IR_CLIENT, [US_CLIENT], "ir-other-software", IR_CLIENT, id="spoofed XFF from untrusted peer"),
     pytest.param(CU_CLIENT, [f"{US_CLIENT}, {FRONT_END}"], "cu-software-pending-commerce", CU_CLIENT,
@@ -230,6 +229,19 @@ def test_client_address(gate: tuple[GateApp, Client, Path], peer: str, xff: list
         assert record["request"]["client"] == client  # type: ignore[index]
     else:
         assert record["location"]["country"] is None  # type: ignore[index]
+
+
+@pytest.mark.parametrize("forwarded_header", ["x-forwarded-for", "forwarded"])
+def test_a_trusted_front_end_that_names_no_client_is_400(make_app: AppFactory, forwarded_header: str) -> None:
+    """Decided on, the request was located as the front end itself (loopback: unknown, so flagged and served):
+    a front end that drops or never sends the configured header would serve everyone."""
+    _, client, database = make_app(forwarded_header=forwarded_header)
+    r = ask(client, headers={"X-Original-URI": CRYPTO})
+    named = "X-Forwarded-For" if forwarded_header == "x-forwarded-for" else "Forwarded"
+    assert r.status_code == 400 and f"the front end sent no {named}" in r.get_data(as_text=True)
+    assert decision_count(database) == 0
+    untrusted = ask(client, headers={"X-Original-URI": CRYPTO}, peer=IR_CLIENT)  # a peer not trusted is the client
+    assert untrusted.headers["X-Exportgate-Rule"] == "ir-other-software"
 
 
 def test_huge_header_values(gate: tuple[GateApp, Client, Path]) -> None:

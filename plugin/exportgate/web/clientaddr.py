@@ -172,6 +172,14 @@ class TrustedProxies:
     def __repr__(self) -> str:
         return f"TrustedProxies(v4={len(self._v4)}, v6={len(self._v6)}, unix={self.trust_unix}, header={self.header!r})"
 
+    def sent_no_client(self, environ: Mapping[str, Any]) -> str | None:
+        """The header a trusted proxy should have sent and did not (WSGI ``environ``), or ``None``. A front end
+        asking on a client's behalf always names the client: without the header the gate would locate the front
+        end itself (an unknown location), so forward auth refuses such a request."""
+        if environ.get(self._environ_key) is not None or not self.is_trusted(environ.get("REMOTE_ADDR") or ""):
+            return None
+        return self._http_name
+
     def is_trusted(self, address: str) -> bool:
         """Whether ``address`` (a bare address, or ``""`` for a unix-socket peer) is a trusted proxy."""
         if not address:

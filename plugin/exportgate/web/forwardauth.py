@@ -235,11 +235,17 @@ class ForwardAuth:
             if self.admission.metrics is not None:
                 self.admission.metrics.reject("headers")
             return None, "400 Bad Request", problem or "bad request"
-        host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST")
         admission = self.admission
+        host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST")
         facts, status, text = admission.facts(admission.proxies.resolve_environ(environ), method, uri, host)
         if facts is None:
             return None, status, text
+        missing = admission.proxies.sent_no_client(environ)
+        if missing is not None:
+            if admission.metrics is not None:
+                admission.metrics.reject("headers")
+            return None, "400 Bad Request", (f"the front end sent no {missing}: the gate cannot tell who is asking "
+                                             "(deploy/ shows the header each front end sends)")
         return facts, style, ""
 
     def answer(self, environ: dict[str, Any], decision: Any, style: str) -> tuple[str, list[tuple[str, str]], bytes]:
