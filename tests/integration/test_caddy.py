@@ -147,6 +147,19 @@ def test_block_is_the_451_page_citing_the_rule(stack: Stack, method: str, accept
     assert record["request"]["method"] == method  # type: ignore[index]
 
 
+def test_client_written_request_headers_do_not_reach_the_gate(stack: Stack) -> None:
+    """forward_auth passes every request header on: a client's own X-Original-Method made a GET download look like
+    a HEAD in its record, and its X-Original-URI turned the gate's answer into nginx's 403 instead of the 451."""
+    r = stack.get("/files/crypto-1.tar.gz", client=IR_CLIENT, headers={
+        "X-Original-URI": "/files/crypto-1.tar.gz", "X-Original-Method": "HEAD"})
+    assert r.status == 451 and CRYPTO not in r.body
+    record = decision_record(stack.database, r.header("x-exportgate-decision-id"))
+    assert record is not None and record["request"]["method"] == "GET"  # type: ignore[index]
+    # A client's Forwarded neither: were the gate told to read it, it would choose the client's country.
+    r = stack.get("/files/crypto-1.tar.gz", client=IR_CLIENT, headers={"Forwarded": f"for={US_CLIENT}"})
+    assert r.status == 451
+
+
 def test_client_cannot_name_another_uri_or_decision(stack: Stack) -> None:
     # Caddy sets X-Forwarded-Uri/-Method itself; client-sent decision headers are dropped before the gate asks.
     r = stack.get("/files/crypto-1.tar.gz", client=IR_CLIENT, headers={
@@ -201,6 +214,9 @@ def test_policy_page_is_public_and_blocked_pages_are_not(stack: Stack) -> None:
     r = stack.get(f"/exportgate/blocked/{decision_id}", client=US_CLIENT)
     assert r.status == 404
     assert b"31 CFR" not in r.body
+    # Matched on the cleaned path, proxied as exactly /exportgate/policy: never the gate's /auth.
+    sneaked = stack.get("/auth/../exportgate/policy", client=US_CLIENT)
+    assert sneaked.status == 200 and json.loads(sneaked.body)["operator"] == "Test Mirror Operator"
 
 
 def test_gate_down_refuses_downloads_but_not_index_pages(stack: Stack) -> None:

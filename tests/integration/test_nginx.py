@@ -203,6 +203,18 @@ def test_policy_page_is_public_and_blocked_pages_are_not(stack: Stack) -> None:
     # The gate shows it to nginx's error_page, but nobody else may enumerate decisions through nginx.
     assert stack.get(f"/exportgate/blocked/{decision_id}").status == 404
     assert stack.gate.get(f"/exportgate/blocked/{decision_id}").status == 451
+    # Matched on the normalised URI, proxied as exactly /exportgate/policy: never the gate's /auth.
+    sneaked = stack.get("/auth/../exportgate/policy")
+    assert sneaked.status == 200 and json.loads(sneaked.body)["operator"] == "Test Mirror Operator"
+    assert stack.get("/exportgate/readyz").status == 404
+
+
+def test_a_directory_without_its_slash_is_redirected_without_a_decision(stack: Stack) -> None:
+    before = decision_count(stack.database)
+    for directory in ("/files", "/simple/chatpkg"):
+        r = stack.get(directory, client=IR_CLIENT)
+        assert r.status == 301 and (r.header("location") or "").endswith(directory + "/"), r
+    assert decision_count(stack.database) == before
 
 
 def test_gate_down_refuses_downloads_but_not_index_pages(stack: Stack) -> None:
