@@ -601,3 +601,12 @@ def test_a_client_the_geo_database_cannot_be_read_for_gets_no_decision(tmp_path:
         assert ask(client, headers=nginx(CRYPTO, "2.176.0.1")).status_code == 403  # the rest of the file works
     finally:
         app.runtime.close()
+
+
+def test_forward_auth_without_trusted_proxies_says_so_at_start(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    config = load_config(write_config(tmp_path, serve={}), env={})
+    with caplog.at_level("WARNING", logger="exportgate.web"):
+        app = create_app(config)
+    app.runtime.close()
+    assert "forward-auth mode with no trust_proxy" in caplog.text

@@ -189,6 +189,11 @@ def _create_app(config: GateConfig, runtime: GateRuntime) -> GateApp:
     mode_app: Any
     auth = None
     if mode == "forward-auth":
+        if not config.serve.trust_proxy:
+            # Not an error (a gate may face clients itself), but behind a front end nothing it says is believed:
+            # every request is located at the front end's own address, an unknown location the packs serve.
+            log.warning("forward-auth mode with no trust_proxy: every request is located at the address of the "
+                        "peer that asks /auth; behind a front end, list it in serve.trust_proxy (deploy/README.md)")
         auth = ForwardAuth(admission, operator=operator, block_status=config.serve.block_status)
 
         def forward_auth_only(environ: dict[str, Any], start_response: StartResponse) -> Any:
