@@ -213,12 +213,15 @@ def test_a_revocation_stays_when_the_authorization_is_added_again():
     assert book.get("BIS-CU-2010-001").revoked_at is None  # the one in force now
 
 
-REGION_PACK = """\
-pack: region-pack
+# What every pack written for these tests starts with, after its id.
+PACK_HEAD = """\
 version: 1
 effective: {from: 2030-01-01, until: null}
 sources: ["test"]
 disclaimer: "Example, not legal advice."
+"""
+
+REGION_PACK = "pack: region-pack\n" + PACK_HEAD + """\
 jurisdictions:
   UA-43:
     name: Crimea
@@ -258,12 +261,7 @@ def test_authorization_never_applies_where_no_rule_asks_for_one():
 
 # ------------------------------------------------------------------------------------------ pack errors
 
-GOOD = """\
-pack: test-pack
-version: 1
-effective: {from: 2030-01-01, until: null}
-sources: ["test"]
-disclaimer: "Example, not legal advice."
+GOOD = "pack: test-pack\n" + PACK_HEAD + """\
 jurisdictions:
   KP:
     name: North Korea
