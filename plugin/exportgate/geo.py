@@ -138,10 +138,15 @@ class GateLocator:
             return _UNPARSEABLE
 
     def _resolve_cacheable(self, address: str) -> Location:
+        before = self._current_generations()
         location = self._resolve(address)
         if type(address) is not str or len(address) > MAX_LENGTH:
             # Junk this long (or not text at all) is not kept: it would let a client fill memory.
             # lru_cache keeps no result when the call raises.
+            raise _Uncached(location)
+        if self._current_generations() != before:
+            # A database was swapped in while this lookup ran (another thread's check): the answer may be the old
+            # database's, and the cache was cleared for the new one. Kept, it would outlive the reload.
             raise _Uncached(location)
         return location
 

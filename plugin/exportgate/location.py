@@ -19,6 +19,8 @@ RESERVED = "reserved"
 UNSPECIFIED = "unspecified"
 NOT_FOUND = "not-found"
 NO_COUNTRY = "no-country"
+# The record names a subdivision the gate cannot read: the country alone could be the wrong answer (Crimea is UA).
+UNREADABLE_SUBDIVISION = "unreadable-subdivision"
 LOOKUP_FAILED = "lookup-failed"
 # The client address itself could not be established (behind trusted proxies): obfuscated identifier, an
 # unreadable or oversize forwarding header, no peer address.
@@ -26,7 +28,7 @@ CLIENT_UNKNOWN = "client-address-unknown"
 
 UNKNOWN_REASONS = (
     UNPARSEABLE, PRIVATE, LOOPBACK, LINK_LOCAL, MULTICAST, RESERVED, UNSPECIFIED, NOT_FOUND,
-    NO_COUNTRY, LOOKUP_FAILED, CLIENT_UNKNOWN,
+    NO_COUNTRY, UNREADABLE_SUBDIVISION, LOOKUP_FAILED, CLIENT_UNKNOWN,
 )
 
 # Anonymiser flags, as the GeoIP2 Anonymous-IP database names them (minus the ``is_`` prefix).

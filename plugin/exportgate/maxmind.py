@@ -23,7 +23,7 @@ import logging
 from ipaddress import IPv4Network, IPv6Network
 
 from .address import ClientAddress
-from .location import LOOKUP_FAILED, NO_COUNTRY, NOT_FOUND, Location, unknown
+from .location import LOOKUP_FAILED, NO_COUNTRY, NOT_FOUND, UNREADABLE_SUBDIVISION, Location, unknown
 from .mmdbfile import DatabaseFile
 from .sources import is_country_code, is_subdivision_code, locate_with
 
@@ -106,20 +106,37 @@ def _place(record: object, version: int, value: int, prefix_len: int) -> tuple[s
         raise TypeError(f"record for {network} is a {type(record).__name__}, expected a map")
     country = _iso_code(record.get("country"))
     subdivision = None
+    unreadable = False
     if country is not None:
         subdivisions = record.get("subdivisions")
         if isinstance(subdivisions, list) and subdivisions and isinstance(subdivisions[0], dict):
             code = subdivisions[0].get("iso_code")
-            if is_subdivision_code(code):
-                subdivision = f"{country}-{code}"
+            if code is not None:
+                subdivision = _subdivision(country, code)
+                unreadable = subdivision is None
+    if unreadable:
+        # Dropped, the country alone would decide: a Crimean network written "Crimea" in a converted database
+        # would be plain UA. No location at all, then (the pack's rule for unknown locations).
+        reason: str | None = UNREADABLE_SUBDIVISION
+        country = None
+    else:
+        reason = None if country is not None else NO_COUNTRY
     return (
-        None if country is not None else NO_COUNTRY,
+        reason,
         country,
         subdivision,
         _iso_code(record.get("registered_country")),
         _iso_code(record.get("represented_country")),
         network,
     )
+
+
+def _subdivision(country: str, code: object) -> str | None:
+    """``UA-43`` from MaxMind's ``43``; also from ``UA-43``, ``ua-43`` and the number 43 that converted databases
+    write. ``None``: nothing readable."""
+    text = str(code).strip().upper() if isinstance(code, (str, int)) and not isinstance(code, bool) else ""
+    text = text.removeprefix(f"{country}-")
+    return f"{country}-{text}" if is_subdivision_code(text) else None
 
 
 def _iso_code(part: object) -> str | None:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from .address import ClientAddress, normalise, special_reason
 from .errors import AddressError
+from .iso3166 import is_country
 from .location import LOOKUP_FAILED, NOT_FOUND, UNPARSEABLE, Location, unknown
 
 # The gate's geolocation modules share one logger, so one logging setting covers all of them.
@@ -57,13 +58,16 @@ def locate_with(source: Source, address: str) -> Location:
 
 
 def is_country_code(code: object) -> bool:
-    """Two upper-case ASCII letters: the shape of a country code a source may answer."""
+    """An ISO 3166-1 alpha-2 country. Registry files also use two-letter codes that are no country: "EU" (anywhere
+    in the RIPE region, Iran and Syria included), "AP", "ZZ"; such an answer is no location, never "a destination
+    no pack restricts"."""
     return (
         isinstance(code, str)
         and len(code) == 2
         and code.isascii()
         and code.isalpha()
         and code.isupper()
+        and is_country(code)
     )
 
 

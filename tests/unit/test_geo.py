@@ -765,3 +765,54 @@ def test_locate_never_raises(locators: dict[str, GateLocator], text: str) -> Non
         location = locators[which].locate(text)
         assert isinstance(location, Location)
         assert location.known or location.unknown_reason
+
+
+@pytest.mark.parametrize("code", ["EU", "AP", "ZZ"])
+def test_a_registry_code_that_is_no_country_is_no_location(code: str) -> None:
+    """Registry files write EU for networks used anywhere in the RIPE region (Iran and Syria included): taken as a
+    country, no pack named it, and the download was allowed as 'not a restricted destination'."""
+    locator = EmbeddedLocator()
+    locator._country_code = lambda address: code  # what the registry data says for this network
+    location = locator.locate("138.199.64.1")
+    assert location.country is None and location.unknown_reason == "not-found"
+
+
+@pytest.mark.parametrize(("written", "subdivision", "reason"), [
+    pytest.param("43", "UA-43", None, id="as MaxMind writes it"),
+    pytest.param("UA-43", "UA-43", None, id="with its country"),
+    pytest.param("ua-43", "UA-43", None, id="lower case"),
+    pytest.param(43, "UA-43", None, id="a number"),
+    pytest.param("Crimea", None, "unreadable-subdivision", id="a name"),
+    pytest.param("", None, "unreadable-subdivision", id="empty"),
+    pytest.param(None, None, None, id="no code: the country alone"),
+])
+def test_a_subdivision_the_gate_cannot_read_is_no_location_rather_than_the_country(written: object,
+                                                                                   subdivision: str | None,
+                                                                                   reason: str | None) -> None:
+    """Dropped silently, a Crimean network written 'Crimea' in a converted database was plain UA, and allowed."""
+    from exportgate.maxmind import _place
+
+    record = {"country": {"iso_code": "UA"}, "subdivisions": [{"iso_code": written}]}
+    found_reason, country, found_subdivision, *_ = _place(record, 4, int(normalise("176.104.32.1").ip), 19)
+    assert (found_reason, found_subdivision) == (reason, subdivision)
+    assert country == (None if reason else "UA")
+
+
+def test_an_answer_from_a_database_swapped_out_during_its_lookup_is_not_kept(tmp_path: Path) -> None:
+    """A lookup in flight on the old database, then stored in the cache the reload had just cleared, answered
+    for that address until the next reload (a week, with geoipupdate)."""
+    path = geodata.build([{"network": "5.0.0.0/8", "country": "US"}], tmp_path / "City.mmdb", kind="City",
+                         build_epoch=FRESH)
+    locator = build_locator(database=path, check_interval=3600)
+    looked_up = locator.source.lookup
+
+    def lookup_while_the_file_is_replaced(client: Any) -> Location:
+        answer = looked_up(client)  # from the old file
+        geodata.build([{"network": "5.0.0.0/8", "country": "IR"}], path, kind="City", build_epoch=FRESH + 1)
+        locator.reload()  # another thread's check, between this lookup and its caching
+        return answer
+
+    locator.source.lookup = lookup_while_the_file_is_replaced  # type: ignore[method-assign]
+    assert locator.locate("5.0.0.1").country == "US"  # in flight: the old file's answer
+    locator.source.lookup = looked_up  # type: ignore[method-assign]
+    assert locator.locate("5.0.0.1").country == "IR"
