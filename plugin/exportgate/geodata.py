@@ -193,9 +193,15 @@ def _validated(networks: Iterable[Mapping[str, Any]]) -> list[tuple[Network, dic
         fields.str("note", required=False)
         fields.done()
         result.append((network, entry))
-    # Broadest first: mmdb-writer lets a later, broader insert overwrite a narrower network.
-    result.sort(key=lambda row: (row[0].version, row[0].prefixlen, int(row[0].network_address)))
+    # Broadest first, by where each network sits in the database's one IPv6 tree (IPv4 is ::a.b.c.d/96+n there):
+    # mmdb-writer lets a later, broader insert overwrite a narrower network, so an IPv6 network covering ::/96
+    # written after the IPv4 ones would replace them all.
+    result.sort(key=lambda row: (_tree_prefixlen(row[0]), int(row[0].network_address)))
     return result
+
+
+def _tree_prefixlen(network: Any) -> int:
+    return network.prefixlen + (96 if network.version == 4 else 0)
 
 
 def _is_subdivision_code(code: str) -> bool:
@@ -263,7 +269,11 @@ def _write(
         int_type="u32",
     )
     for network, record in rows:
-        writer.insert_network(IPSet([str(network)]), record)
+        try:
+            writer.insert_network(IPSet([str(network)]), record)
+        except IndexError:  # mmdb-writer cannot write the whole address space as one network
+            raise ValueError(f"network {network} cannot be written to a database; split it (e.g. ::/1 and 8000::/1)") \
+                from None
     out = Path(out_path)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)

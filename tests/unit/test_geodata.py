@@ -236,3 +236,14 @@ def test_source_date_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_networks_yaml_keeps_lines() -> None:
     data = yamlfile.load(NETWORKS_YAML)
     assert isinstance(data, yamlfile.Sequence) and data.line_of(0) > 1
+
+
+def test_a_broad_ipv6_network_does_not_overwrite_the_ipv4_ones(tmp_path: Path) -> None:
+    """IPv4 sits at ::a.b.c.d in the database's tree: ::/64, written after the IPv4 networks, replaced them all."""
+    from exportgate.geo import build_locator
+
+    path = geodata.build([{"network": "2.176.0.0/12", "country": "IR"}, {"network": "::/64", "country": "US"}],
+                         tmp_path / "Country.mmdb", kind="Country")
+    assert build_locator(database=path).locate("2.176.0.1").country == "IR"
+    with pytest.raises(ValueError, match="cannot be written"):
+        geodata.build([{"network": "::/0", "country": "US"}], tmp_path / "All.mmdb", kind="Country")
