@@ -17,7 +17,7 @@ import click
 
 from . import __version__
 from .authorization import Authorization, load_authorization_file, parse_authorization
-from .config import GateConfig, load_config
+from .config import GateConfig, bind_addresses, load_config
 from .decision import RequestFacts
 from .errors import ConfigError, ConfigErrors, ExportGateError
 from .gate import format_time
@@ -506,6 +506,7 @@ def serve(ctx: click.Context, **options: Any) -> None:
     if "trust_proxy" in changes:
         changes["trust_proxy"] = tuple(changes["trust_proxy"])
     cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, **changes))
+    bind_addresses(cfg.serve.bind)  # --bind "a," or "": refused before anything starts (gunicorn: 0.0.0.0:8000)
     server_for(cfg)  # a server that cannot serve this mode safely: refused before anything starts
     # run() loads the manifest and packs and checks the serve settings once, in the master, before any server
     # starts: a broken config fails there with file:line, not in every worker (exportgate.reloading).

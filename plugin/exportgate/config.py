@@ -29,6 +29,38 @@ ENV_PREFIX = "EXPORTGATE_"
 ENV_NOT_SETTINGS = {"EXPORTGATE_CONFIG", "EXPORTGATE_DEMO_PORT", "EXPORTGATE_DEMO_DIR"}
 
 
+def bind_addresses(text: str) -> list[str]:
+    """The addresses of ``serve.bind`` / ``--bind`` (comma-separated), each checked; ``ValueError`` says what is
+    wrong. gunicorn reads an empty entry as 0.0.0.0:8000 (every interface), so one is refused, not skipped."""
+    entries = [entry.strip() for entry in text.split(",")]
+    for entry in entries:
+        if not entry:
+            raise ValueError(f"bind {text!r} has an empty address (gunicorn would listen on 0.0.0.0:8000)")
+        if entry.startswith("unix:"):
+            if not entry[len("unix:"):]:
+                raise ValueError(f"bind {entry!r}: no socket path after unix:")
+            continue
+        if entry.startswith("fd://"):
+            if not (entry[len("fd://"):].isascii() and entry[len("fd://"):].isdigit()):
+                raise ValueError(f"bind {entry!r}: fd:// takes a file descriptor number")
+            continue
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"bind {entry!r}: expected [IPv6]:port")
+            port = rest[1:] if rest else None
+        elif entry.count(":") > 1:
+            raise ValueError(f"bind {entry!r}: write an IPv6 address in brackets, e.g. [::1]:8451")
+        else:
+            host, _, port_text = entry.partition(":")
+            port = port_text if ":" in entry else None
+        if not host:
+            raise ValueError(f"bind {entry!r}: no host (write 0.0.0.0:PORT to listen on every interface)")
+        if port is not None and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+            raise ValueError(f"bind {entry!r}: the port must be a number from 0 to 65535")
+    return entries
+
+
 def default_records_url(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -236,8 +268,14 @@ def _parse_serve(raw: Any, *, file: str, path_of: Any) -> ServeConfig:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise s.error("upstream_timeout", f"serve: upstream_timeout must be a positive number of seconds, "
                                           f"got {timeout!r}")
+    bind = s.str("bind", required=False)
+    if bind is not None:
+        try:
+            bind_addresses(bind)
+        except ValueError as exc:
+            raise s.error("bind", f"serve: {exc}") from None
     serve = ServeConfig(
-        bind=s.str("bind", required=False) or defaults.bind,
+        bind=bind or defaults.bind,
         mode=s.str("mode", required=False, choices=SERVE_MODES) or defaults.mode,
         upstream=s.str("upstream", required=False),
         root=path_of(s.str("root", required=False)),

@@ -41,7 +41,7 @@ import threading
 from typing import Any
 
 from . import reloading
-from .config import GateConfig
+from .config import GateConfig, bind_addresses
 from .errors import ExportGateError
 from .openfiles import raise_open_file_limit
 from .runtime import DecisionFiles
@@ -77,7 +77,7 @@ def server_for(config: GateConfig) -> str:
 def gunicorn_options(config: GateConfig) -> dict[str, Any]:
     s = config.serve
     return {
-        "bind": [b.strip() for b in s.bind.split(",")],
+        "bind": bind_addresses(s.bind),
         "workers": s.workers,
         "threads": s.threads,
         "worker_class": _worker_class(s),

@@ -184,6 +184,17 @@ def test_a_letter_file_systems_fold_differently_is_400_for_a_case_insensitive_or
     assert response.status_code == 400 and b"case-ambiguous" in response.data
 
 
+def test_blocked_pages_are_not_served_where_clients_reach_the_gate(make_gate: Any) -> None:
+    """Decision ids are sequential: served here, any client could read every other client's blocked downloads
+    (path, country, time). The 451 is answered in place; only a front end's error_page needs these pages."""
+    app = make_gate()
+    blocked = fetch(app, "/files/crypto-1.tar.gz", headers={"Accept": "application/json"})
+    decision_id = blocked.headers["X-Exportgate-Decision-Id"]
+    assert blocked.status_code == 451
+    other = fetch(app, f"/exportgate/blocked/{decision_id}", client=US_CLIENT, headers={"Accept": "application/json"})
+    assert other.status_code == 404 and b"crypto" not in other.data
+
+
 def test_symlink_alias_is_decided_as_its_target(make_gate: Any) -> None:
     app = make_gate()
     response = fetch(app, "/files/latest.tar.gz")

@@ -421,3 +421,9 @@ def test_check_rejects_an_unusable_record_store(run, tmp_path, records, message)
     assert result.exit_code == 1, result.output
     assert "record store" in result.output or "records" in result.output
     assert message in result.output
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:18461,", "", "127.0.0.1:70000"])
+def test_serve_refuses_a_bind_gunicorn_would_read_as_another_address(run, config, bind):
+    result = run("serve", "--bind", bind, config=config)
+    assert result.exit_code == 1 and "bind" in result.output

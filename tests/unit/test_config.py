@@ -66,6 +66,12 @@ BAD = [
     pytest.param("geo: {database: a\n", 2, "YAML syntax error", id="syntax error"),
     pytest.param("instance: a\ninstance: b\n", 2, "duplicate key", id="duplicate key"),
     pytest.param("case_insensitive_paths: maybe\n", 1, "true or false", id="bool wrong"),
+    # gunicorn reads an empty entry as 0.0.0.0:8000: every interface, a port nobody meant.
+    pytest.param("serve:\n  bind: \"127.0.0.1:8451,\"\n", 2, "empty address", id="bind with a trailing comma"),
+    pytest.param("serve:\n  bind: \"\"\n", 2, "empty address", id="bind empty"),
+    pytest.param("serve:\n  bind: 127.0.0.1:70000\n", 2, "from 0 to 65535", id="bind port out of range"),
+    pytest.param("serve:\n  bind: \"::1:8451\"\n", 2, "in brackets", id="bind IPv6 without brackets"),
+    pytest.param("serve:\n  bind: \"unix:\"\n", 2, "no socket path", id="bind unix without path"),
     pytest.param("instance: t\noperator: \"a\x07b\"\n", 2, "U\\+0007 is not allowed", id="control character"),
     pytest.param("instance: t\npolicy_settings:\n  cuba_software: no\n", 3, "quote it", id="setting read as false"),
 ]

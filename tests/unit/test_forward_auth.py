@@ -548,8 +548,12 @@ def test_an_authorization_added_or_revoked_reaches_a_running_gate(tmp_path: Path
         app.runtime.close()
 
 
-def test_readiness_recovers_without_a_download_once_the_store_can_write(make_app: AppFactory) -> None:
+def test_readiness_recovers_without_a_download_once_the_store_can_write(make_app: AppFactory,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # A load balancer that drains the gate on 503 sends it no download: readiness must see the store heal by itself.
+    from exportgate.web import app as app_module
+
+    monkeypatch.setattr(app_module, "PROBE_EVERY", 0.0)
     _, client, database = make_app()
     with StoreFault(database):
         assert ask(client, headers=nginx(CHAT)).status_code == 503
@@ -558,6 +562,27 @@ def test_readiness_recovers_without_a_download_once_the_store_can_write(make_app
     assert ready.status_code == 200
     assert json.loads(ready.get_data())["checks"]["records"]["ok"] is True
     assert decision_count(database) == 0  # the probe kept nothing
+
+
+def test_readiness_probes_the_store_at_most_every_few_seconds(make_app: AppFactory) -> None:
+    """Each probe is a write transaction; /readyz and /metrics answered anyone with one each while the store was
+    unhealthy, taking the store's lock from the records."""
+    app, client, database = make_app()
+    probes = 0
+    probe = app.runtime.store.check_writable
+
+    def counted() -> None:
+        nonlocal probes
+        probes += 1
+        probe()
+
+    app.runtime.store.check_writable = counted  # type: ignore[method-assign]
+    with StoreFault(database):
+        assert ask(client, headers=nginx(CHAT)).status_code == 503
+        for _ in range(20):
+            assert ask(client, "/readyz").status_code == 503
+            ask(client, "/metrics")
+    assert probes == 1
 
 
 def test_the_record_names_the_address_chain_and_the_hop_used(gate: tuple[GateApp, Client, Path]) -> None:
@@ -610,3 +635,18 @@ def test_forward_auth_without_trusted_proxies_says_so_at_start(tmp_path: Path,
         app = create_app(config)
     app.runtime.close()
     assert "forward-auth mode with no trust_proxy" in caplog.text
+
+
+@pytest.mark.parametrize(("serve", "warned"), [
+    pytest.param({"bind": "unix:/run/exportgate.sock", "trust_proxy": [f"{FRONT_END}/32"]}, "unix socket without 'unix'",
+                 id="unix socket, unix not trusted"),
+    pytest.param({"trust_proxy": ["0.0.0.0/0", "::/0"]}, "trusts every address", id="every address trusted"),
+])
+def test_settings_that_let_clients_choose_their_location_are_warned_of(tmp_path: Path, serve: dict[str, Any],
+                                                                       warned: str,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    config = load_config(write_config(tmp_path, serve=serve), env={})
+    with caplog.at_level("WARNING", logger="exportgate.web"):
+        app = create_app(config)
+    app.runtime.close()
+    assert warned in caplog.text

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 from typing import Any
 
 from ..config import GateConfig
@@ -30,6 +31,9 @@ log = logging.getLogger("exportgate.web")
 
 POLICY_PATH = "/exportgate/policy"
 BLOCKED_PREFIX = "/exportgate/blocked/"
+PROBE_EVERY = 2.0
+"""Seconds a readiness write probe's answer stands: /readyz and /metrics may be asked by anyone, and each probe is a
+write transaction that would take the store's lock from the records."""
 _DECISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
@@ -48,6 +52,7 @@ class GateApp:
         self.operator = operator
         self.forward_auth = forward_auth
         """forward-auth mode: the ``/auth`` endpoint (the event-loop servers call it directly)."""
+        self._probed: tuple[float, bool, str | None] | None = None  # (when, writable, error) of the last probe
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -58,6 +63,11 @@ class GateApp:
         if path == "/metrics":
             return self.metrics_page(start_response)
         if path.startswith(BLOCKED_PREFIX):
+            if self.forward_auth is None:
+                # Only a front end's error_page needs it (forward-auth mode, on the gate's own address). In the
+                # modes where clients reach the gate, the 451 is answered in place, and decision ids are
+                # sequential: served, any client could read every other client's blocked downloads.
+                return plain(start_response, "404 Not Found", "not found")
             return self.blocked_page(environ, start_response, path[len(BLOCKED_PREFIX):])
         if path == POLICY_PATH:
             return self.policy_page(environ, start_response)
@@ -85,12 +95,19 @@ class GateApp:
         probe = getattr(self.runtime.store, "check_writable", None)
         if recorder is not None and not healthy and probe is not None:
             # The recorder turns healthy only with its next commit; a load balancer that drains this gate on 503
-            # would never send that request. Ask the store directly whether it would take a write now.
-            try:
-                probe()
-                healthy = True
-            except ExportGateError as exc:
-                last_error = str(exc)
+            # would never send that request. Ask the store directly whether it would take a write now (at most
+            # every PROBE_EVERY seconds).
+            now = time.monotonic()
+            probed = self._probed
+            if probed is not None and now - probed[0] < PROBE_EVERY:
+                healthy, last_error = probed[1], probed[2] or last_error
+            else:
+                try:
+                    probe()
+                    healthy = True
+                except ExportGateError as exc:
+                    last_error = str(exc)
+                self._probed = (now, healthy, None if healthy else last_error)
         checks["records"] = {"ok": healthy, "store": _redact(self.runtime.config.records), "last_error": last_error}
         ok = ok and healthy
         self.metrics.observe_health(checks["geo"], healthy)
@@ -186,6 +203,9 @@ def _create_app(config: GateConfig, runtime: GateRuntime) -> GateApp:
     operator = operator_of(config)
     admission = build_admission(runtime, config, metrics)
     mode = config.serve.mode
+    if any(str(cidr).endswith("/0") for cidr in config.serve.trust_proxy):
+        log.warning("serve.trust_proxy trusts every address (%s): any client can choose its own location with "
+                    "X-Forwarded-For; list only the front end", ", ".join(map(str, config.serve.trust_proxy)))
     mode_app: Any
     auth = None
     if mode == "forward-auth":
@@ -194,6 +214,11 @@ def _create_app(config: GateConfig, runtime: GateRuntime) -> GateApp:
             # every request is located at the front end's own address, an unknown location the packs serve.
             log.warning("forward-auth mode with no trust_proxy: every request is located at the address of the "
                         "peer that asks /auth; behind a front end, list it in serve.trust_proxy (deploy/README.md)")
+        if any(b.strip().startswith("unix:") for b in config.serve.bind.split(",")) and \
+                "unix" not in config.serve.trust_proxy:
+            # A front end on a unix socket has no address: untrusted, it is a client with no location.
+            log.warning("forward-auth mode bound to a unix socket without 'unix' in serve.trust_proxy: the front "
+                        "end's client headers are not believed, and every request is an unknown location")
         auth = ForwardAuth(admission, operator=operator, block_status=config.serve.block_status)
 
         def forward_auth_only(environ: dict[str, Any], start_response: StartResponse) -> Any:
