@@ -250,11 +250,24 @@ def _parse(data: dict[str, Any], *, file: str, base: Path, env: Mapping[str, str
         record_log=record_log if record_log in (None, "-") else path_of(record_log),
         case_insensitive_paths=bool(f.bool("case_insensitive_paths", required=False)),
         contact=f.str("contact", required=False),
-        policy_url=f.str("policy_url", required=False),
+        policy_url=_policy_url(f),
         serve=serve,
     )
     f.done()
     return config
+
+
+def _policy_url(f: yamlfile.Fields) -> str | None:
+    """The ``Link: <…>; rel="blocked-by"`` target of every 451: an http(s) URL that cannot break out of the ``<>``
+    (a CR or LF would make every block answer fail; ``>`` or ``,`` would add links of its own)."""
+    url = f.str("policy_url", required=False)
+    if url is None:
+        return None
+    if not url.startswith(("https://", "http://", "/")) or any(c in url for c in '<>", ') \
+            or not url.isprintable() or not url.isascii():
+        raise f.error("policy_url", f"config: policy_url must be an http(s) URL or a path without spaces, quotes, "
+                                    f"<, > or commas (percent-encode them), got {url!r}")
+    return url
 
 
 def _parse_serve(raw: Any, *, file: str, path_of: Any) -> ServeConfig:

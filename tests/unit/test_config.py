@@ -72,6 +72,12 @@ BAD = [
     pytest.param("serve:\n  bind: 127.0.0.1:70000\n", 2, "from 0 to 65535", id="bind port out of range"),
     pytest.param("serve:\n  bind: \"::1:8451\"\n", 2, "in brackets", id="bind IPv6 without brackets"),
     pytest.param("serve:\n  bind: \"unix:\"\n", 2, "no socket path", id="bind unix without path"),
+    # The Link: <...>; rel="blocked-by" target of every 451: it must not break out of the angle brackets.
+    pytest.param("policy_url: \"javascript:alert(1)\"\n", 1, "policy_url must be", id="policy url scheme"),
+    pytest.param("policy_url: \"https://x.example/>; rel=x, <https://evil.example/\"\n", 1, "policy_url must be",
+                 id="policy url breaking out of the link"),
+    pytest.param("policy_url: \"https://x.example/a\\r\\nX: y\"\n", 1, "policy_url must be",
+                 id="policy url with a line break"),
     pytest.param("instance: t\noperator: \"a\x07b\"\n", 2, "U\\+0007 is not allowed", id="control character"),
     pytest.param("instance: t\npolicy_settings:\n  cuba_software: no\n", 3, "quote it", id="setting read as false"),
 ]
