@@ -432,7 +432,9 @@ def test_blocked_page_of_unknown_ids(gate: tuple[GateApp, Client, Path], decisio
     if status == 451:
         assert r.headers["X-Exportgate-Decision-Id"] == decision_id
         assert "X-Exportgate-Rule" not in r.headers
-        assert "see the operator&#x27;s policy" in r.get_data(as_text=True)
+        page = r.get_data(as_text=True)
+        assert "see the operator&#x27;s policy" in page
+        assert "None" not in page and "record could not be read" in page  # not "Rule None in pack None"
 
 
 # ---------------------------------------------------------------------------------------- health, metrics

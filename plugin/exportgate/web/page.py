@@ -117,6 +117,13 @@ def render(facts: dict[str, Any], operator: Operator, accept: str | None) -> tup
     else:
         contact = "<p>"
     pack = facts.get("pack") or {}
+    if facts.get("rule") is None:  # the decision's record could not be read: say so, not "Rule None"
+        rule = "<dd>not available (the decision's record could not be read; the operator has it)</dd>"
+        decided = "<dd>not available</dd>"
+    else:
+        rule = (f'<dd><code>{e(str(facts.get("rule")))}</code> in policy pack <code>{e(str(pack.get("id")))}</code>\n'
+                f'version {e(str(pack.get("version")))}</dd>')
+        decided = f'<dd>{e(str(facts.get("decided_at")))}</dd>'
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>451 Unavailable For Legal Reasons</title>
@@ -127,9 +134,8 @@ dt{{font-weight:600}}dd{{margin:0 0 .6rem 0}}code{{background:#f3f3f3;padding:.1
 to comply with export-control and sanctions rules.</p>
 <dl>
 <dt>Legal basis</dt><dd>{e(str(facts.get("citation")))}</dd>
-<dt>Rule</dt><dd><code>{e(str(facts.get("rule")))}</code> in policy pack <code>{e(str(pack.get("id")))}</code>
-version {e(str(pack.get("version")))}</dd>
-<dt>Decided</dt><dd>{e(str(facts.get("decided_at")))}</dd>
+<dt>Rule</dt>{rule}
+<dt>Decided</dt>{decided}
 <dt>Decision id</dt><dd><code>{e(str(facts.get("decision_id")))}</code></dd>
 </dl>
 {contact}Quote the decision id above.</p>
