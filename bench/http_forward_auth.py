@@ -43,6 +43,7 @@ import collections
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -576,7 +577,7 @@ def markdown(rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:
     native = by_label[NATIVE].load.rate
     baseline = by_label[BASELINE].load.rate
     alone_mixed = next((r.load.rate for r in rows if r.label == "mixed: nginx alone"), None)
-    counts = lambda s: ",".join(str(w) for w in s)
+    counts = lambda s: shlex.quote(",".join(str(w) for w in s))  # '' when none: the command still runs as shown
     out = [
         "## Forward auth behind nginx (issue #3)",
         "",
