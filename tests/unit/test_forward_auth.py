@@ -502,14 +502,23 @@ def test_store_failure_refuses_and_readiness_says_so(make_app: AppFactory) -> No
     pytest.param(nginx(CRYPTO), 403, "block", id="block still blocked (nginx)"),
     pytest.param(forwarded(CRYPTO), 451, "block", id="block still blocked (451)"),
 ])
-def test_fail_open(make_app: AppFactory, headers: dict[str, str], status: int, decision: str) -> None:
+def test_fail_open(make_app: AppFactory, headers: dict[str, str], status: int, decision: str,
+                   caplog: pytest.LogCaptureFixture) -> None:
     _, client, database = make_app(fail_open=True)
-    with StoreFault(database):
+    with StoreFault(database), caplog.at_level("ERROR", logger="exportgate.web"):
         r = ask(client, headers=headers)
         assert r.status_code == status
         assert r.headers["X-Exportgate-Decision"] == decision
         assert metric(client, "exportgate_record_failures_total") == 1
-    assert decision_record(database, r.headers["X-Exportgate-Decision-Id"]) is None  # it was never recorded
+    decision_id = r.headers["X-Exportgate-Decision-Id"]
+    assert decision_record(database, decision_id) is None  # it was never recorded
+    # ...so the log holds the whole decision, under the id the front end logged with the download.
+    [line] = [m for m in caplog.messages if "serving anyway (fail_open)" in m]
+    logged = json.loads(line.split("unrecorded decision ", 1)[1])
+    assert logged["id"] == decision_id
+    assert logged["enforced"] == decision
+    assert logged["rule"] == r.headers["X-Exportgate-Rule"]
+    assert logged["request"]["path"] and logged["location"]["country"]
 
 
 def test_an_authorization_added_or_revoked_reaches_a_running_gate(tmp_path: Path,

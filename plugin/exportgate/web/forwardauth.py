@@ -30,6 +30,7 @@ from typing import Any
 
 from ..decision import RequestFacts
 from ..errors import ExportGateError, RecordStoreError
+from ..records.chain import canonical_text
 from .clientaddr import ClientOrigin, TrustedProxies
 from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers, send_blocked
 from .paths import NormalisedPath, PathRejected, fold_path, normalise_path
@@ -178,12 +179,16 @@ class Admission:
         if not self.fail_open:
             log.error("decision record not committed, refusing download of %s: %s", facts.path, exc)
             return None, "503 Service Unavailable", "decision could not be recorded; download refused"
-        log.error("decision record not committed, serving anyway (fail_open) %s: %s", facts.path, exc)
         try:
             decision = self.gate.decide(facts)
         except ExportGateError as again:
-            log.error("no decision for %s: %s", facts.path, again)
+            log.error("decision record not committed (%s), and no decision for %s: %s", exc, facts.path, again)
             return None, "503 Service Unavailable", f"no decision: {again}"
+        # The answer names a decision id no record holds: the whole decision goes to the log, so compliance can
+        # find the download that id was served under and account for it.
+        log.error("decision record not committed, serving anyway (fail_open) %s: %s; unrecorded decision %s",
+                  facts.path, exc, canonical_text({"id": decision.id, "at": decision.at.isoformat(),
+                                                   **decision.to_record()}))
         if self.metrics is not None:
             self.metrics.decided(decision)
         return decision, "", ""
