@@ -486,6 +486,8 @@ def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | N
 @click.option("--root", type=click.Path(file_okay=False), help="Static mode: the directory to serve.")
 @click.option("--trust-proxy", "trust_proxy", multiple=True, help="CIDR of a proxy whose X-Forwarded-For is "
               "believed (repeatable). Default: none, only the TCP peer counts.")
+@click.option("--admin-from", "admin_from", multiple=True, help="CIDR (or 'unix') of the clients that may read "
+              "/readyz and /metrics (repeatable). Default: loopback, private networks and unix sockets.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads per worker (gunicorn, proxy and static modes).")
 @click.option("--fail-open", "fail_open", is_flag=True, default=None,
@@ -503,8 +505,9 @@ def serve(ctx: click.Context, **options: Any) -> None:
 
     cfg = _config(ctx)
     changes = {k: v for k, v in options.items() if v not in (None, ())}
-    if "trust_proxy" in changes:
-        changes["trust_proxy"] = tuple(changes["trust_proxy"])
+    for many in ("trust_proxy", "admin_from"):
+        if many in changes:
+            changes[many] = tuple(changes[many])
     cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, **changes))
     bind_addresses(cfg.serve.bind)  # --bind "a," or "": refused before anything starts (gunicorn: 0.0.0.0:8000)
     server_for(cfg)  # a server that cannot serve this mode safely: refused before anything starts

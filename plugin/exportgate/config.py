@@ -81,6 +81,9 @@ class GeoConfig:
 
 SERVE_MODES = ("forward-auth", "proxy", "static")
 DEFAULT_BIND = "127.0.0.1:8451"
+DEFAULT_ADMIN_FROM = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "unix")
+"""Who may read ``/readyz`` and ``/metrics`` unless ``serve.admin_from`` says otherwise: loopback, private networks
+and a unix socket's peer (where probes and Prometheus usually are), not the internet a proxy or static gate faces."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +99,9 @@ class ServeConfig:
     """Static mode: the directory to serve."""
     trust_proxy: tuple[str, ...] = ()
     """CIDRs of proxies whose client-address headers are believed; empty = only the TCP peer counts."""
+    admin_from: tuple[str, ...] = DEFAULT_ADMIN_FROM
+    """CIDRs (and ``unix``) of the clients, located as for a decision, that may read ``/readyz`` and ``/metrics``.
+    Anyone else asking those paths gets what the mode serves there: the mirror's file in proxy and static modes."""
     forwarded_header: str = "x-forwarded-for"
     """``x-forwarded-for`` or ``forwarded`` (RFC 7239): which header trusted proxies set."""
     workers: int = 2
@@ -276,6 +282,7 @@ def _parse_serve(raw: Any, *, file: str, path_of: Any) -> ServeConfig:
     s = yamlfile.Fields(raw, file=file, what="serve")
     defaults = ServeConfig()
     trust = s.list("trust_proxy", required=False) or []
+    admin_from = s.list("admin_from", required=False)
     gated = s.list("gated", required=False) or []
     timeout = s.raw("upstream_timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
@@ -293,6 +300,7 @@ def _parse_serve(raw: Any, *, file: str, path_of: Any) -> ServeConfig:
         upstream=s.str("upstream", required=False),
         root=path_of(s.str("root", required=False)),
         trust_proxy=yamlfile.Located.of(trust),
+        admin_from=defaults.admin_from if admin_from is None else yamlfile.Located.of(admin_from),
         forwarded_header=s.str("forwarded_header", required=False, choices=("x-forwarded-for", "forwarded"))
         or defaults.forwarded_header,
         workers=s.int("workers", required=False, minimum=1) or defaults.workers,

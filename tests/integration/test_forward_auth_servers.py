@@ -278,6 +278,11 @@ def test_health_readiness_and_metrics(gate: GateProcess) -> None:
     metrics = gate.get("/metrics")
     assert metrics.status == 200 and b"exportgate_decisions_total" in metrics.body
     assert gate.get("/nothing-here").status == 404
+    # Only for clients in serve.admin_from (by default loopback and private networks), located through the trusted
+    # front end as a download's client is: a client on the internet the front end passed on gets a 404.
+    for page in ("/readyz", "/metrics"):
+        assert gate.get(page, headers={"X-Forwarded-For": US_CLIENT}).status == 404
+        assert gate.get(page, headers={"X-Forwarded-For": "10.1.2.3"}).status == 200
 
 
 def test_store_failure_refuses_then_recovers(server: str, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The WSGI application ``exportgate serve`` runs: the mode's handler plus the gate's own pages.
 
 Routes on every mode: ``/healthz`` (alive), ``/readyz`` (geolocation loaded, a pack in force, record store
-writable), ``/metrics`` (Prometheus), ``/exportgate/blocked/<decision id>`` (the 451 page of a recorded block,
+writable) and ``/metrics`` (Prometheus), both for clients in ``serve.admin_from`` only (:class:`AdminAccess`), ``/exportgate/blocked/<decision id>`` (the 451 page of a recorded block,
 for nginx's ``error_page``), ``/exportgate/policy`` (who blocks and under which packs: the default ``blocked-by``
 link). Everything else goes to the mode: ``/auth`` in forward-auth mode, the mirror in proxy and static modes.
 
@@ -22,7 +22,7 @@ from ..config import GateConfig
 from ..errors import ExportGateError
 from ..policy import describe_pack
 from ..runtime import DecisionFiles, GateRuntime
-from .clientaddr import TrustedProxies
+from .clientaddr import PEER, Networks, TrustedProxies
 from .forwardauth import Admission, ForwardAuth, StartResponse, plain
 from .metrics import Metrics
 from .page import NO_STORE, Operator, page_facts_from_record, render
@@ -41,12 +41,31 @@ def operator_of(config: GateConfig) -> Operator:
     return Operator(name=config.operator, contact=config.contact, policy_url=config.policy_url or POLICY_PATH)
 
 
+class AdminAccess:
+    """Who may read the gate's state (``/readyz``, ``/metrics``): a client in ``serve.admin_from``, located through
+    the trusted proxies as a download's client is. In proxy and static modes the gate faces the internet: decision
+    counts by rule and the store's health are for its operators, and a client's ``X-Forwarded-For`` only counts
+    where a trusted proxy wrote it."""
+
+    def __init__(self, networks: Networks, proxies: TrustedProxies) -> None:
+        self.networks = networks
+        self.proxies = proxies
+
+    def allows(self, environ: dict[str, Any]) -> bool:
+        origin = self.proxies.resolve_environ(environ)
+        if origin.source == PEER and not environ.get("REMOTE_ADDR"):
+            return self.networks.unix  # a unix socket's peer: no address to compare
+        return origin.address is not None and origin.address in self.networks
+
+
 class GateApp:
     """Dispatches the gate's own routes and hands the rest to the mode's WSGI app."""
 
     def __init__(self, runtime: GateRuntime, mode_app: Any, *, metrics: Metrics, operator: Operator,
-                 forward_auth: ForwardAuth | None = None) -> None:
+                 forward_auth: ForwardAuth | None = None, admin: AdminAccess | None = None) -> None:
         self.runtime = runtime
+        self.admin = admin
+        """Who may read ``/readyz`` and ``/metrics``; ``None``: anyone."""
         self.mode_app = mode_app
         self.metrics = metrics
         self.operator = operator
@@ -58,10 +77,12 @@ class GateApp:
         path = environ.get("PATH_INFO", "")
         if path == "/healthz":
             return plain(start_response, "200 OK", "ok")
-        if path == "/readyz":
-            return self.readyz(start_response)
-        if path == "/metrics":
-            return self.metrics_page(start_response)
+        if path == "/readyz" or path == "/metrics":
+            if self.admin is not None and not self.admin.allows(environ):
+                # Not for this client: what the mode serves at that path (the mirror's file, or a 404 in
+                # forward-auth mode), never the gate's state.
+                return self.mode_app(environ, start_response)
+            return self.readyz(start_response) if path == "/readyz" else self.metrics_page(start_response)
         if path.startswith(BLOCKED_PREFIX):
             if self.forward_auth is None:
                 # Only a front end's error_page needs it (forward-auth mode, on the gate's own address). In the
@@ -243,7 +264,9 @@ def _create_app(config: GateConfig, runtime: GateRuntime) -> GateApp:
         mode_app = StaticApp(admission, root=config.serve.root, operator=operator, gated=config.serve.gated)
     else:
         raise ExportGateError(f"unknown mode {mode!r}")
-    return GateApp(runtime, mode_app, metrics=metrics, operator=operator, forward_auth=auth)
+    admin = AdminAccess(Networks(config.serve.admin_from, what="serve.admin_from entry", file=config.file),
+                        admission.proxies)
+    return GateApp(runtime, mode_app, metrics=metrics, operator=operator, forward_auth=auth, admin=admin)
 
 
 __all__ = ["GateApp", "create_app"]

@@ -117,34 +117,30 @@ class _Unusable(Exception):
         self.detail = detail
 
 
-class TrustedProxies:
-    """The reverse proxies whose forwarding header the gate believes, and how to read it.
+class Networks:
+    """A set of IP networks or single addresses (``10.0.0.0/8``, ``::1``), and optionally :data:`UNIX` (a peer
+    without an address), that addresses are compared with after unwrapping IPv4-mapped IPv6.
 
-    ``cidrs`` holds networks or single addresses (``10.0.0.0/8``, ``::1``) and optionally :data:`UNIX`. A
-    malformed entry is a :class:`ConfigError` naming it (with the line when ``cidrs`` is a list from
+    A malformed entry is a :class:`ConfigError` naming it as ``what`` (with the line when ``entries`` is a list from
     :mod:`exportgate.yamlfile`). Host bits set (``10.0.0.1/8``) are an error too: probably a typo.
     """
 
-    def __init__(self, cidrs: Iterable[str], *, header: str = X_FORWARDED_FOR, file: str | None = None) -> None:
-        header_name = header.lower() if isinstance(header, str) else header
-        if header_name not in HEADERS:
-            raise ConfigError(f"trusted proxy header must be one of {', '.join(HEADERS)}, not {header!r}", file=file)
-        self.header: str = header_name
-        self.trust_unix = False
+    def __init__(self, entries: Iterable[str], *, what: str, file: str | None = None) -> None:
+        self.unix = False
         v4: list[tuple[int, int]] = []
         v6: list[tuple[int, int]] = []
-        entries = list(cidrs) if not isinstance(cidrs, str) else [cidrs]
-        for index, entry in enumerate(entries):
-            line = item_line(cidrs, index)
+        items = list(entries) if not isinstance(entries, str) else [entries]
+        for index, entry in enumerate(items):
+            line = item_line(entries, index)
             if entry == UNIX:
-                self.trust_unix = True
+                self.unix = True
                 continue
             if not isinstance(entry, str):
-                raise ConfigError(f"trusted proxy {entry!r} is not a network such as 10.0.0.0/8", file=file, line=line)
+                raise ConfigError(f"{what} {entry!r} is not a network such as 10.0.0.0/8", file=file, line=line)
             try:
                 network = ip_network(entry)
             except ValueError as exc:
-                raise ConfigError(f"trusted proxy {entry!r} is not a network such as 10.0.0.0/8 ({exc})",
+                raise ConfigError(f"{what} {entry!r} is not a network such as 10.0.0.0/8 ({exc})",
                                   file=file, line=line) from None
             first, last = int(network.network_address), int(network.broadcast_address)
             if isinstance(network, IPv4Network):
@@ -156,8 +152,42 @@ class TrustedProxies:
             low, high = max(first, _MAPPED_FIRST), min(last, _MAPPED_LAST)
             if low <= high:
                 v4.append((low & 0xFFFF_FFFF, high & 0xFFFF_FFFF))
-        self._v4 = tuple(v4)
-        self._v6 = tuple(v6)
+        self.v4 = tuple(v4)
+        self.v6 = tuple(v6)
+
+    def __bool__(self) -> bool:
+        return bool(self.v4 or self.v6 or self.unix)
+
+    def __contains__(self, address: str) -> bool:
+        """Whether ``address`` (a bare address, or ``""`` for a peer without one) is in the set."""
+        if not address:
+            return self.unix
+        value = _ip_value(address)
+        if value is None:
+            return False
+        version, number = value
+        for first, last in self.v4 if version == 4 else self.v6:  # noqa: SIM110 - faster than any(generator)
+            if first <= number <= last:
+                return True
+        return False
+
+
+class TrustedProxies:
+    """The reverse proxies whose forwarding header the gate believes, and how to read it.
+
+    ``cidrs`` holds networks or single addresses (``10.0.0.0/8``, ``::1``) and optionally :data:`UNIX`
+    (:class:`Networks`: a malformed entry is a :class:`ConfigError` naming it).
+    """
+
+    def __init__(self, cidrs: Iterable[str], *, header: str = X_FORWARDED_FOR, file: str | None = None) -> None:
+        header_name = header.lower() if isinstance(header, str) else header
+        if header_name not in HEADERS:
+            raise ConfigError(f"trusted proxy header must be one of {', '.join(HEADERS)}, not {header!r}", file=file)
+        self.header: str = header_name
+        networks = Networks(cidrs, what="trusted proxy", file=file)
+        self.trust_unix = networks.unix
+        self._v4 = networks.v4
+        self._v6 = networks.v6
         # Answers by (peer, header value): a handful of proxies and returning clients make most requests hits.
         # Per instance and bounded (emptied when full); long headers are not cached at all.
         self._answers: dict[tuple[str, str | None], ClientOrigin] = {}

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import GateConfig
 from ..errors import ConfigError, ConfigErrors
-from .clientaddr import TrustedProxies
+from .clientaddr import Networks, TrustedProxies
 from .middleware import compile_gated
 from .proxy import checked_upstream
 from .static import checked_root
@@ -31,6 +31,7 @@ def check_serving(config: GateConfig) -> None:
             errors.append(exc if exc.file else ConfigError(exc.message, file=config.file, line=exc.line))
 
     collect(TrustedProxies, serve.trust_proxy, header=serve.forwarded_header, file=config.file)
+    collect(Networks, serve.admin_from, what="serve.admin_from entry", file=config.file)
     collect(compile_gated, serve.gated)
     if serve.mode == "proxy":
         if serve.upstream:
