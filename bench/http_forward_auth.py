@@ -4,7 +4,7 @@ country block and the obvious Flask/gunicorn forward-auth endpoint, in one run w
 Run by hand (about four minutes; needs nginx, wrk and libnginx-mod-http-geoip2)::
 
     .venv/bin/python bench/http_forward_auth.py [--seconds 10] [--gunicorn 1,2] [--granian 1]
-    .venv/bin/python bench/http_forward_auth.py --profile gunicorn [--spec 1x1]   # where a worker's time goes
+    .venv/bin/python bench/http_forward_auth.py --profile gunicorn [--workers 1]   # where a worker's time goes
 
 Everything runs on 127.0.0.1 with ``wrk -t2 -c32 --latency`` for ``--seconds`` per run (after a 2 s warm-up), all
 requests ``GET`` of 1 KiB files, each carrying ``X-Forwarded-For``, which nginx believes from 127.0.0.1
@@ -482,17 +482,6 @@ def parse_workers(text: str) -> list[int]:
     return counts
 
 
-def parse_specs(text: str) -> list[tuple[int, int]]:
-    """``2x8,2x32`` -> ``[(2, 8), (2, 32)]`` (workers x threads); empty -> none."""
-    specs = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        workers, sep, threads = part.partition("x")
-        if not sep or not workers.isdigit() or not threads.isdigit():
-            raise argparse.ArgumentTypeError(f"expected WORKERSxTHREADS like 2x32, got {part!r}")
-        specs.append((int(workers), int(threads)))
-    return specs
-
-
 def say(row: Row) -> None:
     print(f"  {row.label}: {row.load.rate:,.0f} req/s, p99 {row.load.p99_ms:.1f} ms, CPU/req {row.cpu()} us"
           f"{', ' + row.check if row.check else ''}", file=sys.stderr)
@@ -647,7 +636,7 @@ def profile(args: argparse.Namespace) -> None:
     py_spy = Path(sys.executable).with_name("py-spy")
     if not py_spy.exists():
         raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
-    workers, threads = args.spec[0]
+    workers = args.workers
     rate = 500
     base = Path(tempfile.mkdtemp(prefix="exportgate-bench-profile-"))
     try:
@@ -655,7 +644,7 @@ def profile(args: argparse.Namespace) -> None:
         write_mirror(root)
         config = write_gate_config(base / "gate", write_geo_database(base / "Bench-Country.mmdb"))
         gate = GateProcess(workdir=base / "gate", config=config, extra_args=[
-            "--workers", str(workers), "--threads", str(threads), "--server", args.profile])
+            "--workers", str(workers), "--server", args.profile])
         port = free_port()
         nginx = BenchNginx(workdir=base / "nginx", port=port,
                            server_conf=deploy_conf(port, root, base / "nginx" / "access.log", gate.port))
@@ -749,8 +738,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="granian (RSGI) worker counts, comma-separated (default 1; '' for none)")
     parser.add_argument("--profile", choices=["gunicorn", "granian"],
                         help="instead: py-spy one gate worker under this server while under load")
-    parser.add_argument("--spec", type=parse_specs, default=parse_specs("1x1"),
-                        help="--profile: WORKERSxTHREADS (threads: gunicorn only)")
+    parser.add_argument("--workers", type=int, default=1, help="--profile: worker processes")
     parser.add_argument("--top", type=int, default=20, help="--profile: functions listed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")

@@ -150,12 +150,13 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
         errors.append(exc)
     except ExportGateError as exc:
         errors.append(ConfigError(f"record store {cfg.records}: {exc}", file=cfg.file))
-    try:
-        from .web.serving import check_serving
+    from .web.serving import check_serving, unused_settings
 
+    try:
         check_serving(cfg)
     except ConfigErrors as exc:
         errors.extend(exc.errors)
+    summary["warnings"] = unused_settings(cfg.serve)
     for f in auth_files:
         try:
             summary.setdefault("authorization_files", {})[f] = len(load_authorization_file(f))
@@ -177,6 +178,8 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
     for p in summary.get("packs", []):
         until = p["effective"]["until"] or "open"
         click.echo(f"pack: {p['id']} v{p['version']} {p['effective']['from']} .. {until} ({p['rules']} rules)")
+    for warning in summary["warnings"]:
+        click.echo(f"warning: {cfg.file or 'config'}: {warning}")
     click.echo("ok")
 
 
@@ -503,8 +506,16 @@ def serve(ctx: click.Context, **options: Any) -> None:
 
     from .serve import run, server_for
 
+    from .web.serving import MODE_SETTINGS
+
     cfg = _config(ctx)
     changes = {k: v for k, v in options.items() if v not in (None, ())}
+    mode = changes.get("mode", cfg.serve.mode)
+    for name in changes:
+        if mode not in MODE_SETTINGS.get(name, (mode,)):
+            # Typed on this very command line: a mistake, not a setting left over in a file.
+            raise click.UsageError(f"--{name.replace('_', '-')} is for {' and '.join(MODE_SETTINGS[name])} mode, "
+                                   f"and this gate would run in {mode} mode (--mode, or serve.mode in the config)")
     for many in ("trust_proxy", "admin_from"):
         if many in changes:
             changes[many] = tuple(changes[many])

@@ -109,6 +109,10 @@ def run(config: GateConfig) -> None:
     first (:func:`exportgate.reloading.start`): a problem raises here, with file:line, before any server starts."""
     raise_open_file_limit()
     reloading.start(lambda: config)
+    from .web.serving import unused_settings
+
+    for warning in unused_settings(config.serve):  # once, in the master
+        log.warning("%s: %s", config.file or "config", warning)
     created = _metrics_dir()
     master = os.getpid()
     try:

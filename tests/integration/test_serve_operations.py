@@ -455,3 +455,11 @@ def test_the_metrics_directory_removed_does_not_stop_the_server(tmp_path: Path, 
         assert kill_a_worker_and_wait_for_an_answer(process, timeout=30).status == 200
         assert process.get("/metrics").status == 200 and metric(process, "exportgate_decisions_total") >= 1
         assert "metrics directory" in process.log_text()
+
+
+def test_a_setting_the_mode_ignores_is_said_once_at_start(tmp_path: Path) -> None:
+    """Said by the master before the workers start, not once per worker."""
+    config = write_config(tmp_path, serve={"upstream": "http://127.0.0.1:9"})
+    with GateProcess(workdir=tmp_path, config=config, extra_args=["--workers", "2"]) as process:
+        assert nginx_auth(process, CHAT).status == 200
+        assert process.log_text().count("serve.upstream is read in proxy mode only") == 1

@@ -397,8 +397,8 @@ def test_every_command_has_help(run, command):
 @pytest.mark.parametrize("mode", ["proxy", "static"])
 def test_serve_refuses_granian_where_it_would_weaken_path_checks(run, tmp_path, mode):
     config = write_config(tmp_path)
-    result = run("serve", "--mode", mode, "--server", "granian", "--root", str(tmp_path),
-                 "--upstream", "http://127.0.0.1:9", config=config)
+    where = ["--root", str(tmp_path)] if mode == "static" else ["--upstream", "http://127.0.0.1:9"]
+    result = run("serve", "--mode", mode, "--server", "granian", *where, config=config)
     assert result.exit_code != 0
     assert "granian serves forward-auth mode only" in result.output and "%2F" in result.output
 
@@ -427,3 +427,31 @@ def test_check_rejects_an_unusable_record_store(run, tmp_path, records, message)
 def test_serve_refuses_a_bind_gunicorn_would_read_as_another_address(run, config, bind):
     result = run("serve", "--bind", bind, config=config)
     assert result.exit_code == 1 and "bind" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    pytest.param(["--mode", "static", "--root", ".", "--upstream", "http://127.0.0.1:9"],
+                 "--upstream is for proxy mode, and this gate would run in static mode", id="upstream in static"),
+    pytest.param(["--mode", "proxy", "--upstream", "http://127.0.0.1:9", "--root", "."],
+                 "--root is for static mode, and this gate would run in proxy mode", id="root in proxy"),
+    pytest.param(["--upstream", "http://127.0.0.1:9"], "would run in forward-auth mode", id="mode left out"),
+    pytest.param(["--threads", "8"], "--threads is for proxy and static mode", id="threads in forward auth"),
+])
+def test_serve_refuses_an_option_its_mode_would_ignore(run, tmp_path, args, message):
+    """A gate that quietly ignored --upstream would serve something other than what was asked for."""
+    result = run("serve", *args, config=write_config(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_check_warns_of_settings_the_mode_ignores(run, tmp_path):
+    config = write_config(tmp_path, serve={"mode": "forward-auth", "upstream": "http://127.0.0.1:9",
+                                           "gated": ["/files/**"]})
+    result = run("check", config=config)
+    assert result.exit_code == 0, result.output
+    for name in ("upstream", "gated"):
+        assert f"warning: {config}: serve.{name} is read in " in result.output, result.output
+    assert json.loads(run("check", "--json", config=config).output)["warnings"] == [
+        "serve.upstream is read in proxy mode only; this gate runs in forward-auth mode and ignores it",
+        "serve.gated is read in proxy and static mode only; this gate runs in forward-auth mode and ignores it"]
+    assert "ignores it" not in run("check", config=write_config(tmp_path)).output

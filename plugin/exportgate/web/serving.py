@@ -10,12 +10,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import GateConfig
+from ..config import GateConfig, ServeConfig
 from ..errors import ConfigError, ConfigErrors
 from .clientaddr import Networks, TrustedProxies
 from .middleware import compile_gated
 from .proxy import checked_upstream
 from .static import checked_root
+
+
+MODE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "upstream": ("proxy",),
+    "upstream_timeout": ("proxy",),
+    "root": ("static",),
+    "gated": ("proxy", "static"),
+    "threads": ("proxy", "static"),
+    "block_status": ("forward-auth",),
+}
+"""The ``serve`` settings only some modes read, and those modes."""
+
+
+def unused_settings(serve: ServeConfig) -> list[str]:
+    """What ``serve`` sets (other than to its default) that its mode does not read, one sentence each. A gate that
+    quietly ignores an upstream or a root serves something other than what its operator meant: a mode typed wrong,
+    or a setting left over from another mode."""
+    defaults = ServeConfig()
+    return [f"serve.{name} is read in {' and '.join(modes)} mode only; this gate runs in {serve.mode} mode and "
+            f"ignores it" for name, modes in MODE_SETTINGS.items()
+            if serve.mode not in modes and getattr(serve, name) != getattr(defaults, name)]
 
 
 def check_serving(config: GateConfig) -> None:
@@ -48,4 +69,4 @@ def check_serving(config: GateConfig) -> None:
         raise ConfigErrors(errors)
 
 
-__all__ = ["check_serving"]
+__all__ = ["MODE_SETTINGS", "check_serving", "unused_settings"]
