@@ -20,17 +20,19 @@ under ``exportgate serve``). Workers start from the master's last good copy, not
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Any
 
 # prometheus_client reads PROMETHEUS_MULTIPROC_DIR when it is first imported: set it before anything imports it.
+_made_metrics_dir = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exportgate-metrics-")
+    _made_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exportgate-metrics-")
 
 from exportgate import reloading  # after the environment is set
 from exportgate.config import load_config
 from exportgate.openfiles import raise_open_file_limit
-from exportgate.serve import gunicorn_options
+from exportgate.serve import gunicorn_options, log_to_server_log, say_unused_settings
 
 _config = load_config()  # EXPORTGATE_CONFIG and EXPORTGATE_* ; a bad file fails here with file:line
 globals().update(gunicorn_options(_config))
@@ -40,6 +42,9 @@ preload_app = False
 
 
 def on_starting(server: Any) -> None:
+    # The gate's own lines (a record not committed, a fail_open decision, geo reloads) in gunicorn's error log.
+    log_to_server_log(server)
+    say_unused_settings(_config)
     # Counters left by a previous run would be added to this one's.
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     for name in os.listdir(directory):
@@ -57,3 +62,9 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    # The directory this file made (none given): nobody else would remove it.
+    if _made_metrics_dir is not None:
+        shutil.rmtree(_made_metrics_dir, ignore_errors=True)

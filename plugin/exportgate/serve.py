@@ -109,10 +109,6 @@ def run(config: GateConfig) -> None:
     first (:func:`exportgate.reloading.start`): a problem raises here, with file:line, before any server starts."""
     raise_open_file_limit()
     reloading.start(lambda: config)
-    from .web.serving import unused_settings
-
-    for warning in unused_settings(config.serve):  # once, in the master
-        log.warning("%s: %s", config.file or "config", warning)
     created = _metrics_dir()
     master = os.getpid()
     try:
@@ -133,6 +129,8 @@ def _run_gunicorn(config: GateConfig) -> None:
     from gunicorn.app.base import BaseApplication
 
     def on_starting(arbiter: Any) -> None:
+        log_to_server_log(arbiter)
+        say_unused_settings(config)
         reloading.guard_gunicorn(arbiter, lambda: config)
 
     class GateServer(BaseApplication):  # type: ignore[misc]
@@ -154,6 +152,25 @@ def _run_gunicorn(config: GateConfig) -> None:
             return reloading.start_worker(lambda: create_app(start, files=files))
 
     GateServer().run()
+
+
+def log_to_server_log(arbiter: Any) -> None:
+    """From gunicorn's ``on_starting`` hook: the gate's own log lines (``exportgate.*``: a record not committed, a
+    fail_open decision, a geo database switched or refused, authorizations reloaded) go to gunicorn's error log, with
+    its time, process and level, from INFO up, in the master and every worker it forks. Unconfigured, Python printed
+    only WARNING and up, bare. The handlers are gunicorn's own, so ``SIGUSR1`` reopens their files too."""
+    gate = logging.getLogger("exportgate")
+    gate.handlers = list(arbiter.log.error_log.handlers)
+    gate.setLevel(logging.INFO)
+    gate.propagate = False
+
+
+def say_unused_settings(config: GateConfig) -> None:
+    """Once, in the master: the serve settings the mode ignores (:func:`~exportgate.web.serving.unused_settings`)."""
+    from .web.serving import unused_settings
+
+    for warning in unused_settings(config.serve):
+        log.warning("%s: %s", config.file or "config", warning)
 
 
 def _child_exit(server: Any, worker: Any) -> None:
@@ -220,6 +237,7 @@ def _run_granian(config: GateConfig) -> None:
     server = GateGranian("exportgate.web.rsgi:create_rsgi_app", interface=Interfaces.RSGI,
                          log_dictconfig=_granian_logging(), **granian_options(config))
     server.on_startup(_tell_systemd_ready)
+    server.on_startup(functools.partial(say_unused_settings, config))
     # The loader runs in each worker after it starts (granian forks or spawns workers): the app, its store
     # connection, recorder thread and geo reader are built there, from this very config (command-line options
     # included), never carried across the fork.

@@ -457,9 +457,35 @@ def test_the_metrics_directory_removed_does_not_stop_the_server(tmp_path: Path, 
         assert "metrics directory" in process.log_text()
 
 
-def test_a_setting_the_mode_ignores_is_said_once_at_start(tmp_path: Path) -> None:
-    """Said by the master before the workers start, not once per worker."""
-    config = write_config(tmp_path, serve={"upstream": "http://127.0.0.1:9"})
-    with GateProcess(workdir=tmp_path, config=config, extra_args=["--workers", "2"]) as process:
+@pytest.mark.parametrize("server", ["gunicorn", "granian", "gunicorn.conf.py"])
+def test_the_gate_logs_with_time_and_level_once_per_event(tmp_path: Path, server: str) -> None:
+    """The gate's own lines reach the server's log with time and level, INFO included, from the master (a setting
+    the mode ignores, said once) and from a worker (authorizations read again). Before, under
+    gunicorn, only WARNING and up reached it, as bare text."""
+    serve = {"upstream": "http://127.0.0.1:9", "trust_proxy": ["127.0.0.1/32"]}
+    if server == "gunicorn.conf.py":
+        port = free_port()
+        process: Any = GunicornProcess(workdir=tmp_path / "gunicorn", port=port,
+                                       config=write_config(tmp_path, serve={**serve, "bind": f"127.0.0.1:{port}"}))
+    else:
+        process = GateProcess(workdir=tmp_path, config=write_config(tmp_path, serve=serve), server=server)
+    with process:
         assert nginx_auth(process, CHAT).status == 200
-        assert process.log_text().count("serve.upstream is read in proxy mode only") == 1
+        # An authorization added from another process: the worker says, at INFO, that it read it.
+        from click.testing import CliRunner
+
+        from exportgate.cli import main
+
+        added = CliRunner().invoke(main, ["--config", str(process.config), "authorize", "add", "--id", "T-1",
+                                          "--basis", "test", "--destination", "CU", "--valid-from", "2024-01-01"],
+                                   env={})
+        assert added.exit_code == 0, added.output
+        deadline = time.monotonic() + 15
+        while "authorizations changed" not in process.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = process.log_text()
+    [said] = [line for line in log.splitlines() if "serve.upstream is read in proxy mode only" in line]
+    assert "[WARNING]" in said and said.startswith("[20"), said  # "[2026-12-04 16:40:00 +0000] [pid] [WARNING] ..."
+    read = [line for line in log.splitlines() if "authorizations changed" in line]
+    assert read, log
+    assert all("[INFO]" in line and line.startswith("[20") for line in read), read
