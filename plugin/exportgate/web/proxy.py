@@ -109,8 +109,10 @@ class ProxyApp:
         self.timeout = timeout
         self.metrics = metrics
         self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-        # Without user:password@ (requests sends those as Basic auth): for logs and Location rewriting.
+        # Without user:password@ (requests sends those as Basic auth): for logs.
         self.public_base = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path.rstrip('/')}"
+        self.origin = _origin(parts)
+        self.base_path = parts.path.rstrip("/")
         self.session = _session()
 
     def close(self) -> None:
@@ -151,8 +153,11 @@ class ProxyApp:
         headers = self.request_headers(environ, decision)
         body = _request_body(environ)
         try:
-            response = self.session.request(method, url, headers=headers, data=body, stream=True,
-                                            allow_redirects=False, timeout=(self.timeout, self.timeout))
+            prepared = self.session.prepare_request(requests.Request(method, url, headers=headers, data=body))
+            # The adapter, not Session.send: with allow_redirects=False a session still reads the whole body of a
+            # redirect (to offer Response.next), and the client then got a 500 for nginx's every directory redirect.
+            response = self.session.get_adapter(url).send(prepared, stream=True, timeout=(self.timeout, self.timeout),
+                                                          verify=True, cert=None, proxies={})
         except requests.Timeout as exc:
             return self.failed(start_response, TIMEOUT, "504 Gateway Timeout", target, exc, decision)
         except requests.ConnectionError as exc:
@@ -248,12 +253,19 @@ class ProxyApp:
         return f"{code} {phrase}", out
 
     def relative_location(self, location: str) -> str:
-        """A redirect to the upstream itself becomes a path on the gate (so it is decided again)."""
-        base = self.public_base
-        if location.startswith(base) and location[len(base):len(base) + 1] in ("/", "?", ""):
-            # One leading slash: '//host/x' is a path on the upstream but another host to the client.
-            return "/" + location[len(base):].lstrip("/")
-        return location
+        """A redirect to the upstream itself becomes a path on the gate (so it is decided again): the same
+        scheme, host and port however written (``HTTP://``, a host in capitals, ``:80`` or no port)."""
+        try:
+            parts = urlsplit(location)
+            origin = _origin(parts) if parts.scheme and parts.netloc else None
+        except ValueError:  # a port that is no number: not the upstream's
+            return location
+        base = self.base_path
+        if origin != self.origin or not (parts.path == base or parts.path.startswith(base + "/")):
+            return location
+        # One leading slash: '//host/x' is a path on the upstream but another host to the client.
+        rest = "/" + parts.path[len(base):].lstrip("/")
+        return rest + (f"?{parts.query}" if parts.query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
     def failed(self, start_response: StartResponse, kind: str, status: str, url: str, exc: Exception,
                decision: Any) -> list[bytes]:
@@ -267,6 +279,12 @@ class ProxyApp:
     def upstream_error(self, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.upstream_errors.labels(kind).inc()
+
+
+def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
+    """Scheme, host and port of a URL, compared as HTTP does: case-insensitive, the default port made explicit."""
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").rstrip("."), parts.port or {"http": 80, "https": 443}.get(scheme)
 
 
 class BadUpstreamAnswer(ValueError):
