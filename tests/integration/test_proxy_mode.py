@@ -582,6 +582,14 @@ def test_location_rewriting(gate_config: Any, upstream_url: str, location: str, 
         app.runtime.close()
 
 
+def test_a_trusted_front_end_that_names_no_client_is_refused(make_gate: Any, upstream: Upstream) -> None:
+    app = make_gate(trust_proxy=["127.0.0.1/32"])
+    before = len(upstream.seen)
+    response = fetch(app, "/files/crypto-1.tar.gz", client="127.0.0.1")
+    assert response.status_code == 400 and b"sent no X-Forwarded-For" in response.data
+    assert len(upstream.seen) == before and app.runtime.store.count("decision") == 0
+
+
 def test_upstream_switching_protocols_is_502(gate_config: Any) -> None:
     """The gate forwards no upgrade: a 101 passed on without its Upgrade header would leave the connection in
     no protocol at all."""

@@ -370,6 +370,18 @@ def test_spoofed_forwarded_for_from_untrusted_peer_is_ignored(make_gate: Any) ->
                  headers={"X-Forwarded-For": f"{US_CLIENT}, {IR_CLIENT}"}).status_code == 451
 
 
+def test_a_trusted_front_end_that_names_no_client_is_refused(make_gate: Any, opened: list[str]) -> None:
+    """Located at the front end's own address it would be an unknown location, flagged and served: one front-end
+    location that loses the header would hand restricted files to anyone."""
+    app = make_gate(trust_proxy=["127.0.0.1/32"])
+    opened.clear()
+    response = fetch(app, "/files/crypto-1.tar.gz", client="127.0.0.1")
+    assert response.status_code == 400 and b"sent no X-Forwarded-For" in response.data
+    assert app.runtime.store.count("decision") == 0 and opened == []
+    assert fetch(app, "/files/chat-1.tar.gz", client="127.0.0.1",
+                 headers={"X-Forwarded-For": IR_CLIENT}).status_code == 200
+
+
 def test_record_store_failure_refuses_and_never_opens_the_file(make_gate: Any, tree: Path, tmp_path: Path,
                                                                opened: list[str]) -> None:
     # A real failure: another connection holds SQLite's write lock; the commit gives up after 50 ms.

@@ -289,6 +289,13 @@ def test_forwarded_for(make: Any, peer: str, header: str, status: int) -> None:
     assert response.status_code == status
 
 
+def test_a_trusted_front_end_that_names_no_client_is_refused(make: Any) -> None:
+    app, mirror, _, _ = make(serve={"trust_proxy": ["127.0.0.1/32"]})
+    response = fetch(app, "/files/crypto-1.tar.gz", client="127.0.0.1")
+    assert response.status_code == 400 and b"sent no X-Forwarded-For" in response.data
+    assert mirror.calls == []
+
+
 def test_record_store_failure_is_503_and_the_app_never_runs(make: Any, tmp_path: Path) -> None:
     # A real failure: another connection holds SQLite's write lock past the gate's 50 ms busy timeout.
     db = tmp_path / "locked.db"

@@ -114,6 +114,9 @@ class Admission:
                        normalised: NormalisedPath | None, operator: Operator) -> tuple[Any, list[bytes] | None]:
         """For the modes that serve the download themselves (middleware, proxy, static): ``(decision, None)`` to
         serve it, or ``(None, answer)`` refusing it: why it could not be decided, or the 451 page."""
+        refusal = self.no_client_named(environ)
+        if refusal is not None:
+            return None, plain(start_response, "400 Bad Request", refusal)
         decision, status, text = self.admit(environ, environ.get("REQUEST_METHOD", "GET"), raw_uri,
                                             environ.get("HTTP_HOST"), normalised)
         if decision is None:
@@ -121,6 +124,19 @@ class Admission:
         if not decision.served:
             return None, send_blocked(start_response, decision, operator, environ)
         return decision, None
+
+    def no_client_named(self, environ: dict[str, Any]) -> str | None:
+        """Why a download from a trusted front end that names no client is refused (400), or ``None``. Located at
+        the front end's own address it would be an unknown location, which packs flag and serve: one front-end
+        location that loses the header (nginx drops server-level ``proxy_set_header`` lines in a location that sets
+        its own) would serve restricted artifacts to anyone behind it."""
+        missing = self.proxies.sent_no_client(environ)
+        if missing is None:
+            return None
+        if self.metrics is not None:
+            self.metrics.reject("headers")
+        return (f"the front end sent no {missing}: the gate cannot tell who is asking (deploy/ shows the header "
+                "each front end sends)")
 
     def facts(self, origin: ClientOrigin, method: str, raw_uri: str, host: str | None,
               normalised: NormalisedPath | None = None) -> tuple[RequestFacts | None, str, str]:
@@ -245,12 +261,9 @@ class ForwardAuth:
         facts, status, text = admission.facts(admission.proxies.resolve_environ(environ), method, uri, host)
         if facts is None:
             return None, status, text
-        missing = admission.proxies.sent_no_client(environ)
-        if missing is not None:
-            if admission.metrics is not None:
-                admission.metrics.reject("headers")
-            return None, "400 Bad Request", (f"the front end sent no {missing}: the gate cannot tell who is asking "
-                                             "(deploy/ shows the header each front end sends)")
+        refusal = admission.no_client_named(environ)
+        if refusal is not None:
+            return None, "400 Bad Request", refusal
         return facts, style, ""
 
     def answer(self, environ: dict[str, Any], decision: Any, style: str) -> tuple[str, list[tuple[str, str]], bytes]:
