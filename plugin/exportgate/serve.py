@@ -90,11 +90,20 @@ def gunicorn_options(config: GateConfig) -> dict[str, Any]:
         "graceful_timeout": 10,
         "keepalive": 75,  # front ends keep upstream connections open; close later than they do
         "limit_request_field_size": 16384,
+        # A unix: socket gets the process's own umask (systemd's UMask=), not gunicorn's default 0: a socket anyone on
+        # the host can write to lets any local user ask with an X-Forwarded-For of their choosing.
+        "umask": _current_umask(),
         "proc_name": f"exportgate[{config.instance}]",
         # gunicorn >= 25 opens a control socket at one fixed path per user: a second gate on the same host would
         # take it over. Not needed to run the gate; skipped on versions that do not have it.
         "control_socket_disable": True,
     }
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _worker_class(serve: Any) -> str:

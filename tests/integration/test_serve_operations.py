@@ -489,3 +489,31 @@ def test_the_gate_logs_with_time_and_level_once_per_event(tmp_path: Path, server
     read = [line for line in log.splitlines() if "authorizations changed" in line]
     assert read, log
     assert all("[INFO]" in line and line.startswith("[20") for line in read), read
+
+
+def test_a_unix_socket_is_made_under_the_gates_umask_and_serves(tmp_path: Path) -> None:
+    """gunicorn made unix sockets with its own umask 0: writable by every local user, any of whom could then ask
+    /auth with an X-Forwarded-For of their choosing. Now the process's umask (systemd's UMask=) applies."""
+    import socket
+
+    sock_path = tmp_path / "gate.sock"
+    process = GateProcess(workdir=tmp_path, config=write_config(tmp_path), trust_proxy=("127.0.0.1/32", "unix"))
+    process.extra_args = ["--bind", f"127.0.0.1:{process.port},unix:{sock_path}"]
+    old = os.umask(0o077)
+    try:
+        process.start()
+    finally:
+        os.umask(old)
+    try:
+        assert sock_path.stat().st_mode & 0o077 == 0, oct(sock_path.stat().st_mode)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(sock_path))
+            s.sendall(b"GET /auth HTTP/1.1\r\nHost: gate\r\nX-Original-URI: " + CRYPTO.encode() +
+                      b"\r\nX-Forwarded-For: " + IR_CLIENT.encode() + b"\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 403"), answer[:200]  # the trusted unix peer's client: Iran, blocked
+    finally:
+        process.stop()
