@@ -639,6 +639,36 @@ def test_a_client_the_geo_database_cannot_be_read_for_gets_no_decision(tmp_path:
         app.runtime.close()
 
 
+def test_a_geo_file_that_does_not_load_shows_in_readiness_and_metrics(tmp_path: Path) -> None:
+    """The data loaded before still answers (ready), and the error shows: /readyz read the wrong key, and no
+    metric said it, so a truncated geoipupdate went unnoticed until the data was stale."""
+    from exportgate import geodata
+
+    database = geodata.build(geodata.load_networks(Path(__file__).parents[2] / "geodata" / "networks.yaml"),
+                             tmp_path / "City.mmdb", kind="City")
+    good = database.read_bytes()
+    config = load_config(write_config(tmp_path, geo={"database": str(database)},
+                                      serve={"trust_proxy": [f"{FRONT_END}/32"]}), env={})
+    app = create_app(config)
+    try:
+        client = Client(app)
+        assert metric(client, "exportgate_geo_database_reload_failed") == 0
+        database.write_bytes(good[: len(good) // 2])
+        app.runtime.gate.locator.source.reload()  # what the next check after the change does
+        ready = ask(client, "/readyz")
+        assert ready.status_code == 200
+        geo = json.loads(ready.get_data())["checks"]["geo"]
+        assert geo["ok"] is True and "City.mmdb" in geo["last_reload_error"]
+        assert metric(client, "exportgate_geo_database_reload_failed") == 1
+        assert ask(client, headers=nginx(CRYPTO, "2.176.0.1")).status_code == 403  # decided by the data it had
+        database.write_bytes(good)
+        app.runtime.gate.locator.source.reload()
+        assert json.loads(ask(client, "/readyz").get_data())["checks"]["geo"]["last_reload_error"] is None
+        assert metric(client, "exportgate_geo_database_reload_failed") == 0
+    finally:
+        app.runtime.close()
+
+
 def test_forward_auth_without_trusted_proxies_says_so_at_start(tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     config = load_config(write_config(tmp_path, serve={}), env={})

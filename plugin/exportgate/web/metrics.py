@@ -35,6 +35,10 @@ class Metrics:
                              registry=r, multiprocess_mode="livemax" if multiproc else "all")
         self.geo_stale = Gauge("exportgate_geo_database_stale", "1 when the geolocation data is older than allowed.",
                                registry=r, multiprocess_mode="livemax" if multiproc else "all")
+        self.geo_reload_failed = Gauge("exportgate_geo_database_reload_failed",
+                                       "1 when the geolocation file on disk did not load and the data loaded before "
+                                       "still answers.", registry=r,
+                                       multiprocess_mode="livemax" if multiproc else "all")
         self.store_healthy = Gauge("exportgate_record_store_healthy", "1 when the last commit succeeded.",
                                    registry=r, multiprocess_mode="livemin" if multiproc else "all")
         self._decision_children: dict[tuple[str, str, str], Any] = {}
@@ -69,6 +73,7 @@ class Metrics:
         if isinstance(age, (int, float)):
             self.geo_age.set(age)
         self.geo_stale.set(1 if geo.get("stale") else 0)
+        self.geo_reload_failed.set(1 if geo.get("last_reload_error") else 0)
         if recorder_healthy is not None:
             self.store_healthy.set(1 if recorder_healthy else 0)
 
