@@ -202,9 +202,9 @@ class Admission:
             return None, "503 Service Unavailable", f"no decision: {again}"
         # The answer names a decision id no record holds: the whole decision goes to the log, so compliance can
         # find the download that id was served under and account for it.
-        log.error("decision record not committed, serving anyway (fail_open) %s: %s; unrecorded decision %s",
-                  facts.path, exc, canonical_text({"id": decision.id, "at": decision.at.isoformat(),
-                                                   **decision.to_record()}))
+        outcome = "serving anyway (fail_open)" if decision.served else "blocked all the same"
+        log.error("decision record not committed, %s %s: %s; unrecorded decision %s", outcome, facts.path, exc,
+                  canonical_text({"id": decision.id, "at": decision.at.isoformat(), **decision.to_record()}))
         if self.metrics is not None:
             self.metrics.decided(decision)
         return decision, "", ""
