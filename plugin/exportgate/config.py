@@ -56,7 +56,10 @@ def bind_addresses(text: str) -> list[str]:
             port = port_text if ":" in entry else None
         if not host:
             raise ValueError(f"bind {entry!r}: no host (write 0.0.0.0:PORT to listen on every interface)")
-        if port is not None and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        if port is None:
+            # gunicorn would listen on its own default, 8000, where neither the docs nor the front end look.
+            raise ValueError(f"bind {entry!r}: no port (e.g. {entry}:8451)")
+        if not (port.isascii() and port.isdigit() and int(port) <= 65535):
             raise ValueError(f"bind {entry!r}: the port must be a number from 0 to 65535")
     return entries
 

@@ -72,6 +72,9 @@ BAD = [
     pytest.param("serve:\n  bind: 127.0.0.1:70000\n", 2, "from 0 to 65535", id="bind port out of range"),
     pytest.param("serve:\n  bind: \"::1:8451\"\n", 2, "in brackets", id="bind IPv6 without brackets"),
     pytest.param("serve:\n  bind: \"unix:\"\n", 2, "no socket path", id="bind unix without path"),
+    # ...and a host without a port as that host's port 8000.
+    pytest.param("serve:\n  bind: localhost\n", 2, r"no port \(e\.g\. localhost:8451\)", id="bind without a port"),
+    pytest.param("serve:\n  bind: \"[::1]\"\n", 2, "no port", id="bind IPv6 without a port"),
     # The Link: <...>; rel="blocked-by" target of every 451: it must not break out of the angle brackets.
     pytest.param("policy_url: \"javascript:alert(1)\"\n", 1, "policy_url must be", id="policy url scheme"),
     pytest.param("policy_url: \"https://x.example/>; rel=x, <https://evil.example/\"\n", 1, "policy_url must be",
