@@ -384,6 +384,17 @@ def test_empty_directory_and_missing_file(tmp_path):
         load_packs([tmp_path / "nope.yaml"])
 
 
+def test_hidden_files_in_a_pack_directory_are_no_packs(tmp_path):
+    """An editor's lock file (emacs: a dangling symlink '.#name.yaml') or hidden backup refused every reload."""
+    from exportgate.policy import load_pack, shipped_pack_paths
+
+    shipped = shipped_pack_paths()[0]
+    (tmp_path / shipped.name).write_bytes(shipped.read_bytes())
+    (tmp_path / f".#{shipped.name}").symlink_to("root@host.1234:1700000000")
+    (tmp_path / f".{shipped.name}").write_text("not: [a pack\n", encoding="utf-8")
+    assert [p.id for p in load_packs([tmp_path]).packs] == [load_pack(shipped).id]
+
+
 def test_not_a_mapping(tmp_path):
     with pytest.raises(ConfigErrors, match="must be a mapping"):
         load_packs([write(tmp_path, "- just\n- a list\n")])
