@@ -62,8 +62,9 @@ def banner(port: int) -> str:
     url = f"http://127.0.0.1:{port}"
     deb = "/debian/pool/main/t/thunderbird/thunderbird_115.9.0-1_amd64.deb"
     return f"""
-exportgate demo: a gate on embedded defaults (registry geolocation, the shipped 2010-03-08 policy pack)
-in front of a small mirror in var/demo/mirror. Decisions are recorded in var/demo/records.db.
+exportgate demo: a gate on embedded defaults (registry geolocation, the shipped policy packs: today's is the
+2010-03-08 general licenses as amended since) in front of a small mirror in var/demo/mirror. Decisions are
+recorded in var/demo/records.db.
 
 Try, from another terminal:
 
@@ -83,7 +84,10 @@ Ctrl-C stops the gate.
 
 
 def main() -> None:
-    port = int(os.environ.get("EXPORTGATE_DEMO_PORT", "8451"))
+    text = os.environ.get("EXPORTGATE_DEMO_PORT", "8451")
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 65536):
+        raise SystemExit(f"EXPORTGATE_DEMO_PORT must be a port number from 1 to 65535, got {text!r}")
+    port = int(text)
     base = Path(os.environ.get("EXPORTGATE_DEMO_DIR", repo_root() / "var" / "demo"))
     base.mkdir(parents=True, exist_ok=True)
     config_path = prepare(base, port)

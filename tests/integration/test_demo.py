@@ -69,3 +69,12 @@ def test_make_run_demo(tmp_path):
                  "/downloads/vpn-pro/vpn-pro-2.4.exe"):
         assert line in output
     assert "Traceback" not in output, output
+
+
+def test_a_demo_port_that_is_no_port_is_said_plainly(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTGATE_")}
+    env.update(EXPORTGATE_DEMO_PORT="abc", EXPORTGATE_DEMO_DIR=str(tmp_path / "demo"))
+    done = subprocess.run([sys.executable, "-m", "exportgate.demo"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "EXPORTGATE_DEMO_PORT must be a port number from 1 to 65535, got 'abc'"
