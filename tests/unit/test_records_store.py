@@ -236,7 +236,7 @@ def test_body_is_stored_as_the_hashed_canonical_text(tmp_path: Path) -> None:
 def test_append_is_all_or_nothing(store: SQLiteStore, n: int) -> None:
     records = sealed("c:1", n)
     store.append(records[:1])
-    with pytest.raises(RecordStoreError, match=f"{n} record\\(s\\) not committed"):
+    with pytest.raises(RecordStoreError, match=f"commit of {n} record\\(s\\) failed"):
         store.append(records)  # seq 1 is already there: the whole batch is refused
     assert store.count() == 1
     store.append(records[1:])
@@ -315,7 +315,7 @@ def test_the_readiness_probe_fails_while_the_disk_is_full(tmp_path: Path) -> Non
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("commit failed: ") and "not committed" in lines[0], done.stdout
+    assert lines[0].startswith("commit failed: ") and "record(s) failed" in lines[0], done.stdout
     assert lines[1].startswith("probe: ") and "not writable" in lines[1], done.stdout
     assert lines[2].startswith("after: "), done.stdout
 
@@ -451,7 +451,7 @@ def test_a_writer_that_never_ends_its_turn_fails_the_commit_in_bounded_time(tmp_
     other = os.open(f"{path}.lock", os.O_RDWR)
     fcntl.flock(other, fcntl.LOCK_EX)
     started = time.monotonic()
-    with pytest.raises(RecordStoreError, match="3 record\\(s\\) not committed: another writer held"):
+    with pytest.raises(RecordStoreError, match="commit of 3 record\\(s\\) failed: another writer held"):
         store.append(sealed("gate-a", 3))
     assert time.monotonic() - started < 2
     fcntl.flock(other, fcntl.LOCK_UN)

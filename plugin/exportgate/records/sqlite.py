@@ -305,7 +305,7 @@ class SQLiteStore:
         count = len(records)
         if not count:
             return
-        with self._writing(f"{count} record(s) not committed") as conn:
+        with self._writing(f"commit of {count} record(s) failed") as conn:
             try:
                 if count <= _ROWS_PER_STATEMENT:
                     stored = conn.execute(_INSERTS[count], params).rowcount
@@ -330,7 +330,7 @@ class SQLiteStore:
                 except sqlite3.Error:
                     pass  # the connection is in trouble already; the original error is the story
                 raise RecordStoreError(
-                    f"{self.where}: {count} record(s) not committed: {_reason(exc)}"
+                    f"{self.where}: commit of {count} record(s) failed: {_reason(exc)}"
                 ) from exc
             if self._checkpointer is not None and self._wal_pages is not None:
                 self._checkpointer.committed(self._wal_pages())
