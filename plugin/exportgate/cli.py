@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -137,15 +138,28 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
         else:
             summary["packs"] = [describe_pack(p) for p in obj.packs]
     try:
+        from .records.store import store_file
         from .runtime import authorization_book, open_store
 
-        store = open_store(cfg)
-        try:
-            book = authorization_book(store)
-            # No decision count: on a store of millions of records it is a scan, and check runs in CI.
-            summary["records"] = {"store": cfg.records, "authorizations": len(book.all)}
-        finally:
-            store.close()
+        path = store_file(cfg.records, file=cfg.file)
+        if path is not None and not os.path.exists(path):
+            # check makes nothing (run as root before a reload, it would leave a store, its directory and a lock
+            # file that the service's user may not open): say whether the gate could create it.
+            summary["records"] = {"store": cfg.records, "exists": False, "authorizations": 0}
+            parent = _nearest_existing(os.path.dirname(path))
+            if not os.path.isdir(parent):
+                errors.append(ConfigError(f"record store {path}: {parent} is not a directory", file=cfg.file))
+            elif not os.access(parent, os.W_OK | os.X_OK):
+                errors.append(ConfigError(f"record store {path} does not exist, and {parent} is not writable: "
+                                          "the gate could not create it", file=cfg.file))
+        else:
+            store = open_store(cfg)
+            try:
+                book = authorization_book(store)
+                # No decision count: on a store of millions of records it is a scan, and check runs in CI.
+                summary["records"] = {"store": cfg.records, "exists": True, "authorizations": len(book.all)}
+            finally:
+                store.close()
     except ConfigError as exc:
         errors.append(exc)
     except ExportGateError as exc:
@@ -174,13 +188,26 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
     click.echo(f"manifest: {cat.get('manifest') or 'none (every artifact unclassified)'}"
                + (f", {cat.get('rules')} rules" if cat.get("rules") is not None else ""))
     rec = summary.get("records") or {}
-    click.echo(f"records: {rec.get('store')} (writable; {rec.get('authorizations')} authorizations on file)")
+    if rec.get("exists") is False:
+        click.echo(f"records: {rec.get('store')} (not created yet: the gate creates it when it starts)")
+    else:
+        click.echo(f"records: {rec.get('store')} (writable; {rec.get('authorizations')} authorizations on file)")
     for p in summary.get("packs", []):
         until = p["effective"]["until"] or "open"
         click.echo(f"pack: {p['id']} v{p['version']} {p['effective']['from']} .. {until} ({p['rules']} rules)")
     for warning in summary["warnings"]:
         click.echo(f"warning: {cfg.file or 'config'}: {warning}")
     click.echo("ok")
+
+
+def _nearest_existing(path: str) -> str:
+    """``path`` or the nearest of its parents that exists."""
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path or "."
 
 
 # ------------------------------------------------------------------------------------------------ explain

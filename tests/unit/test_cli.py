@@ -455,3 +455,20 @@ def test_check_warns_of_settings_the_mode_ignores(run, tmp_path):
         "serve.upstream is read in proxy mode only; this gate runs in forward-auth mode and ignores it",
         "serve.gated is read in proxy and static mode only; this gate runs in forward-auth mode and ignores it"]
     assert "ignores it" not in run("check", config=write_config(tmp_path)).output
+
+
+def test_check_creates_no_store(run, tmp_path):
+    """Run before a reload (as `nginx -t` is), often as root: it made the store, its directory and a root-owned lock
+    file beside a gate that runs as another user."""
+    store = tmp_path / "not" / "yet" / "records.db"
+    config = write_config(tmp_path, records=f"sqlite://{store}")
+    result = run("check", config=config)
+    assert result.exit_code == 0, result.output
+    assert "not created yet" in result.output
+    assert not (tmp_path / "not").exists()
+    assert json.loads(run("check", "--json", config=config).output)["records"]["exists"] is False
+    # Once the gate made it, check reads it (authorizations on file).
+    from exportgate.records import open_store
+
+    open_store(f"sqlite://{store}").close()
+    assert "(writable; 0 authorizations on file)" in run("check", config=config).output

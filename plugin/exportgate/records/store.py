@@ -25,6 +25,7 @@ A PostgreSQL store (several gate replicas, one store) plugs in as another scheme
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -111,29 +112,45 @@ def open_store(url: str, *, file: str | None = None, line: int | None = None) ->
     unknown scheme or a malformed URL. Failing to open a well-formed URL raises
     :class:`StoreOpenError`.
     """
+    settings = _parse(url, file, line)  # a malformed URL or unknown scheme: ConfigError, before anything opens
+    return _OPENERS[urlsplit(url).scheme](settings)
+
+
+def store_file(url: str, *, file: str | None = None, line: int | None = None) -> str | None:
+    """The file a store URL names, checked as :func:`open_store` checks it but not opened (nor created): for
+    ``exportgate check``, which must not make a store, its directory or its lock file. ``None``: no file (memory)."""
+    path = _parse(url, file, line)["path"]
+    return None if path is None else os.path.abspath(path)
+
+
+def _parse(url: str, file: str | None, line: int | None) -> dict[str, Any]:
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(f"record store URL {url!r} is empty", file=file, line=line)
     try:
-        parts = urlsplit(url)
+        scheme = urlsplit(url).scheme
     except ValueError as exc:
-        raise ConfigError(
-            f"record store URL {url!r} is malformed: {exc}", file=file, line=line
-        ) from None
-    opener = _OPENERS.get(parts.scheme)
-    if opener is None:
-        known = ", ".join(f"{s}:" for s in sorted(_OPENERS))
-        what = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise ConfigError(f"record store URL {url!r} is malformed: {exc}", file=file, line=line) from None
+    parser = _PARSERS.get(scheme)
+    if parser is None:
+        known = ", ".join(f"{s}:" for s in sorted(_PARSERS))
+        what = f"scheme {scheme!r}" if scheme else "no scheme"
         raise ConfigError(
             f"record store URL {url!r} has {what}; supported: {known} "
             f"(e.g. sqlite:///var/lib/exportgate/records.db)",
             file=file,
             line=line,
         )
-    return opener(url, file, line)
+    return parser(url, file, line)
 
 
-def _open_sqlite(url: str, file: str | None, line: int | None) -> Store:
-    from exportgate.records.sqlite import DEFAULT_COMMIT_DELAY, SYNCHRONOUS_MODES, SQLiteStore
+def _open_sqlite(settings: dict[str, Any]) -> Store:
+    from exportgate.records.sqlite import SQLiteStore
+
+    return SQLiteStore(**settings)
+
+
+def _sqlite_settings(url: str, file: str | None, line: int | None) -> dict[str, Any]:
+    from exportgate.records.sqlite import DEFAULT_COMMIT_DELAY, SYNCHRONOUS_MODES
 
     def bad(why: str) -> ConfigError:
         return ConfigError(
@@ -187,15 +204,19 @@ def _open_sqlite(url: str, file: str | None, line: int | None) -> Store:
             f"unknown option(s) {', '.join(sorted(options))} "
             f"(known: synchronous, busy_timeout_ms, commit_delay_ms)"
         )
-    return SQLiteStore(
-        None if path == ":memory:" else path,
-        synchronous=synchronous,
-        busy_timeout_ms=int(timeout_text),
-        commit_delay=commit_delay,
-    )
+    return {
+        "path": None if path == ":memory:" else path,
+        "synchronous": synchronous,
+        "busy_timeout_ms": int(timeout_text),
+        "commit_delay": commit_delay,
+    }
 
 
-# scheme -> opener(url, file, line). A constant table, not a registry: a new store is a new line.
-_OPENERS: dict[str, Callable[[str, str | None, int | None], Store]] = {
+# scheme -> parser(url, file, line) of its settings, and opener(settings). Constant tables, not a registry: a new
+# store is a new line in each.
+_OPENERS: dict[str, Callable[[dict[str, Any]], Store]] = {
     "sqlite": _open_sqlite,
+}
+_PARSERS: dict[str, Callable[[str, str | None, int | None], dict[str, Any]]] = {
+    "sqlite": _sqlite_settings,
 }
