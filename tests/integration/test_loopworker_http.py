@@ -248,6 +248,28 @@ def test_connection_close_and_http_1_0_end_the_connection(gate: GateProcess) -> 
     old = f"GET /auth HTTP/1.0\r\nX-Original-URI: {CHAT}\r\nX-Forwarded-For: {IR_CLIENT}\r\n\r\n".encode()
     heads = exchange(gate, old + old, answers=2)
     assert len(heads) == 1 and status(heads[0]) == 200
+    # HTTP/1.0 asking for keep-alive: the answer would have to say so, or the client waits for the close that
+    # never comes (until the keep-alive timeout). Closed, as gunicorn does.
+    kept = old.replace(b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n")
+    started = time.monotonic()
+    heads = exchange(gate, kept + kept, answers=2)
+    assert len(heads) == 1 and status(heads[0]) == 200 and header(heads[0], "connection") == "close"
+    assert time.monotonic() - started < 5
+
+
+def test_a_request_line_without_a_version_is_refused_without_a_decision(gate: GateProcess) -> None:
+    """llhttp reads it as HTTP/0.9, headers and all; the WSGI servers refuse it."""
+    head = refused_without_a_decision(gate, auth_request(CRYPTO).replace(b" HTTP/1.1\r\n", b"\r\n", 1))
+    assert header(head, "connection") == "close"
+
+
+def test_underscore_headers_do_not_reach_the_gates_pages(gate: GateProcess) -> None:
+    """X_Forwarded_For became a second X-Forwarded-For line in the pages' environ, after the front end's: a client
+    outside serve.admin_from could name itself the last hop and read /metrics."""
+    asked = (b"GET /metrics HTTP/1.1\r\nHost: gate\r\nX-Forwarded-For: 192.0.2.40\r\n"
+             b"X_Forwarded_For: 10.0.0.1\r\n\r\n")
+    heads = exchange(gate, asked)
+    assert [status(h) for h in heads] == [404]
 
 
 def test_clients_that_leave_before_their_answer_do_not_hurt_the_worker(gate: GateProcess) -> None:

@@ -15,7 +15,8 @@ route (``/healthz``, ``/readyz``, ``/metrics``, the 451 pages) is the WSGI :clas
 on a worker thread: those may block (the readiness probe writes to the store).
 
 HTTP/1.1 as front ends use it: keep-alive, pipelining (answers in request order), ``HEAD``, a client's half-close
-(answered, then closed). A request is answered from its head alone: nothing here reads a body. A request that
+(answered, then closed); an HTTP/1.0 request is answered and its connection closed, a request line without a version
+(HTTP/0.9 to llhttp) is refused. A request is answered from its head alone: nothing here reads a body. A request that
 announces one (``Content-Length`` above 0, ``Transfer-Encoding``, which front ends do not send on ``/auth``) is
 answered and its connection closed after the answer, so no byte after a head is ever read as another request.
 Limits: a head over 64 KiB is a 431, a head not complete within 30 s or a connection idle longer than the
@@ -313,8 +314,12 @@ class AuthConnection(asyncio.Protocol):
         if self._head_size > MAX_HEAD:
             self._refusal = ("431 Request Header Fields Too Large", "request head too large")
         method = self.parser.get_method().decode("latin-1")
+        version = self.parser.get_http_version()
         if method == "CONNECT" and self._refusal is None:
             self._refusal = ("400 Bad Request", "CONNECT is not served here")
+        if version not in ("1.1", "1.0") and self._refusal is None:
+            # llhttp reads a request line without a version as HTTP/0.9, headers and all: no front end sends one.
+            self._refusal = ("400 Bad Request", f"HTTP/{version} is not served here")
         if self._refusal is not None:
             raise _Stop  # data_received answers the refusal, without a decision
         # Answered from the head alone (module docstring). A request announcing a body is the connection's last:
@@ -322,7 +327,10 @@ class AuthConnection(asyncio.Protocol):
         slot = _Slot()
         self.answers.append(slot)
         head = method == "HEAD"
-        close = self._body or not self.parser.should_keep_alive() or self.server.stopping or self.server.no_keepalive
+        # An HTTP/1.0 connection is closed after its answer, keep-alive asked for or not (as gunicorn does): the
+        # answer would have to say "Connection: keep-alive", and front ends ask in HTTP/1.1 anyway.
+        close = (self._body or version == "1.0" or not self.parser.should_keep_alive() or self.server.stopping
+                 or self.server.no_keepalive)
         try:
             self._handle(slot, method, head=head, close=close)
         except Exception:  # a bug must not take the connection's other answers, or the worker, with it

@@ -85,6 +85,9 @@ def page_environ(*, method: str, path_info: str, query_string: str, headers: lis
     base = {"REMOTE_ADDR": peer}
     if raw_uri is not None:
         base["RAW_URI"] = raw_uri
+    # Header names with "_" are dropped, as gunicorn drops them: X_Forwarded_For would become HTTP_X_FORWARDED_FOR
+    # beside the real one, and a client could add an entry to the chain its front end wrote.
+    headers = [(name, value) for name, value in headers if "_" not in name]
     environ = EnvironBuilder(method=method, query_string=query_string, headers=headers,
                              environ_base=base).get_environ()
     environ["PATH_INFO"] = path_info
