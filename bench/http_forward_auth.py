@@ -665,7 +665,7 @@ def profile(args: argparse.Namespace) -> None:
             if spy.returncode != 0:
                 raise SystemExit(f"py-spy failed: {err.decode(errors='replace')}")
         row = Row(label="", load=load, group="", usage=usage)
-        print(f"## Profile: gate under {args.profile} {workers}x{threads}, behind deploy/nginx\n")
+        print(f"## Profile: gate under {args.profile}, {workers} worker(s), behind deploy/nginx\n")
         print(f"{load.rate:,.0f} req/s, p99 {load.p99_ms:.2f} ms while sampled (py-spy, {rate}/s, non-blocking); "
               f"CPU per request (gate / nginx): {row.cpu()} µs\n")
         print(summarise_profile(raw.read_text(encoding="utf-8"), top=args.top,
