@@ -3,7 +3,8 @@
 Routes on every mode: ``/healthz`` (alive), ``/readyz`` (geolocation loaded, a pack in force, record store
 writable) and ``/metrics`` (Prometheus), both for clients in ``serve.admin_from`` only (:class:`AdminAccess`),
 ``/exportgate/blocked/<decision id>`` (the 451 page of a recorded block, for nginx's ``error_page``),
-``/exportgate/policy`` (who blocks and under which packs: the default ``blocked-by`` link). Everything else goes to the mode: ``/auth`` in forward-auth mode, the mirror in proxy and static modes.
+``/exportgate/policy`` (who blocks and under which packs: the default ``blocked-by`` link). Everything else goes
+to the mode: ``/auth`` in forward-auth mode, the mirror in proxy and static modes.
 
 Build it with :func:`create_app`; it opens the gate's resources (store, recorder, geo reader) and must be called
 in the process that serves (after gunicorn forks), never before.
