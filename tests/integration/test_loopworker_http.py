@@ -263,6 +263,17 @@ def test_a_request_line_without_a_version_is_refused_without_a_decision(gate: Ga
     assert header(head, "connection") == "close"
 
 
+def test_a_refused_head_request_gets_no_body(gate: GateProcess) -> None:
+    with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as conn:
+        conn.sendall(b"HEAD /auth HTTP/1.1\r\nHost: gate\r\nHost: other\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and body == b""
+    assert header(head, "content-length") not in (None, "0")  # what a GET would get
+
+
 def test_underscore_headers_do_not_reach_the_gates_pages(gate: GateProcess) -> None:
     """X_Forwarded_For became a second X-Forwarded-For line in the pages' environ, after the front end's: a client
     outside serve.admin_from could name itself the last hop and read /metrics."""

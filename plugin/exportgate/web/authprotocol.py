@@ -173,6 +173,7 @@ class AuthConnection(asyncio.Protocol):
         self._head_size = 0
         self._body = False
         self._refusal: tuple[str, str] | None = None
+        self._refused_head = False  # the refused request was a HEAD: its answer has no body
         self._environ: dict[str, Any] = {}
         self._headers: list[tuple[bytes, bytes]] = []
 
@@ -259,7 +260,7 @@ class AuthConnection(asyncio.Protocol):
             refusal, self._refusal = self._refusal, None
             if not self.closing:  # not stopped by a request answered with Connection: close
                 status, text = refusal or ("400 Bad Request", f"malformed request: {_parser_reason(stopped)}")
-                self._refuse(status, text)
+                self._refuse(status, text, head=refusal is not None and self._refused_head)
             return False
         if not self.in_request and self.head_bytes > MAX_HEAD:  # a head still coming, already too large
             self._refuse("431 Request Header Fields Too Large", "request head too large")
@@ -321,6 +322,7 @@ class AuthConnection(asyncio.Protocol):
             # llhttp reads a request line without a version as HTTP/0.9, headers and all: no front end sends one.
             self._refusal = ("400 Bad Request", f"HTTP/{version} is not served here")
         if self._refusal is not None:
+            self._refused_head = method == "HEAD"
             raise _Stop  # data_received answers the refusal, without a decision
         # Answered from the head alone (module docstring). A request announcing a body is the connection's last:
         # what follows its head is never parsed, so no byte of a body can be read as a request.
@@ -466,13 +468,13 @@ class AuthConnection(asyncio.Protocol):
             self._reading_paused = False
             transport.resume_reading()
 
-    def _refuse(self, status: str, text: str) -> None:
+    def _refuse(self, status: str, text: str, *, head: bool = False) -> None:
         """A request the gate will not read: answered after those before it, then the connection is closed."""
         log.info("closing a connection from %s: %s", self.peer or "?", text)
         self.closing = True
         slot = _Slot()
         self.answers.append(slot)
-        self._plain(slot, status, text, head=False, close=True)
+        self._plain(slot, status, text, head=head, close=True)
 
     def expire(self, now: float) -> None:
         if self.answers and not self._write_paused:
