@@ -42,6 +42,9 @@ preload_app = False
 
 
 def on_starting(server: Any) -> None:
+    # Kept on the master itself: a SIGHUP runs this file again, where the variable is set already, and gunicorn
+    # calls that run's on_exit.
+    server.exportgate_made_metrics_dir = _made_metrics_dir
     # The gate's own lines (a record not committed, a fail_open decision, geo reloads) in gunicorn's error log.
     log_to_server_log(server)
     say_unused_settings(_config)
@@ -66,5 +69,6 @@ def child_exit(server: Any, worker: Any) -> None:
 
 def on_exit(server: Any) -> None:
     # The directory this file made (none given): nobody else would remove it.
-    if _made_metrics_dir is not None:
-        shutil.rmtree(_made_metrics_dir, ignore_errors=True)
+    made = getattr(server, "exportgate_made_metrics_dir", None)
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)

@@ -167,8 +167,11 @@ def log_to_server_log(arbiter: Any) -> None:
     """From gunicorn's ``on_starting`` hook: the gate's own log lines (``exportgate.*``: a record not committed, a
     fail_open decision, a geo database switched or refused, authorizations reloaded) go to gunicorn's error log, with
     its time, process and level, from INFO up, in the master and every worker it forks. Unconfigured, Python printed
-    only WARNING and up, bare. The handlers are gunicorn's own, so ``SIGUSR1`` reopens their files too."""
+    only WARNING and up, bare. The handlers are gunicorn's own, so ``SIGUSR1`` reopens their files too. Left
+    alone where logging is configured already (a handler on ``exportgate`` or on the root logger)."""
     gate = logging.getLogger("exportgate")
+    if gate.handlers or logging.getLogger().handlers:
+        return  # the operator's own logging config (gunicorn's logconfig_dict or --log-config) decides
     gate.handlers = list(arbiter.log.error_log.handlers)
     gate.setLevel(logging.INFO)
     gate.propagate = False

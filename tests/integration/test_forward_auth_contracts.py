@@ -416,6 +416,43 @@ def test_gunicorn_conf_serves_the_gate(tmp_path: Path) -> None:
     assert families["exportgate_record_store_healthy"] == 1
 
 
+def test_gunicorn_conf_removes_the_metrics_directory_it_made_even_after_a_reload(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    port = free_port()
+    config = write_config(tmp_path, serve={"bind": f"127.0.0.1:{port}", "workers": 1})
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR" and not k.startswith("EXPORTGATE_")}
+    env.update(TMPDIR=str(temporary), EXPORTGATE_CONFIG=str(config))
+    exe = Path(sys.executable).with_name("gunicorn")
+    with open(tmp_path / "gunicorn.log", "wb") as log:
+        proc = subprocess.Popen([str(exe), "-c", str(DEPLOY / "gunicorn.conf.py")], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if request(port, "/healthz").status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+            time.sleep(0.1)
+        assert [p.name[:19] for p in temporary.iterdir()] == ["exportgate-metrics-"]
+        proc.send_signal(signal.SIGHUP)  # gunicorn runs the config file again
+        time.sleep(1.0)
+        proc.terminate()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert list(temporary.iterdir()) == []
+
+
 def test_alert_rules_name_metrics_the_gate_exports(gate: tuple[Client, Path]) -> None:
     client, _ = gate
     families = list(text_string_to_metric_families(client.get("/metrics").get_data(as_text=True)))

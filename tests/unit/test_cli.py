@@ -446,14 +446,14 @@ def test_serve_refuses_an_option_its_mode_would_ignore(run, tmp_path, args, mess
 
 def test_check_warns_of_settings_the_mode_ignores(run, tmp_path):
     config = write_config(tmp_path, serve={"mode": "forward-auth", "upstream": "http://127.0.0.1:9",
-                                           "gated": ["/files/**"]})
+                                           "threads": 4, "gated": ["/files/**"]})  # gated: the middleware's too
     result = run("check", config=config)
     assert result.exit_code == 0, result.output
-    for name in ("upstream", "gated"):
+    for name in ("upstream", "threads"):
         assert f"warning: {config}: serve.{name} is read in " in result.output, result.output
     assert json.loads(run("check", "--json", config=config).output)["warnings"] == [
         "serve.upstream is read in proxy mode only; this gate runs in forward-auth mode and ignores it",
-        "serve.gated is read in proxy and static mode only; this gate runs in forward-auth mode and ignores it"]
+        "serve.threads is read in proxy and static mode only; this gate runs in forward-auth mode and ignores it"]
     assert "ignores it" not in run("check", config=write_config(tmp_path)).output
 
 

@@ -36,3 +36,29 @@ def test_the_check_leaves_prometheus_client_unimported() -> None:
             "print('prometheus_client' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert done.stdout.strip() == "False"
+
+
+def test_the_gates_log_lines_join_gunicorns_log_only_where_nothing_else_is_configured() -> None:
+    """With an operator's logging config (gunicorn's logconfig_dict sending everything to the root logger, say),
+    taking gunicorn's error handlers over would have sent the gate's lines around it, bare."""
+    import logging
+    from types import SimpleNamespace
+
+    from exportgate.serve import log_to_server_log
+
+    gate = logging.getLogger("exportgate")
+    root = logging.getLogger()
+    ours = logging.StreamHandler()
+    gunicorns = logging.StreamHandler()
+    arbiter = SimpleNamespace(log=SimpleNamespace(error_log=SimpleNamespace(handlers=[gunicorns])))
+    saved = (gate.handlers[:], gate.propagate, gate.level, root.handlers[:])
+    try:
+        root.handlers = [ours]
+        gate.handlers, gate.propagate = [], True
+        log_to_server_log(arbiter)
+        assert gate.handlers == [] and gate.propagate  # the root logger's handler gets them, as configured
+        root.handlers = []
+        log_to_server_log(arbiter)
+        assert gate.handlers == [gunicorns] and not gate.propagate and gate.level == logging.INFO
+    finally:
+        gate.handlers, gate.propagate, gate.level, root.handlers = saved[0], saved[1], saved[2], saved[3]

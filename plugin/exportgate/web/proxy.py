@@ -254,9 +254,11 @@ class ProxyApp:
 
     def relative_location(self, location: str) -> str:
         """A redirect to the upstream itself becomes a path on the gate (so it is decided again): the same
-        scheme, host and port however written (``HTTP://``, a host in capitals, ``:80`` or no port)."""
+        scheme, host and port however written (``HTTP://``, a host in capitals, ``:80`` or no port, ``//host``)."""
         try:
             parts = urlsplit(location)
+            if parts.netloc and not parts.scheme:  # '//host/x': the scheme of the request, the upstream's
+                parts = parts._replace(scheme=self.origin[0])
             origin = _origin(parts) if parts.scheme and parts.netloc else None
         except ValueError:  # a port that is no number: not the upstream's
             return location

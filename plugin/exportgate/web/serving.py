@@ -20,13 +20,12 @@ from .static import checked_root
 
 MODE_SETTINGS: dict[str, tuple[str, ...]] = {
     "upstream": ("proxy",),
-    "upstream_timeout": ("proxy",),
     "root": ("static",),
-    "gated": ("proxy", "static"),
     "threads": ("proxy", "static"),
     "block_status": ("forward-auth",),
 }
-"""The ``serve`` settings only some modes read, and those modes."""
+"""The ``serve`` settings only some modes read, and those modes. Not ``gated`` (the WSGI middleware reads it, in
+an app whatever ``serve.mode`` says) nor ``upstream_timeout`` (it also sets gunicorn's worker timeout)."""
 
 
 def unused_settings(serve: ServeConfig) -> list[str]:
