@@ -41,7 +41,8 @@ FILES = {
 
 # Caching headers CDNs and nginx obey ahead of Cache-Control.
 CACHE_OVERRIDES = [("Surrogate-Control", "max-age=600"), ("CDN-Cache-Control", "max-age=600"),
-                   ("Cloudflare-CDN-Cache-Control", "max-age=600"), ("X-Accel-Expires", "600")]
+                   ("Cloudflare-CDN-Cache-Control", "max-age=600"), ("X-Accel-Expires", "600"),
+                   ("Edge-Control", "!no-store, max-age=86400"), ("Akamai-Cache-Control", "max-age=600")]
 
 
 class Mirror:
@@ -105,6 +106,12 @@ def fetch(app: Any, raw: str, *, client: str = IR_CLIENT, method: str = "GET", h
     pytest.param(["/Packages/**"], "/package\u017f/x", False, False, id="long s is another letter when case matters"),
     pytest.param(["/l\u0131b/**"], "/LIB/x", True, True, id="dotless i in the glob"),
     pytest.param(["/a/**", "/b/*"], "/b/x", False, True, id="several globs"),
+    # A file asked for with a trailing slash: many servers serve the file.
+    pytest.param(["/files/*.tar.gz"], "/files/a.tar.gz/", False, True, id="trailing slash"),
+    pytest.param(["/files/*.tar.gz"], "/files/a.tar.gz//", False, True, id="trailing slashes"),
+    pytest.param(["/Files/*.tar.gz"], "/files/A.TAR.GZ/", True, True, id="trailing slash, case-insensitive"),
+    pytest.param(["/files/*.tar.gz"], "/files/", False, False, id="the directory itself"),
+    pytest.param(["/files/*"], "/", False, False, id="root"),
 ])
 def test_compile_gated(globs: list[str], path: str, case_insensitive: bool, matches: bool) -> None:
     gated = compile_gated(globs, case_insensitive=case_insensitive)
@@ -341,3 +348,29 @@ def test_gate_flask_app(tmp_path: Path) -> None:
         assert client.get("/files/crypto-1.tar.gz", environ_overrides=env).status_code == 451
     finally:
         flask_app.extensions["exportgate"].close()
+
+
+@pytest.mark.parametrize("target", ["/files/crypto-1.tar.gz/", "/files/crypto-1.tar.gz/.", "/files/crypto-1.tar.gz//"])
+def test_a_file_glob_gates_the_file_asked_for_with_a_trailing_slash(make: Any, tmp_path: Path, target: str) -> None:
+    """werkzeug's SharedDataMiddleware (and Flask's send_from_directory) serve '/x.tar.gz/' as the file: with a
+    gated glob naming files, the slashed form passed as 'not a download' and the restricted file left undecided."""
+    from werkzeug.middleware.shared_data import SharedDataMiddleware
+
+    root = tmp_path / "mirror"
+    (root / "files").mkdir(parents=True)
+    (root / "files" / "crypto-1.tar.gz").write_bytes(b"RESTRICTED 5D002")
+    app, _, runtime, _ = make(gated=("/files/*.tar.gz",))
+    app.app = SharedDataMiddleware(lambda e, s: s("404 Not Found", []) or [b""], {"/": str(root)})
+    response = fetch(app, target)
+    assert response.status_code == 451 and b"RESTRICTED" not in response.data
+    assert runtime.store.count("decision") == 1
+
+
+def test_an_absolute_form_target_is_read_as_its_path(make: Any) -> None:
+    """RFC 9112 section 3.2.2: a server must accept it; gunicorn puts it in RAW_URI as sent."""
+    app, mirror, _, _ = make(gated=("/files/**",))
+    response = fetch(app, "http://mirror.example/files/crypto-1.tar.gz")
+    assert response.status_code == 451 and mirror.calls == []
+    response = fetch(app, "http://mirror.example/files/chat-1.tar.gz?x=1", client=US_CLIENT)
+    assert response.status_code == 200
+    assert mirror.calls[-1]["PATH_INFO"] == "/files/chat-1.tar.gz"

@@ -33,7 +33,7 @@ from ..errors import ExportGateError, RecordStoreError
 from ..records.chain import canonical_text
 from .clientaddr import ClientOrigin, TrustedProxies
 from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers, send_blocked
-from .paths import NormalisedPath, PathRejected, fold_path, normalise_path
+from .paths import NormalisedPath, PathRejected, fold_path, normalise_path, origin_form
 
 log = logging.getLogger("exportgate.web")
 
@@ -289,10 +289,7 @@ class ForwardAuth:
 
 def _after_auth(raw: str) -> str | None:
     """The original request target in ``/auth/<target>``, from the raw request target (origin or absolute form)."""
-    if raw.startswith(("http://", "https://")):
-        # Absolute form: drop scheme and authority, keep the path exactly as sent.
-        slash = raw.find("/", raw.index("//") + 2)
-        raw = raw[slash:] if slash >= 0 else ""
+    raw = origin_form(raw)
     if not raw.startswith("/auth/"):
         return None
     return raw[len("/auth"):]

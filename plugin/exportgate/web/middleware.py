@@ -33,7 +33,7 @@ from ..globs import compile_glob
 from ..yamlfile import item_line
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .page import Operator, decision_headers, overrides_no_store
-from .paths import PathRejected, normalise_path
+from .paths import PathRejected, normalise_path, origin_form
 
 DECISION_KEY = "exportgate.decision"
 ORIGINAL_URI_KEY = "exportgate.original_uri"
@@ -73,7 +73,13 @@ class GatedPaths:
         self._fold = case_insensitive
 
     def match(self, path: str) -> bool:
-        return self._match(fold_case(path) if self._fold else path) is not None
+        if self._match(fold_case(path) if self._fold else path) is not None:
+            return True
+        # The file a glob names, asked for with a trailing slash ('/files/x.tar.gz/', what '/x.tar.gz/.' resolves
+        # to): werkzeug's safe_join and SharedDataMiddleware, Go's path.Clean and others serve the file for it.
+        # Gated, so it is decided (a path with a trailing slash matches no artifact rule: unclassified).
+        bare = path.rstrip("/")
+        return bool(bare) and bare != path and self._match(fold_case(bare) if self._fold else bare) is not None
 
 
 class GateMiddleware:
@@ -148,7 +154,7 @@ def _raw_uri(environ: dict[str, Any]) -> str:
     """
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw:
-        return raw
+        return origin_form(raw)
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     # PATH_INFO is latin-1 decoded bytes per PEP 3333.
     path = quote(path.encode("latin-1"), safe="/:@!$&'()*+,;=-._~")

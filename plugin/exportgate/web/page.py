@@ -21,12 +21,15 @@ NO_STORE = ("Cache-Control", "no-store")
 # Caching headers that CDNs and nginx obey ahead of Cache-Control (RFC 9213 CDN-Cache-Control and its vendor forms,
 # Surrogate-Control, nginx's X-Accel-Expires): on a gated answer they would let a cache replay one client's
 # download to another, whatever no-store says.
-_CACHE_OVERRIDES = frozenset({"cdn-cache-control", "surrogate-control", "x-accel-expires"})
+_CACHE_OVERRIDES = frozenset({"surrogate-control", "x-accel-expires", "edge-control"})
 
 
 def overrides_no_store(name: str) -> bool:
-    """Whether a response header (lower case) would make a cache keep a gated answer despite ``no-store``."""
-    return name in _CACHE_OVERRIDES or name.endswith("-cdn-cache-control")
+    """Whether a response header (lower case) would make a cache keep a gated answer despite ``no-store``: the
+    targeted cache-control fields (RFC 9213: ``CDN-Cache-Control``, ``Akamai-Cache-Control``, any
+    ``*-Cache-Control``), Surrogate-Control, Akamai's Edge-Control (``!no-store`` overrides no-store) and nginx's
+    X-Accel-Expires."""
+    return name in _CACHE_OVERRIDES or (name.endswith("-cache-control") and name != "cache-control")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -96,6 +96,19 @@ _set_path = NormalisedPath.__dict__["path"].__set__
 _set_raw = NormalisedPath.__dict__["raw"].__set__
 
 
+def origin_form(target: str) -> str:
+    """The path and query of a request target as sent: an absolute-form target (``http://host:8080/a?b``, which a
+    server must accept, RFC 9112 section 3.2.2) without its scheme and authority, ``/`` for an empty path; any other
+    target unchanged (``normalise_path`` refuses what is not a path)."""
+    head = target[:8].lower()
+    if not (head.startswith("http://") or head.startswith("https://")):
+        return target
+    start = target.index("//") + 2
+    end = min((i for i in (target.find(c, start) for c in "/?#") if i >= 0), default=len(target))
+    rest = target[end:]
+    return rest if rest.startswith("/") else "/" + rest
+
+
 def normalise_path(raw: str | bytes | bytearray, *, case_insensitive: bool = False) -> NormalisedPath:
     """Normalise a request target's path as nginx resolves ``$uri``; raise :class:`PathRejected` otherwise."""
     if raw.__class__ is not str:
