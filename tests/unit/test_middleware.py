@@ -374,3 +374,45 @@ def test_an_absolute_form_target_is_read_as_its_path(make: Any) -> None:
     response = fetch(app, "http://mirror.example/files/chat-1.tar.gz?x=1", client=US_CLIENT)
     assert response.status_code == 200
     assert mirror.calls[-1]["PATH_INFO"] == "/files/chat-1.tar.gz"
+
+
+def test_a_gated_app_built_before_a_fork_serves_in_the_child(tmp_path: Path) -> None:
+    """gunicorn --preload and uWSGI without lazy-apps import the app in the master and fork: the recorder's
+    writer thread stayed behind, and every gated request in a worker waited for a commit that never came."""
+    import os
+    import select
+
+    import flask
+
+    flask_app = flask.Flask("mirror")
+
+    @flask_app.route("/files/<name>")
+    def download(name: str) -> Any:
+        return FILES.get(f"/files/{name}", b"")
+
+    gate_flask_app(flask_app, load_config(write_config(tmp_path, serve={"gated": ["/files/**"]}), env={}))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        try:
+            client = flask_app.test_client()
+            env = {"REMOTE_ADDR": IR_CLIENT}
+            statuses = [client.get(p, environ_overrides=env).status_code
+                        for p in ("/files/chat-1.tar.gz", "/files/crypto-1.tar.gz")]
+            flask_app.extensions["exportgate"].close()
+            os.write(write, repr(statuses).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], 30)
+        answer = os.read(read, 100).decode() if ready else "no answer in 30 s"
+    finally:
+        os.close(read)
+        if not ready:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        flask_app.extensions["exportgate"].close()
+    assert answer == "[200, 451]"
+    with sqlite3.connect(tmp_path / "records.db") as db:  # both decided in the child, recorded
+        assert db.execute("SELECT count(*) FROM records WHERE kind = 'decision'").fetchone()[0] == 2

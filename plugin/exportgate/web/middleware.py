@@ -4,7 +4,8 @@
 answers 451 with the page and the wrapped app never sees the request; allow and flag call the wrapped app with the
 decision in ``environ["exportgate.decision"]`` and the decision headers added to its response. Requests outside
 ``gated`` (index pages, metadata) pass straight through without a decision. For a Flask app:
-``gate_flask_app(app, config)`` wraps ``app.wsgi_app`` in one line.
+``gate_flask_app(app, config)`` wraps ``app.wsgi_app`` in one line; for any WSGI app, ``PerProcessGate(app, config)``
+builds the gate from a config, again in each process a server forks after importing the app.
 
 The path is decided as normalised by :func:`~exportgate.web.paths.normalise_path` (decoded once, dot-segments
 resolved, slashes merged; encoded ``/`` is a 400), and the wrapped app is handed exactly that path: ``PATH_INFO``,
@@ -22,7 +23,9 @@ a case-insensitive app behind a gate not configured with ``case_insensitive_path
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
@@ -162,17 +165,53 @@ def _raw_uri(environ: dict[str, Any]) -> str:
     return f"{path}?{query}" if query else path
 
 
-def gate_flask_app(flask_app: Any, config: Any = None) -> Any:
-    """Wrap a Flask app's WSGI callable with the gate configured by ``config`` (default: load_config())."""
-    from ..config import load_config
-    from ..runtime import GateRuntime
-    from .app import build_admission, operator_of
-    from .metrics import Metrics
+class PerProcessGate:
+    """:class:`GateMiddleware` over ``app``, with the gate's resources (record store, recorder thread, geo reader)
+    those of the serving process: built at once, so a broken manifest or pack fails where the app is set up, and
+    built again in a process forked since. A server that imports the app in its master and forks its workers
+    afterwards (gunicorn ``--preload``, uWSGI without ``lazy-apps``) left each worker with a recorder whose writer
+    thread stayed in the master: every gated request waited for a commit that never came."""
 
-    config = config or load_config()
-    runtime = GateRuntime(config, record=True)
-    admission = build_admission(runtime, config, Metrics())
-    flask_app.wsgi_app = GateMiddleware(flask_app.wsgi_app, admission, operator=operator_of(config),
-                                        gated=config.serve.gated)
-    flask_app.extensions["exportgate"] = runtime
+    def __init__(self, app: Any, config: Any) -> None:
+        self.app = app
+        self.config = config
+        self._lock = threading.Lock()
+        self._pid = 0
+        self.runtime: Any = None
+        self._middleware: GateMiddleware | None = None
+        self._build()
+
+    def _build(self) -> None:
+        from ..runtime import GateRuntime
+        from .app import build_admission, operator_of
+        from .metrics import Metrics
+
+        # The copy inherited from the parent is left alone: its thread is not in this process, and its store
+        # connection must not be used (nor closed) on this side of the fork.
+        runtime = GateRuntime(self.config, record=True)
+        self._middleware = GateMiddleware(self.app, build_admission(runtime, self.config, Metrics()),
+                                          operator=operator_of(self.config), gated=self.config.serve.gated)
+        self.runtime, self._pid = runtime, os.getpid()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._build()
+        assert self._middleware is not None
+        return self._middleware(environ, start_response)
+
+    def close(self) -> None:
+        """Commit what is queued and close this process's store."""
+        self.runtime.close()
+
+
+def gate_flask_app(flask_app: Any, config: Any = None) -> Any:
+    """Wrap a Flask app's WSGI callable with the gate configured by ``config`` (default: load_config()); the
+    :class:`PerProcessGate` is ``flask_app.extensions["exportgate"]``."""
+    from ..config import load_config
+
+    gate = PerProcessGate(flask_app.wsgi_app, config or load_config())
+    flask_app.wsgi_app = gate
+    flask_app.extensions["exportgate"] = gate
     return flask_app
