@@ -243,3 +243,30 @@ def test_record_store_failure_refuses_downloads(stack: Stack) -> None:
         assert stack.gate.get("/readyz").status == 503
     assert stack.get("/files/chat-1.tar.gz", client=IR_CLIENT).body == CHAT
     assert stack.gate.get("/readyz").status == 200
+
+
+def test_behind_a_load_balancer_the_gate_trusts_it_too(tmp_path: Path) -> None:
+    """Caddy keeps a trusted balancer's X-Forwarded-For and appends the balancer's own address: a gate trusting only
+    Caddy located every client at the balancer (an unknown location: flagged, and the 5D002 file served to Iran).
+    Set up as the Caddyfile says, the gate trusts the balancer too. Here the balancer is 127.0.0.3."""
+    require(shutil.which("caddy") is not None, "caddy", "apt-get install caddy")
+    balancer = "127.0.0.3"
+    root = write_mirror(tmp_path / "mirror")
+    gate = GateProcess(workdir=tmp_path / "gate", config=write_config(tmp_path), trust_proxy=(
+        "127.0.0.1/32", f"{balancer}/32"))
+    port = free_port()
+    caddyfile = render(DEPLOY / "caddy" / "Caddyfile", {
+        "\nmirror.example.org {": f"\nhttp://127.0.0.1:{port} {{",
+        "root * /srv/mirror": f"root * {root}",
+        "/var/log/caddy/exportgate-access.log": str(tmp_path / "caddy" / "access.log"),
+        "reverse_proxy 127.0.0.1:8451": f"reverse_proxy 127.0.0.1:{gate.port}",
+        "forward_auth 127.0.0.1:8451": f"forward_auth 127.0.0.1:{gate.port}",
+        "#trusted_proxies 10.0.0.0/8": f"trusted_proxies {balancer}/32",
+    })
+    caddy = CaddyProcess(workdir=tmp_path / "caddy", caddyfile=caddyfile, port=port)
+    with gate, caddy:
+        r = request(port, "/files/crypto-1.tar.gz", headers={"X-Forwarded-For": IR_CLIENT}, source=balancer)
+        assert r.status == 451 and CRYPTO not in r.body
+        record = decision_record(tmp_path / "records.db", r.header("x-exportgate-decision-id") or "")
+        assert record is not None and record["request"]["client"] == IR_CLIENT  # type: ignore[index]
+        assert record["request"]["address_chain"] == [IR_CLIENT, balancer, "127.0.0.1"]  # type: ignore[index]
