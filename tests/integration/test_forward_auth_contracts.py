@@ -73,6 +73,8 @@ class Outcome:
     """The status the client gets (for a served download: the origin's, not modelled: 200)."""
     headers: Mapping[str, str] = field(default_factory=dict)
     """Served: headers added to the request the origin receives. Refused: headers the client receives."""
+    answer_headers: Mapping[str, str] = field(default_factory=dict)
+    """Served: headers the proxy adds to (or sets on) the origin's answer to the client."""
     body: bytes = b""
     gate_status: int = 0
     gate_request: Mapping[str, str] = field(default_factory=dict)
@@ -94,7 +96,12 @@ def traefik_settings() -> dict[str, Any]:
     forward = next(m["forwardAuth"] for m in middlewares if "forwardAuth" in m)
     removed = [name for m in middlewares if "headers" in m
                for name, value in m["headers"].get("customRequestHeaders", {}).items() if value == ""]
-    return {"forward": forward, "removed": removed,
+    # Response headers set by middlewares after ForwardAuth (those before it would also touch a block's answer).
+    names = router["middlewares"]
+    after = names[next(i for i, n in enumerate(names) if "forwardAuth" in dynamic["middlewares"][n]):]
+    answer = {name: value for n in after for name, value in
+              dynamic["middlewares"][n].get("headers", {}).get("customResponseHeaders", {}).items()}
+    return {"forward": forward, "removed": removed, "answer": answer,
             "trusted": static["entryPoints"]["web"]["forwardedHeaders"]["trustedIPs"]}
 
 
@@ -133,7 +140,8 @@ def traefik(client: Client, req: ClientRequest, *, trusted_ips: Sequence[str] = 
     gate_request = {k.lower(): v for k, v in sent}
     if 200 <= r.status_code < 300:
         copied = {h: r.headers[h] for h in forward.get("authResponseHeaders", []) if h in r.headers}
-        return Outcome(served=True, status=200, headers=copied, gate_status=r.status_code, gate_request=gate_request)
+        return Outcome(served=True, status=200, headers=copied, answer_headers=settings["answer"],
+                       gate_status=r.status_code, gate_request=gate_request)
     passed = {k: v for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP}
     return Outcome(served=False, status=r.status_code, headers=passed, body=r.get_data(), gate_status=r.status_code,
                    gate_request=gate_request)
@@ -178,9 +186,13 @@ def envoy(client: Client, req: ClientRequest, *, allowed_patterns: Sequence[Mapp
     r = _gate_call(client, service["path_prefix"] + req.target, req.method, sent)
     gate_request = {k.lower(): v for k, v in sent}
     if r.status_code == 200:
-        upstream = service.get("authorization_response", {}).get("allowed_upstream_headers", {}).get("patterns", [])
+        response = service.get("authorization_response", {})
+        upstream = response.get("allowed_upstream_headers", {}).get("patterns", [])
         copied = {k: v for k, v in r.headers.items() if _matches(upstream, k)}
-        return Outcome(served=True, status=200, headers=copied, gate_status=200, gate_request=gate_request)
+        on_success = response.get("allowed_client_headers_on_success", {}).get("patterns", [])
+        added = {k: v for k, v in r.headers.items() if _matches(on_success, k)}
+        return Outcome(served=True, status=200, headers=copied, answer_headers=added, gate_status=200,
+                       gate_request=gate_request)
     if r.status_code >= 500:
         if authz.get("failure_mode_allow"):
             return Outcome(served=True, status=200, gate_status=r.status_code, gate_request=gate_request)
@@ -393,6 +405,34 @@ def test_envoy_deploy_file_settings() -> None:
     assert hcm["use_remote_address"] is True
     assert hcm["normalize_path"] is True and hcm["merge_slashes"] is True
     assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_an_allowed_download_is_kept_from_shared_caches(gate: tuple[Client, Path], proxy: Proxy) -> None:
+    """deploy/README rule 6: nginx and Caddy say 'private'; Traefik and Envoy answered with the origin's headers
+    alone, which a CDN may keep (a static file's ETag and Last-Modified) and replay to the next client."""
+    client, _ = gate
+    outcome = proxy(client, ClientRequest(target=CHAT))
+    assert outcome.served
+    cache_control = {k.lower(): v for k, v in outcome.answer_headers.items()}.get("cache-control", "")
+    assert {"private", "no-store"} & {d.strip() for d in cache_control.split(",")}, outcome.answer_headers
+
+
+def test_exempt_routes_drop_a_clients_decision_headers() -> None:
+    """Index pages and metadata are not gated; a client's X-Exportgate-* there would reach the origin and the
+    access log looking like the gate's decision."""
+    dynamic = yaml.safe_load((DEPLOY / "traefik" / "exportgate.yml").read_text(encoding="utf-8"))["http"]
+    for name, router in dynamic["routers"].items():
+        if router["service"] == "mirror":
+            removed = {h.lower() for m in router.get("middlewares", []) for h, v in
+                       dynamic["middlewares"][m].get("headers", {}).get("customRequestHeaders", {}).items() if v == ""}
+            assert {"x-exportgate-decision", "x-exportgate-decision-id", "x-exportgate-rule"} <= removed, name
+    hcm = envoy_settings()["hcm"]
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        disabled = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz", {}).get("disabled")
+        if disabled:
+            assert {"x-exportgate-decision", "x-exportgate-decision-id", "x-exportgate-rule"} <= set(
+                route.get("request_headers_to_remove", [])), route["match"]
 
 
 # ------------------------------------------------------------------------------------- other deploy files
