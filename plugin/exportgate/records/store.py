@@ -20,7 +20,7 @@ long a transaction waits for more records while other downloads are being decide
 Caveat: the store is append-only through this API only. Anyone who can write the database file
 can change it; :mod:`exportgate.records.verify` finds what the hash chain can show.
 A PostgreSQL store (several gate replicas, one store) plugs in as another scheme in
-``_OPENERS``.
+``_SCHEMES``.
 """
 
 from __future__ import annotations
@@ -112,27 +112,28 @@ def open_store(url: str, *, file: str | None = None, line: int | None = None) ->
     unknown scheme or a malformed URL. Failing to open a well-formed URL raises
     :class:`StoreOpenError`.
     """
-    settings = _parse(url, file, line)  # a malformed URL or unknown scheme: ConfigError, before anything opens
-    return _OPENERS[urlsplit(url).scheme](settings)
+    opener, settings = _parse(url, file, line)  # a malformed URL or unknown scheme: ConfigError, nothing opened
+    return opener(settings)
 
 
 def store_file(url: str, *, file: str | None = None, line: int | None = None) -> str | None:
     """The file a store URL names, checked as :func:`open_store` checks it but not opened (nor created): for
     ``exportgate check``, which must not make a store, its directory or its lock file. ``None``: no file (memory)."""
-    path = _parse(url, file, line)["path"]
+    path = _parse(url, file, line)[1]["path"]
     return None if path is None else os.path.abspath(path)
 
 
-def _parse(url: str, file: str | None, line: int | None) -> dict[str, Any]:
+def _parse(url: str, file: str | None, line: int | None) -> tuple[Callable[[dict[str, Any]], Store], dict[str, Any]]:
+    """The opener of ``url``'s scheme, and the settings ``url`` gives it (checked)."""
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(f"record store URL {url!r} is empty", file=file, line=line)
     try:
         scheme = urlsplit(url).scheme
     except ValueError as exc:
         raise ConfigError(f"record store URL {url!r} is malformed: {exc}", file=file, line=line) from None
-    parser = _PARSERS.get(scheme)
-    if parser is None:
-        known = ", ".join(f"{s}:" for s in sorted(_PARSERS))
+    kind = _SCHEMES.get(scheme)
+    if kind is None:
+        known = ", ".join(f"{s}:" for s in sorted(_SCHEMES))
         what = f"scheme {scheme!r}" if scheme else "no scheme"
         raise ConfigError(
             f"record store URL {url!r} has {what}; supported: {known} "
@@ -140,7 +141,8 @@ def _parse(url: str, file: str | None, line: int | None) -> dict[str, Any]:
             file=file,
             line=line,
         )
-    return parser(url, file, line)
+    parse, opener = kind
+    return opener, parse(url, file, line)
 
 
 def _open_sqlite(settings: dict[str, Any]) -> Store:
@@ -212,11 +214,9 @@ def _sqlite_settings(url: str, file: str | None, line: int | None) -> dict[str, 
     }
 
 
-# scheme -> parser(url, file, line) of its settings, and opener(settings). Constant tables, not a registry: a new
-# store is a new line in each.
-_OPENERS: dict[str, Callable[[dict[str, Any]], Store]] = {
-    "sqlite": _open_sqlite,
-}
-_PARSERS: dict[str, Callable[[str, str | None, int | None], dict[str, Any]]] = {
-    "sqlite": _sqlite_settings,
+# scheme -> (parser(url, file, line) of its settings, opener(settings)). A constant table, not a registry: a new
+# store is a new line.
+_SCHEMES: dict[str, tuple[Callable[[str, str | None, int | None], dict[str, Any]],
+                          Callable[[dict[str, Any]], Store]]] = {
+    "sqlite": (_sqlite_settings, _open_sqlite),
 }

@@ -163,8 +163,10 @@ class Networks:
         if not address:
             return self.unix
         value = _ip_value(address)
-        if value is None:
-            return False
+        return value is not None and self.contains_value(value)
+
+    def contains_value(self, value: tuple[int, int]) -> bool:
+        """The same for an address already parsed: ``(version, integer)``, IPv4-mapped IPv6 unwrapped."""
         version, number = value
         for first, last in self.v4 if version == 4 else self.v6:  # noqa: SIM110 - faster than any(generator)
             if first <= number <= last:
@@ -184,10 +186,9 @@ class TrustedProxies:
         if header_name not in HEADERS:
             raise ConfigError(f"trusted proxy header must be one of {', '.join(HEADERS)}, not {header!r}", file=file)
         self.header: str = header_name
-        networks = Networks(cidrs, what="trusted proxy", file=file)
-        self.trust_unix = networks.unix
-        self._v4 = networks.v4
-        self._v6 = networks.v6
+        self.networks = Networks(cidrs, what="trusted proxy", file=file)
+        self._enabled = bool(self.networks)
+        self._contains = self.networks.contains_value
         # Answers by (peer, header value): a handful of proxies and returning clients make most requests hits.
         # Per instance and bounded (emptied when full); long headers are not cached at all.
         self._answers: dict[tuple[str, str | None], ClientOrigin] = {}
@@ -197,10 +198,11 @@ class TrustedProxies:
     @property
     def enabled(self) -> bool:
         """Whether any proxy is trusted (otherwise headers are never read)."""
-        return bool(self._v4 or self._v6 or self.trust_unix)
+        return self._enabled
 
     def __repr__(self) -> str:
-        return f"TrustedProxies(v4={len(self._v4)}, v6={len(self._v6)}, unix={self.trust_unix}, header={self.header!r})"
+        n = self.networks
+        return f"TrustedProxies(v4={len(n.v4)}, v6={len(n.v6)}, unix={n.unix}, header={self.header!r})"
 
     def sent_no_client(self, environ: Mapping[str, Any]) -> str | None:
         """The header a trusted proxy should have sent and did not (WSGI ``environ``), or ``None``. A front end
@@ -212,17 +214,7 @@ class TrustedProxies:
 
     def is_trusted(self, address: str) -> bool:
         """Whether ``address`` (a bare address, or ``""`` for a unix-socket peer) is a trusted proxy."""
-        if not address:
-            return self.trust_unix
-        value = _ip_value(address)
-        return value is not None and self._contains(value)
-
-    def _contains(self, value: tuple[int, int]) -> bool:
-        version, number = value
-        for first, last in self._v4 if version == 4 else self._v6:  # noqa: SIM110 - faster than any(generator)
-            if first <= number <= last:
-                return True
-        return False
+        return address in self.networks
 
     # -- entry points -------------------------------------------------------------------------------------
 
@@ -256,7 +248,7 @@ class TrustedProxies:
         return answer
 
     def _resolve(self, peer: str, value: str | None) -> ClientOrigin:
-        if value is None or not (self._v4 or self._v6 or self.trust_unix) or not self.is_trusted(peer):
+        if value is None or not self._enabled or not self.is_trusted(peer):
             return _peer_origin(peer)
         if self.header == X_FORWARDED_FOR:
             return self._walk_x_forwarded_for(peer, value)

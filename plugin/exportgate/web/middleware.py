@@ -23,9 +23,7 @@ a case-insensitive app behind a gate not configured with ``case_insensitive_path
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +35,7 @@ from ..yamlfile import item_line
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .page import Operator, decision_headers, overrides_no_store
 from .paths import PathRejected, normalise_path, origin_form
+from .perprocess import PerProcess
 
 DECISION_KEY = "exportgate.decision"
 ORIGINAL_URI_KEY = "exportgate.original_uri"
@@ -166,44 +165,38 @@ def _raw_uri(environ: dict[str, Any]) -> str:
 
 
 class PerProcessGate:
-    """:class:`GateMiddleware` over ``app``, with the gate's resources (record store, recorder thread, geo reader)
-    those of the serving process: built at once, so a broken manifest or pack fails where the app is set up, and
-    built again in a process forked since. A server that imports the app in its master and forks its workers
-    afterwards (gunicorn ``--preload``, uWSGI without ``lazy-apps``) left each worker with a recorder whose writer
-    thread stayed in the master: every gated request waited for a commit that never came."""
+    """:class:`GateMiddleware` over ``app``, built from ``config`` at once (a broken manifest or pack fails where the
+    app is set up) and again in each process forked since (:class:`~exportgate.web.perprocess.PerProcess`): under
+    gunicorn ``--preload`` or uWSGI without ``lazy-apps``, a worker left with the master's recorder waited forever on
+    every gated request."""
 
     def __init__(self, app: Any, config: Any) -> None:
         self.app = app
         self.config = config
-        self._lock = threading.Lock()
-        self._pid = 0
-        self.runtime: Any = None
-        self._middleware: GateMiddleware | None = None
-        self._build()
+        self._gate: PerProcess[tuple[Any, GateMiddleware]] = PerProcess(self._build, eager=True)
 
-    def _build(self) -> None:
+    def _build(self) -> tuple[Any, GateMiddleware]:
         from ..runtime import GateRuntime
         from .app import build_admission, operator_of
         from .metrics import Metrics
 
-        # The copy inherited from the parent is left alone: its thread is not in this process, and its store
-        # connection must not be used (nor closed) on this side of the fork.
         runtime = GateRuntime(self.config, record=True)
-        self._middleware = GateMiddleware(self.app, build_admission(runtime, self.config, Metrics()),
-                                          operator=operator_of(self.config), gated=self.config.serve.gated)
-        self.runtime, self._pid = runtime, os.getpid()
+        return runtime, GateMiddleware(self.app, build_admission(runtime, self.config, Metrics()),
+                                       operator=operator_of(self.config), gated=self.config.serve.gated)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._build()
-        assert self._middleware is not None
-        return self._middleware(environ, start_response)
+        return self._gate.get()[1](environ, start_response)
+
+    @property
+    def runtime(self) -> Any:
+        """This process's gate resources."""
+        return self._gate.get()[0]
 
     def close(self) -> None:
-        """Commit what is queued and close this process's store."""
-        self.runtime.close()
+        """Commit what is queued and close this process's store (if it opened one)."""
+        built = self._gate.built()
+        if built is not None:
+            built[0].close()
 
 
 def gate_flask_app(flask_app: Any, config: Any = None) -> Any:

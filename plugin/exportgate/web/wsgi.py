@@ -16,13 +16,12 @@ the parent's copy would still be open there.
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Any
 
 from .. import reloading
 from ..config import load_config
 from .app import GateApp, create_app
+from .perprocess import PerProcess
 
 
 def create() -> GateApp:
@@ -43,22 +42,15 @@ class PerProcessApp:
 
     A WSGI server that imports a module attribute needs an object before any worker exists; this is that object.
     It holds the one app of the current process (the reason for a module-level instance, which the project
-    otherwise avoids), and a different process id means a fork happened since: build again.
+    otherwise avoids), and a different process id means a fork happened since: build again
+    (:class:`~exportgate.web.perprocess.PerProcess`).
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._app: GateApp | None = None
-        self._pid = 0
+        self._app: PerProcess[GateApp] = PerProcess(create)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        app = self._app
-        if app is None or self._pid != os.getpid():
-            with self._lock:
-                if self._app is None or self._pid != os.getpid():
-                    self._app, self._pid = create(), os.getpid()
-                app = self._app
-        return app(environ, start_response)
+        return self._app.get()(environ, start_response)
 
 
 application = PerProcessApp()
