@@ -168,15 +168,19 @@ class GateRuntime:
 
 
 def existing_store(config: GateConfig) -> Any:
-    """The record store if it already exists (for read-only uses like ``explain``), else ``None``."""
-    url = config.records
-    if url.startswith("sqlite://") and not url.startswith("sqlite://:"):
-        if not Path(url[len("sqlite://"):]).exists():
-            return None
-    try:
-        return open_store(config)
-    except ExportGateError:
+    """The record store if it already exists (for read-only uses like ``explain`` and ``audit``), else ``None``.
+
+    Whether it exists is asked of the file the URL names, read as :func:`open_store` reads it (a query such as
+    ``?synchronous=full`` is no part of the file name). A store that exists but does not open is an error, not
+    "no store": ``explain`` would drop its authorizations in silence and ``audit verify`` would call it missing.
+    A store in memory never exists before it is opened.
+    """
+    from .records.store import store_file
+
+    file = store_file(config.records)
+    if file is None or not Path(file).exists():
         return None
+    return open_store(config)
 
 
 class AuthorizationWatch:

@@ -300,6 +300,31 @@ def _tamper(database, *statements):
     db.close()
 
 
+def test_explain_and_audit_find_a_store_whose_url_has_settings(run, tmp_path):
+    """A query in the store URL (``?synchronous=full``) is a setting, not part of the file name: ``explain`` must
+    still apply the store's authorizations and ``audit verify`` must still find the store."""
+    config = write_config(tmp_path, records=f"sqlite://{tmp_path / 'records.db'}?synchronous=full")
+    args = ("explain", "--ip", CU_CLIENT, "--path", "/files/chat-2.tar.gz", "--json")
+    added = run("authorize", "add", "--id", "BIS-CU-8", "--basis", "BIS license D778", "--destination", "CU",
+                "--class", "personal-communications", "--valid-from", "2010-01-01", config=config)
+    assert added.exit_code == 0, added.output
+    data = json.loads(run(*args, config=config).output)
+    assert (data["action"], data["authorization"]) == ("allow", "BIS-CU-8")
+    verified = run("audit", "verify", config=config)
+    assert verified.exit_code == 0 and "no record store" not in verified.output, verified.output
+
+
+def test_a_store_that_exists_but_does_not_open_is_an_error_not_no_store(run, tmp_path):
+    store = tmp_path / "records.db"
+    store.write_bytes(b"this is not a database file" * 100)
+    config = write_config(tmp_path, records=f"sqlite://{store}")
+    explained = run("explain", "--ip", CU_CLIENT, "--path", "/files/chat-2.tar.gz", config=config)
+    assert explained.exit_code != 0 and "no record store" not in explained.output
+    verified = run("audit", "verify", config=config)
+    assert verified.exit_code != 0 and "no record store" not in verified.output
+    assert store.read_bytes() == b"this is not a database file" * 100
+
+
 def _two_authorizations(run, config):
     """A1 and A2, #1 and #2 of one chain."""
     file = write(config.parent / "two.yaml", "authorizations:\n"
