@@ -37,14 +37,18 @@ class Authorization:
     revoked_at: dt.datetime | None = None
     revoked_reason: str = ""
     not_before: dt.datetime | None = None
-    """Added again after a revocation: valid only from then on, whatever ``valid_from`` says (the revoked period
-    stays revoked)."""
+    """Added again under an id on file: valid only from then on, whatever ``valid_from`` says (a revoked period
+    stays revoked; the terms it replaced held until then)."""
+    replaced_at: dt.datetime | None = None
+    """Added again under the same id then (a renewed or amended license): these terms held until that time."""
 
     def valid_at(self, at: dt.datetime) -> bool:
         day = at.astimezone(dt.UTC).date()
         if day < self.valid_from or (self.valid_until is not None and day >= self.valid_until):
             return False
         if self.not_before is not None and at < self.not_before:
+            return False
+        if self.replaced_at is not None and at >= self.replaced_at:
             return False
         return self.revoked_at is None or at < self.revoked_at
 
@@ -74,6 +78,8 @@ class Authorization:
     def status_at(self, at: dt.datetime) -> str:
         if self.revoked_at is not None and at >= self.revoked_at:
             return "revoked"
+        if self.replaced_at is not None and at >= self.replaced_at:
+            return "replaced"
         if self.not_before is not None and at < self.not_before:
             return "not yet valid"
         day = at.astimezone(dt.UTC).date()
@@ -108,9 +114,10 @@ class AuthorizationBook:
     def from_entries(cls, entries: Iterable[tuple[str, str, Mapping[str, Any]]]) -> AuthorizationBook:
         """Replay ``(kind, at, body)`` entries in order: ``authorization`` adds, ``revocation`` withdraws.
 
-        Re-adding an id that is on file and not revoked replaces it (a renewed license). Re-adding a revoked one
-        keeps the revoked one for the time it was valid, and the new one is valid only from when it was added:
-        a revocation is never undone for the past (``explain --at`` must agree with the decisions made then).
+        Re-adding an id that is on file (a renewed or amended license, or one revoked before) keeps the earlier
+        entry for the time it was in force, and the new one is valid only from when it was added: neither a
+        revocation nor the earlier terms are rewritten for the past (``explain --at`` must agree with the
+        decisions made then).
         """
         by_id: dict[str, Authorization] = {}
         withdrawn: list[Authorization] = []
@@ -118,9 +125,11 @@ class AuthorizationBook:
             if kind == "authorization":
                 auth = parse_authorization(body, file="<record store>", line=None)
                 earlier = by_id.get(auth.id)
-                if earlier is not None and earlier.revoked_at is not None:
-                    withdrawn.append(earlier)
-                    auth = replace(auth, not_before=parse_time(at))
+                if earlier is not None:
+                    added = parse_time(at)
+                    withdrawn.append(earlier if earlier.revoked_at is not None
+                                     else replace(earlier, replaced_at=added))
+                    auth = replace(auth, not_before=added)
                 by_id[auth.id] = auth
             elif kind == "revocation":
                 auth_id = body.get("authorization")

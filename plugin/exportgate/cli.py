@@ -440,6 +440,7 @@ def authorize_list(ctx: click.Context, at: str | None, as_json: bool) -> None:
         row["status"] = auth.status_at(when)
         row["revoked_at"] = format_time(auth.revoked_at) if auth.revoked_at else None
         row["revoked_reason"] = auth.revoked_reason or None
+        row["replaced_at"] = format_time(auth.replaced_at) if auth.replaced_at else None
         rows.append(row)
     if as_json:
         _emit(rows)

@@ -300,6 +300,17 @@ def _tamper(database, *statements):
     db.close()
 
 
+def test_adding_an_authorization_again_lists_the_terms_it_replaced(run, config):
+    for cls in ("personal-communications", "communications"):
+        added = run("authorize", "add", "--id", "BIS-CU-9", "--basis", "BIS license D779", "--destination", "CU",
+                    "--class", cls, "--valid-from", "2010-01-01", config=config)
+        assert added.exit_code == 0, added.output
+    listed = json.loads(run("authorize", "list", "--json", config=config).output)
+    assert [(a["id"], a["status"], a["when"]["class"]) for a in listed] == [
+        ("BIS-CU-9", "replaced", ["personal-communications"]), ("BIS-CU-9", "valid", ["communications"])]
+    assert listed[0]["replaced_at"] and listed[1]["replaced_at"] is None
+
+
 def test_explain_and_audit_find_a_store_whose_url_has_settings(run, tmp_path):
     """A query in the store URL (``?synchronous=full``) is a setting, not part of the file name: ``explain`` must
     still apply the store's authorizations and ``audit verify`` must still find the store."""

@@ -213,6 +213,30 @@ def test_a_revocation_stays_when_the_authorization_is_added_again():
     assert book.get("BIS-CU-2010-001").revoked_at is None  # the one in force now
 
 
+def test_amending_an_authorization_keeps_its_earlier_terms_for_the_past():
+    """Re-adding an id that was not revoked replaced it whole: ``explain --at`` a date before the amendment
+    answered under the new terms, not the ones the gate decided with then."""
+    entries = [
+        ("authorization", "2010-06-01T00:00:00.000000Z", authorization().to_dict()),
+        ("authorization", "2010-09-01T00:00:00.000000Z", authorization(when={"eccn": ["5D002"]}).to_dict()),
+    ]
+    book = AuthorizationBook.from_entries(entries)
+    packs = load_packs([SHIPPED_DIR], authorizations=book)
+    for day, action in (((2010, 8, 31), "allow"), ((2010, 9, 1), "block")):
+        assert packs.evaluate(at("CU"), FREE_EAR99, dt.datetime(*day, tzinfo=dt.UTC)).action == action, day
+    earlier, current = book.all
+    assert earlier.status_at(dt.datetime(2010, 9, 2, tzinfo=dt.UTC)) == "replaced"
+    assert book.get("BIS-CU-2010-001") is current
+    assert current.status_at(dt.datetime(2010, 9, 2, tzinfo=dt.UTC)) == "valid"
+    widened = AuthorizationBook.from_entries([  # and wider new terms do not reach back either
+        ("authorization", "2010-06-01T00:00:00.000000Z", authorization(when={"eccn": ["5D002"]}).to_dict()),
+        ("authorization", "2010-09-01T00:00:00.000000Z", authorization().to_dict()),
+    ])
+    packs = load_packs([SHIPPED_DIR], authorizations=widened)
+    for day, action in (((2010, 8, 31), "block"), ((2010, 9, 1), "allow")):
+        assert packs.evaluate(at("CU"), FREE_EAR99, dt.datetime(*day, tzinfo=dt.UTC)).action == action, day
+
+
 # What every pack written for these tests starts with, after its id.
 PACK_HEAD = """\
 version: 1
