@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .authorization import Authorization, load_authorization_file, parse_authorization
+from .authorization import Authorization, load_authorization_file, parse_authorization, parse_time
 from .config import GateConfig, bind_addresses, load_config
 from .decision import RequestFacts
 from .errors import ConfigError, ConfigErrors, ExportGateError
@@ -461,9 +461,30 @@ def audit() -> None:
     """Decision records: verify the hash chains."""
 
 
+def _read_heads(path: str) -> tuple[dict[str, tuple[int, str]], dt.datetime | None]:
+    """A heads file written by ``--save-heads``: the chain heads, and when they were saved (``None`` in a file
+    from before the time was saved, whose flat ``{chain: [seq, hash]}`` is still read)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        saved_at = None
+        if isinstance(raw, dict) and set(raw) == {"saved_at", "chains"}:  # chain ids always hold a ':'
+            saved_at = parse_time(raw["saved_at"])
+            raw = raw["chains"]
+        heads = {}
+        for chain, head in raw.items():
+            if ":" not in chain or not isinstance(head, list) or len(head) != 2 or type(head[0]) is not int \
+                    or not isinstance(head[1], str):
+                raise ValueError(f"{chain!r}: {head!r} is not a chain id and its [seq, hash]")
+            heads[chain] = (head[0], head[1])
+        return heads, saved_at
+    except (OSError, ValueError, TypeError, IndexError, AttributeError, KeyError) as exc:
+        raise ExportGateError(f"{path}: not a chain-heads file written by --save-heads ({exc})") from None
+
+
 @audit.command("verify")
 @click.option("--heads", "heads_file", type=click.Path(dir_okay=False),
-              help="Chain heads saved earlier (--save-heads): also detects records cut from a chain's end.")
+              help="Chain heads saved earlier (--save-heads): also detects records cut from a chain's end, and "
+                   "records written since the save but dated before it.")
 @click.option("--save-heads", "save_heads", type=click.Path(dir_okay=False),
               help="Write the current chain heads to this file, for a later --heads.")
 @click.option("--json", "as_json", is_flag=True)
@@ -479,27 +500,27 @@ def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | N
         raise ExportGateError(f"no record store at {cfg.records}: a store that was moved or deleted does not verify")
     store = open_store(cfg)
     try:
-        expected = None
-        if heads_file:
-            try:
-                raw = json.loads(Path(heads_file).read_text(encoding="utf-8"))
-                expected = {k: (int(v[0]), str(v[1])) for k, v in raw.items()}
-            except (OSError, ValueError, TypeError, IndexError, AttributeError) as exc:
-                raise ExportGateError(f"{heads_file}: not a chain-heads file written by --save-heads ({exc})") from None
-        report = verify(store, expected_heads=expected)
+        expected, saved_at = _read_heads(heads_file) if heads_file else (None, None)
+        report = verify(store, expected_heads=expected, heads_saved_at=saved_at)
         if save_heads and report.ok:  # heads of a store that failed would make its damage the new normal
             heads = report.heads  # what was checked, not what was appended meanwhile
-            Path(save_heads).write_text(json.dumps({k: list(v) for k, v in heads.items()}, indent=2),
-                                        encoding="utf-8")
+            Path(save_heads).write_text(json.dumps({
+                "saved_at": format_time(report.started_at),
+                "chains": {k: list(v) for k, v in heads.items()},
+            }, indent=2), encoding="utf-8")
     finally:
         store.close()
     if as_json:
-        _emit({**report.to_dict(), "heads_checked": expected is not None})
+        _emit({**report.to_dict(), "heads_checked": expected is not None,
+               "heads_saved_at": format_time(saved_at) if saved_at else None})
     else:
         for line in report.lines():
             click.echo(line)
         if report.ok and expected is None:
             click.echo("(without --heads, records cut from a chain's end or a whole chain removed cannot be seen)")
+        elif expected is not None and saved_at is None:
+            click.echo(f"({heads_file} does not say when it was saved, so records backdated since cannot be "
+                       "seen: save heads again with this version)")
         if save_heads and not report.ok:
             click.echo(f"heads not saved to {save_heads}: the store did not verify", err=True)
     if not report.ok:

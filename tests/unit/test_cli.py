@@ -344,6 +344,51 @@ def _two_authorizations(run, config):
     assert run("authorize", "import", str(file), config=config).exit_code == 0
 
 
+def _forged_authorization(database, at, chain_id="mirror-1:0123456789ab"):
+    """A well-formed authorization in a chain of its own, hashed as exportgate would: what `authorize add` writes,
+    written straight into the store by someone who can write it."""
+    from exportgate.records import Chain, SQLiteStore
+
+    body = {"id": "FORGED", "basis": "none", "destinations": ["CU"], "when": {}, "valid_from": "2010-01-01",
+            "valid_until": None, "note": ""}
+    with SQLiteStore(str(database)) as store:
+        store.append([Chain(chain_id).seal("authorization", "FORGED", at, body)])
+
+
+def test_audit_verify_with_saved_heads_sees_a_record_written_since_and_backdated(run, config, tmp_path):
+    _two_authorizations(run, config)
+    heads = tmp_path / "heads.json"
+    assert run("audit", "verify", "--save-heads", str(heads), config=config).exit_code == 0
+    saved = json.loads(heads.read_text())
+    assert set(saved) == {"saved_at", "chains"} and len(saved["chains"]) == 1
+    # An authorization made after the save is no problem: it is dated after it.
+    assert run("authorize", "add", "--id", "LATER", "--basis", "b", "--destination", "CU", "--valid-from",
+               "2010-01-01", config=config).exit_code == 0
+    assert run("audit", "verify", "--heads", str(heads), config=config).exit_code == 0
+    _forged_authorization(tmp_path / "records.db", "2026-01-01T00:00:00.000000Z")
+    assert run("audit", "verify", config=config).exit_code == 0  # its hashes hold: alone it is invisible
+    failed = run("audit", "verify", "--heads", str(heads), "--json", config=config)
+    assert failed.exit_code == 1
+    problems = json.loads(failed.output)["problems"]
+    assert [(p["kind"], p["chain"], p["seq"], p["id"]) for p in problems] == [
+        ("inserted", "mirror-1:0123456789ab", 1, "FORGED")]
+    assert "backdated" in problems[0]["detail"]
+
+
+def test_audit_verify_reads_heads_saved_without_their_time(run, config, tmp_path):
+    _two_authorizations(run, config)
+    saved = tmp_path / "new.json"
+    assert run("audit", "verify", "--save-heads", str(saved), config=config).exit_code == 0
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(json.loads(saved.read_text())["chains"]))
+    result = run("audit", "verify", "--heads", str(old), config=config)
+    assert result.exit_code == 0 and "does not say when it was saved" in result.output
+    for bad in ('{"saved_at": "yesterday", "chains": {}}', '{"saved_at": "2026-01-01T00:00:00Z"}', "[1, 2]"):
+        old.write_text(bad)
+        refused = run("audit", "verify", "--heads", str(old), config=config)
+        assert refused.exit_code == 1 and "not a chain-heads file" in refused.output, bad
+
+
 @pytest.mark.parametrize(("statements", "kind"), [
     pytest.param(["INSERT INTO records SELECT chain, 0, kind, id, at, '{\"forged\":true}', 'x', 'y' FROM records "
                   "LIMIT 1"], "inserted", id="a row at seq 0 of a chain"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exportgate.records import Chain, Record, SQLiteStore, chain_heads, verify
+from exportgate.gate import format_time
 from exportgate.records.chain import GENESIS, canonical_text, record_hash
 
 AT = "2026-11-29T03:04:05.000006Z"
@@ -298,6 +300,35 @@ def test_records_appended_after_the_heads_were_saved_are_fine(tmp_path: Path) ->
         chain = Chain(CHAIN, prev_hash=last.hash, next_seq=last.seq + 1)
         store.append([chain.seal("decision", "later", AT, {})])
         assert verify(store, expected_heads=heads).ok
+
+
+def test_a_record_appended_after_a_saved_head_but_dated_before_the_save_is_backdated(tmp_path: Path) -> None:
+    path = tmp_path / "records.db"
+    build(path)  # every record dated AT
+    with SQLiteStore(str(path)) as store:
+        first = verify(store)
+        assert first.started_at is not None
+        last = store.last(CHAIN)
+        assert last is not None
+        chain = Chain(CHAIN, prev_hash=last.hash, next_seq=last.seq + 1)
+        store.append([chain.seal("decision", "honest", format_time(first.started_at), {}),
+                      chain.seal("authorization", "forged", AT, {}), chain.seal("decision", "also", AT, {})])
+        report = verify(store, expected_heads=first.heads, heads_saved_at=first.started_at)
+        assert verify(store, expected_heads=first.heads).ok  # without the save's time it cannot be seen
+    assert [(p.kind, p.chain, p.seq, p.id) for p in report.problems] == [("inserted", CHAIN, 12, "forged")]
+    assert "backdated (and 1 more after it)" in report.problems[0].detail
+
+
+def test_a_record_dated_just_before_the_save_is_no_backdating(tmp_path: Path) -> None:
+    """Decided before the heads were saved, committed after: within the recorder's commit time."""
+    path = tmp_path / "records.db"
+    build(path)
+    with SQLiteStore(str(path)) as store:
+        first = verify(store)
+        assert first.started_at is not None
+        chain = Chain("gate-3:000000000001")
+        store.append([chain.seal("decision", "late", format_time(first.started_at - dt.timedelta(seconds=5)), {})])
+        assert verify(store, expected_heads=first.heads, heads_saved_at=first.started_at).ok
 
 
 def test_problems_serialise(tmp_path: Path) -> None:

@@ -23,7 +23,11 @@ write the store can extend a chain or rewrite a tail consistently). Mitigation: 
 :func:`chain_heads` somewhere the gate cannot write (a ticket, a signed mail, another system) and
 passes it back as ``verify(store, expected_heads=...)``; then a truncated tail, a vanished
 chain, or history rewritten up to a saved head is reported. Records appended after the save are
-not covered until the next save.
+not covered until the next save, with one exception: given the time the heads were saved
+(``heads_saved_at``), a record they do not cover (in a chain they do not name, or after a chain's
+saved head) that is dated before that time, less :data:`LATE_COMMIT_SLACK`, was written after the
+save and backdated (e.g. an authorization made to look as if it had been on file last month), and is
+reported ``inserted``.
 
 Caveat: classification is a best reading of the evidence, not proof of intent. A deletion
 followed by renumbering the later records shows as every later record ``altered``; a record at
@@ -38,6 +42,7 @@ problem is read a second time and held in memory to classify it.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +55,12 @@ DELETED = "deleted"
 INSERTED = "inserted"
 REORDERED = "reordered"
 PROBLEM_KINDS = (ALTERED, DELETED, INSERTED, REORDERED)
+
+LATE_COMMIT_SLACK = dt.timedelta(minutes=10)
+"""How much older than the heads' save a record they do not cover may be dated: a record is dated when the gate
+decides and committed a moment later (at most the store's busy timeout, 5 s by default), so one decided just
+before the save can be committed just after it. Ten minutes is far beyond that, and far short of any backdating
+that matters."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +102,9 @@ class VerifyReport:
     """``{chain: (seq, hash)}`` of the last record each chain's checked pass read: what to save for a later
     ``expected_heads`` (not :func:`chain_heads` afterwards, which could name records appended since and never
     checked)."""
+    started_at: dt.datetime | None = None
+    """When the pass began (UTC): save it with :attr:`heads` as a later ``heads_saved_at``. Every record the
+    heads cover was committed before it."""
 
     @property
     def ok(self) -> bool:
@@ -137,9 +151,15 @@ def chain_heads(store: Store) -> dict[str, tuple[int, str]]:
 
 
 def verify(
-    store: Store, *, expected_heads: Mapping[str, tuple[int, str]] | None = None
+    store: Store,
+    *,
+    expected_heads: Mapping[str, tuple[int, str]] | None = None,
+    heads_saved_at: dt.datetime | None = None,
 ) -> VerifyReport:
-    """Check every chain of ``store`` (and the saved heads, if given); see the module docstring."""
+    """Check every chain of ``store`` (and the saved heads, if given, saved at ``heads_saved_at``, if given); see
+    the module docstring."""
+    started_at = dt.datetime.now(dt.UTC)
+    not_before = None if heads_saved_at is None or expected_heads is None else heads_saved_at - LATE_COMMIT_SLACK
     problems: list[Problem] = []
     total = 0
     stored = store.count()  # before listing the chains: rows appended meanwhile only add to what is read
@@ -148,7 +168,7 @@ def verify(
     verified_heads: dict[str, tuple[int, str]] = {}
     for chain in chains:
         head = heads.get(chain)
-        scan = _scan(store, chain, head[0] if head else None)
+        scan = _scan(store, chain, head[0] if head else None, not_before)
         total += scan.count
         if scan.last_hash is not None:
             verified_heads[chain] = (scan.last_seq, scan.last_hash)
@@ -156,6 +176,20 @@ def verify(
             problems.extend(_classify(chain, list(_entries(store, chain))))
         if head is not None:
             problems.extend(_check_head(chain, head, scan))
+        if scan.backdated is not None:
+            first, when = scan.backdated
+            more = f" (and {scan.backdated_count - 1} more after it)" if scan.backdated_count > 1 else ""
+            covers = f"after the saved head #{head[0]}" if head is not None else "in a chain the heads do not name"
+            problems.append(
+                Problem(
+                    kind=INSERTED,
+                    chain=chain,
+                    seq=first.seq,
+                    id=first.id,
+                    detail=f"dated {when}, before the heads were saved at {_iso(heads_saved_at)}, yet {covers}: "
+                    f"written after the save and backdated{more}",
+                )
+            )
     if total < stored:
         problems.append(
             Problem(
@@ -177,7 +211,23 @@ def verify(
                 detail=f"the whole chain is missing (saved head was #{seq})",
             )
         )
-    return VerifyReport(chains=len(chains), records=total, problems=tuple(problems), heads=verified_heads)
+    return VerifyReport(chains=len(chains), records=total, problems=tuple(problems), heads=verified_heads,
+                        started_at=started_at)
+
+
+def _iso(when: dt.datetime | None) -> str:
+    return "-" if when is None else when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _dated_before(record: Record, not_before: dt.datetime) -> str | None:
+    """``record.at`` if it is before ``not_before`` (or is no time at all: a forger's date fails closed)."""
+    try:
+        when = dt.datetime.fromisoformat(record.at)
+    except (TypeError, ValueError):
+        return repr(record.at)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return record.at if when < not_before else None
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -238,14 +288,23 @@ class _Scan:
     last_seq: int = 0
     at_head: str | None = None  # the hash stored at the saved head's seq, if any
     last_hash: str | None = None  # of the record read last (the highest seq)
+    backdated: tuple[_Entry, str] | None = None  # the first record the heads do not cover dated before their save
+    backdated_count: int = 0
 
 
-def _scan(store: Store, chain: str, head_seq: int | None) -> _Scan:
-    """One streaming pass: count, whether every hash and link holds, what the saved head sees."""
+def _scan(store: Store, chain: str, head_seq: int | None, not_before: dt.datetime | None) -> _Scan:
+    """One streaming pass: count, whether every hash and link holds, what the saved head sees, and (given
+    ``not_before``) which records the saved heads do not cover yet are dated before it."""
     scan = _Scan()
     expect_seq, expect_prev = 1, GENESIS
     for entry in _entries(store, chain):
         scan.count += 1
+        if not_before is not None and entry.record is not None and (head_seq is None or entry.seq > head_seq):
+            when = _dated_before(entry.record, not_before)
+            if when is not None:
+                scan.backdated_count += 1
+                if scan.backdated is None:
+                    scan.backdated = (entry, when)
         if not entry.valid or entry.seq != expect_seq or entry.prev != expect_prev:
             scan.clean = False
         if entry.seq == head_seq:
