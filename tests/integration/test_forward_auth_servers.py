@@ -285,6 +285,39 @@ def test_health_readiness_and_metrics(gate: GateProcess) -> None:
         assert gate.get(page, headers={"X-Forwarded-For": "10.1.2.3"}).status == 200
 
 
+def _raw(gate: GateProcess, request: bytes) -> tuple[int, bytes]:
+    """One request written byte for byte (a client can put any byte in a header), its status and body."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize("page", ["/metrics", "/readyz"])
+def test_a_forwarding_header_with_bytes_outside_ascii_does_not_open_the_admin_pages(gate: GateProcess,
+                                                                                    page: str) -> None:
+    """nginx passes a client's bytes on in the X-Forwarded-For it writes; granian dropped that line without a word,
+    and the trusted front end, naming no client, counted as itself: a loopback address, let in."""
+    for xff in (b"192.0.2.40\xff", b"\xc3\xa9, 192.0.2.40"):
+        code, body = _raw(gate, b"GET " + page.encode() + b" HTTP/1.1\r\nHost: gate\r\nX-Forwarded-For: " + xff
+                          + b"\r\nConnection: close\r\n\r\n")
+        assert code in (400, 404) and b"exportgate_" not in body and b"ready" not in body, (xff, code, body)
+
+
+def test_a_uri_header_with_bytes_outside_ascii_is_decided_on_or_refused_never_dropped(gate: GateProcess) -> None:
+    """A second X-Original-URI is a 400; one granian could not read must not leave the first to be decided on."""
+    before = decision_count(database(gate))
+    code, body = _raw(gate, (f"GET /auth HTTP/1.1\r\nHost: gate\r\nX-Original-URI: {CHAT}\r\n"
+                             f"X-Forwarded-Uri: {CRYPTO}\xff\r\nX-Forwarded-For: {IR_CLIENT}\r\n"
+                             "Connection: close\r\n\r\n").encode("latin-1"))
+    assert code == 400 and decision_count(database(gate)) == before, (code, body)
+
+
 def test_store_failure_refuses_then_recovers(server: str, tmp_path: Path) -> None:
     with _start(tmp_path / "gate", server) as process:
         assert nginx_auth(process, CHAT).status == 200

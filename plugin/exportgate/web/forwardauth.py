@@ -52,6 +52,9 @@ SINGLE_HEADERS = {"x-original-uri": "X-Original-URI", "x-original-method": "X-Or
 """Headers naming the original request, which a request may carry once (module docstring), as they are written."""
 REPEATED_KEY = "exportgate.repeated_headers"
 """Environ key where a server that sees each header line lists those of :data:`SINGLE_HEADERS` sent more than once."""
+UNREADABLE_KEY = "exportgate.unreadable_headers"
+"""Environ key where a server that drops header lines it cannot read as text (granian: bytes outside ASCII) lists
+those of :data:`REQUEST_HEADERS` it dropped: the gate would decide on what is left, so it refuses (400)."""
 
 
 def environ_key(header: str) -> str:
@@ -222,6 +225,10 @@ class ForwardAuth:
 
     def original_request(self, environ: dict[str, Any]) -> tuple[str | None, str, str, str | None]:
         """``(uri, method, style, problem)`` where style is ``nginx``, ``forwarded`` or ``envoy``."""
+        unreadable = environ.get(UNREADABLE_KEY)
+        if unreadable:
+            return None, "", "", (f"a {unreadable[0]} header the server could not read (bytes outside ASCII): the "
+                                  "gate will not decide on what is left of the request")
         repeated = environ.get(REPEATED_KEY)
         if repeated:
             return None, "", "", (f"more than one {repeated[0]} header: the front end sends it once, and the gate "

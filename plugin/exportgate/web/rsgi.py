@@ -12,6 +12,14 @@ gives the path already percent-decoded and no raw request target: the Envoy form
 (400), as under granian's WSGI mode; the nginx, Traefik and Caddy headers carry the raw target and are unaffected.
 Every other route (``/healthz``, ``/readyz``, ``/metrics``, the 451 pages) is the WSGI :class:`GateApp`, run on
 a worker thread through werkzeug: they may block (the readiness probe writes to the store).
+
+granian drops a header line whose value holds bytes outside ASCII from ``scope.headers.items()`` and ``get()``
+without a word, yet lists its name in ``keys()``. A request that lost one of the headers the gate reads
+(:data:`~exportgate.web.forwardauth.REQUEST_HEADERS`: the original request, the forwarding chain, Accept) is
+refused (400) on every route: the gate would otherwise decide on what is left, e.g. give ``/metrics`` to a trusted
+proxy whose X-Forwarded-For naming the real client vanished. A lost line of a header sent more than once cannot be
+seen (``keys()`` names it once); for X-Forwarded-For that is harmless, since the front end's own entry, which the
+gate reads from the right, is ASCII. Other headers lost are no concern of the gate's.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 from ..errors import ExportGateError
 from ..runtime import DecisionFiles
 from .app import GateApp
-from .forwardauth import REPEATED_KEY, REQUEST_HEADERS, SINGLE_HEADERS, ForwardAuth, environ_key
+from .forwardauth import REPEATED_KEY, REQUEST_HEADERS, SINGLE_HEADERS, UNREADABLE_KEY, ForwardAuth, environ_key
 from .settle import CountsPerTurn, TransactionWaits, call_page, page_environ
 
 log = logging.getLogger("exportgate.web")
@@ -34,6 +42,13 @@ _SINGLE = {environ_key(name): written for name, written in SINGLE_HEADERS.items(
 _PEER_CACHE_SIZE = 4096
 
 _PLAIN = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
+
+
+def unreadable_headers(headers: Any, items: list[tuple[str, str]]) -> list[str]:
+    """The headers the gate reads that granian dropped from ``items`` (``headers.items()``; module docstring)."""
+    if len(headers) == len({name for name, _ in items}):  # keys() counts each name once
+        return []
+    return sorted(set(headers.keys()).intersection(REQUEST_HEADERS).difference(name for name, _ in items))
 
 
 def peer_address(client: str) -> str:
@@ -115,7 +130,11 @@ class ForwardAuthRSGI:
             peer = self._peers[client] = peer_address(client)
         environ = {"REQUEST_METHOD": scope.method, "PATH_INFO": scope.path, "REMOTE_ADDR": peer}
         keys = _ENVIRON_KEYS
-        for name, value in scope.headers.items():  # one call into granian, every line of every header
+        items = scope.headers.items()  # one call into granian, every line of every header (it could read)
+        unreadable = unreadable_headers(scope.headers, items)
+        if unreadable:
+            environ[UNREADABLE_KEY] = unreadable
+        for name, value in items:
             key = keys.get(name)
             if key is None:
                 continue
@@ -145,10 +164,16 @@ class ForwardAuthRSGI:
     async def _wsgi(self, scope: Any, protocol: Any) -> None:
         """The gate's own pages: the WSGI app on a worker thread. None of them reads a request body, so none is
         read (a large one would otherwise sit in the memory of the worker that answers /auth)."""
+        items = scope.headers.items()
+        unreadable = unreadable_headers(scope.headers, items)
+        if unreadable:
+            protocol.response_str(400, _PLAIN, f"a {unreadable[0]} header the server could not read (bytes outside "
+                                               "ASCII)\n")
+            return
         environ = page_environ(
             # granian decodes the path as UTF-8; PEP 3333 wants its bytes as latin-1.
             method=scope.method, path_info=scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),
-            query_string=scope.query_string or "", headers=list(scope.headers.items()),
+            query_string=scope.query_string or "", headers=list(items),
             peer=peer_address(scope.client),
         )
         loop = self._loop or asyncio.get_running_loop()
