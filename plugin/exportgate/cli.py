@@ -67,11 +67,21 @@ def _parse_at(value: str | None) -> dt.datetime | None:
 def _request_path(cfg: GateConfig, path: str) -> str:
     """``path`` as the gate reads a request for it (decoded once, ``//`` merged, dot-segments resolved, case folded
     for a case-insensitive origin): ``classify`` and ``explain`` answer for the artifact the gate would decide on,
-    so a rule written for one spelling never seems to cover another. A path the gate refuses is an error."""
+    so a rule written for one spelling never seems to cover another. A path the gate refuses is an error.
+    In static mode the path is that of the file served, as the gate decides on it: a directory's ``index.html``,
+    a symlink's target under ``serve.root`` (on a machine without that directory, the name asked for)."""
     from .web.paths import normalise_path
 
+    folded = cfg.case_insensitive_paths
     try:
-        return normalise_path(path.encode("utf-8"), case_insensitive=cfg.case_insensitive_paths).path
+        if cfg.serve.mode == "static" and cfg.serve.root and os.path.isdir(cfg.serve.root):  # else: on the name
+            from .web.static import served_file, served_uri
+
+            named = normalise_path(path.encode("utf-8")).path
+            served = served_file(os.path.realpath(cfg.serve.root), named)[2]
+            if served != named:
+                return normalise_path(served_uri(served).encode("ascii"), case_insensitive=folded).path
+        return normalise_path(path.encode("utf-8"), case_insensitive=folded).path
     except ValueError as exc:  # PathRejected
         raise ExportGateError(f"{exc}: the gate answers such a request with 400, without a decision") from None
 
@@ -243,7 +253,7 @@ def explain(ctx: click.Context, ip: str, path: str, at: str | None, method: str,
                                                client_source="cli"), at=when)
     data = decision.summary()
     if as_json:
-        _emit(data)
+        _emit({**data, "path": path, "asked": asked})  # the path decided on, and as written on the command line
         return
     loc = decision.location
     where = loc.subdivision or loc.country or f"unknown ({loc.unknown_reason})"
@@ -298,7 +308,7 @@ def classify(ctx: click.Context, path: str, show_explain: bool, as_json: bool) -
         return
     c = catalog.classify(path)
     if as_json:
-        _emit(c.to_dict())
+        _emit({**c.to_dict(), "path": path, "asked": asked})
         return
     if not c.classified:
         click.echo(f"{path}: unclassified (no manifest rule matches){_read_as(asked, path)}")

@@ -39,6 +39,9 @@ class RequestFacts:
     client_error: str | None = None
     """Why no client address could be established (``obfuscated``, ``unparseable``, ``too-large``…); the location
     is then unknown for that reason, without a lookup."""
+    requested_path: str | None = None
+    """The path asked for, when the gate decided on the file it names instead (static mode: a symlink's target,
+    a directory's ``index.html``); ``path`` is then that file's."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +54,7 @@ class RequestFacts:
             "host": self.host,
             "path": self.path,
             "raw_path": self.raw_path,
+            "requested_path": self.requested_path,
         }
 
 

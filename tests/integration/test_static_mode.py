@@ -23,6 +23,7 @@ from werkzeug.test import Client
 
 from conftest import IR_CLIENT, US_CLIENT
 from exportgate.web.app import create_app
+from exportgate.web.static import served_file
 
 UNKNOWN_CLIENT = "10.0.0.1"
 CHAT = bytes(range(256)) * 400
@@ -201,6 +202,42 @@ def test_symlink_alias_is_decided_as_its_target(make_gate: Any) -> None:
     assert response.status_code == 200 and response.data == CHAT
     record = app.runtime.store.get(response.headers["X-Exportgate-Decision-Id"])
     assert record.body["request"]["path"] == "/files/chat-1.tar.gz"
+    assert record.body["request"]["requested_path"] == "/files/latest.tar.gz"  # what the client asked for, too
+    direct = app.runtime.store.get(fetch(app, "/files/chat-1.tar.gz").headers["X-Exportgate-Decision-Id"])
+    assert direct.body["request"]["requested_path"] is None
+
+
+@pytest.mark.parametrize(("asked", "decided", "action"), [
+    ("/files/latest.tar.gz", "/files/chat-1.tar.gz", "allow"),
+    ("/files/chat-latest.tar.gz", "/files/crypto-1.tar.gz", "block"),
+    ("/simple/", "/simple/index.html", None),
+    ("/files/missing.tar.gz", "/files/missing.tar.gz", None),
+])
+def test_explain_and_classify_answer_for_the_file_static_mode_serves(gate_config: Any, tree: Path, tmp_path: Path,
+                                                                     asked: str, decided: str,
+                                                                     action: str | None) -> None:
+    """Static mode decides on a symlink's target; explain and classify answered for its name, so a compliance
+    check of ``chat-latest.tar.gz`` said allow where the gate blocks."""
+    from click.testing import CliRunner
+
+    from exportgate.cli import main
+
+    config = gate_config(serve={"mode": "static", "root": str(tree)})
+    path = tmp_path / "gate.yaml"  # the file gate_config wrote
+    explained = CliRunner().invoke(main, ["--config", str(path), "explain", "--ip", IR_CLIENT, "--path", asked,
+                                          "--json"])
+    assert explained.exit_code == 0, explained.output
+    data = json.loads(explained.output)
+    assert data["path"] == decided
+    if action is not None:
+        assert data["action"] == action
+        app = create_app(config)
+        try:
+            assert fetch(app, asked).headers["X-Exportgate-Decision"] == action
+        finally:
+            app.runtime.close()
+    classified = CliRunner().invoke(main, ["--config", str(path), "classify", asked, "--json"])
+    assert classified.exit_code == 0 and json.loads(classified.output)["path"] == decided, classified.output
 
 
 # -- escapes --------------------------------------------------------------------------------------------------
@@ -228,7 +265,7 @@ def test_path_swapped_for_an_escaping_link_after_resolving_is_refused(make_gate:
     static = make_gate().mode_app
     (tree / "sub").mkdir()
     (tree / "sub" / "secret.bin").write_bytes(b"inside")
-    real = static.resolve("/sub/secret.bin")
+    real = served_file(static.root, "/sub/secret.bin")[1]
     assert real == str(tree / "sub" / "secret.bin")
     # Between the decision and the open, "sub" becomes a link to a directory outside root.
     (tree / "sub" / "secret.bin").unlink()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from ..decision import RequestFacts
@@ -95,13 +96,15 @@ class Admission:
         self._store_failing = False
 
     def admit(self, environ: dict[str, Any], method: str, raw_uri: str, host: str | None,
-              normalised: NormalisedPath | None = None) -> tuple[Any, str, str]:
+              normalised: NormalisedPath | None = None, requested: str | None = None) -> tuple[Any, str, str]:
         """``normalised``: ``normalise_path(raw_uri)`` when the caller has it already (modes that must match
         ``gated`` first), so the hot path does not do it twice; case is folded here if the gate is
-        case-insensitive."""
+        case-insensitive. ``requested``: see :meth:`admit_download`."""
         facts, status, text = self.facts(self.proxies.resolve_environ(environ), method, raw_uri, host, normalised)
         if facts is None:
             return None, status, text
+        if requested is not None:
+            facts = replace(facts, requested_path=requested)
         return self.decide_and_record(facts)
 
     def decide_and_record(self, facts: RequestFacts) -> tuple[Any, str, str]:
@@ -114,14 +117,16 @@ class Admission:
         return self.recorded(decision), "", ""
 
     def admit_download(self, environ: dict[str, Any], start_response: StartResponse, raw_uri: str,
-                       normalised: NormalisedPath | None, operator: Operator) -> tuple[Any, list[bytes] | None]:
+                       normalised: NormalisedPath | None, operator: Operator,
+                       requested: str | None = None) -> tuple[Any, list[bytes] | None]:
         """For the modes that serve the download themselves (middleware, proxy, static): ``(decision, None)`` to
-        serve it, or ``(None, answer)`` refusing it: why it could not be decided, or the 451 page."""
+        serve it, or ``(None, answer)`` refusing it: why it could not be decided, or the 451 page. ``requested``:
+        the path asked for, when ``raw_uri`` names the file served instead (static mode), for the record."""
         refusal = self.no_client_named(environ)
         if refusal is not None:
             return None, plain(start_response, "400 Bad Request", refusal)
         decision, status, text = self.admit(environ, environ.get("REQUEST_METHOD", "GET"), raw_uri,
-                                            environ.get("HTTP_HOST"), normalised)
+                                            environ.get("HTTP_HOST"), normalised, requested)
         if decision is None:
             return None, plain(start_response, status, text)
         if not decision.served:

@@ -17,7 +17,8 @@ Containment: the path is resolved (symlinks included) and must stay inside ``roo
 outside it is a 404, as is a file that is not regular (a FIFO, a device). The file is opened without following a
 final symlink and checked through ``/proc/self/fd`` once open: a path component swapped for a link between the
 decision and the open is a 404, not a different file. Hidden files are served like any other: keep what must not
-be public out of root. When a symlink's target is decided, the record's ``raw_path`` is that target's path.
+be public out of root. When a symlink's target is decided, the record's ``path`` and ``raw_path`` are that target's,
+and its ``requested_path`` the path asked for.
 
 Caveat: ``Content-Type`` comes from the file name (``mimetypes``); compressed archives are sent as what they are
 (``application/gzip`` for ``.tar.gz``), never with ``Content-Encoding``, which would make clients unpack them.
@@ -59,6 +60,34 @@ def checked_root(root: str) -> str:
     return real
 
 
+def served_file(root: str, path: str) -> tuple[str, str | None, str]:
+    """What static mode serves for the normalised request ``path`` under the real directory ``root``:
+    ``(target, real, decide_on)``. ``target`` is the file named (``…/index.html`` for a path ending in ``/``),
+    ``real`` its real path with symlinks resolved (``None``: missing, or outside root), ``decide_on`` the path
+    under root of the file that will be served, which is what the gate decides on (``target`` if it is missing).
+    ``exportgate explain`` and ``classify`` ask this too, so they answer for what static mode serves. Only names
+    are looked at (lstat); nothing is opened."""
+    target = path + INDEX if path.endswith("/") else path
+    try:
+        real: str | None = os.path.realpath(os.path.join(root, target.lstrip("/")), strict=True)
+    except (OSError, ValueError):
+        real = None
+    if real is not None and not _inside(root, real):
+        real = None
+    served = (real[len(root):] or "/") if real is not None and root != os.sep else real
+    return target, real, served or target
+
+
+def served_uri(path: str) -> str:
+    """``path`` (from :func:`served_file`) as a request target. fsencode: a link target that is not UTF-8 stays
+    its bytes, and normalise_path then refuses it."""
+    return quote(os.fsencode(path), safe=_SAFE_PATH)
+
+
+def _inside(root: str, real: str) -> bool:
+    return real == root or real.startswith(root + os.sep) or (root == os.sep and real.startswith(os.sep))
+
+
 class StaticApp:
     """WSGI app serving regular files under ``root``, decided first."""
 
@@ -86,18 +115,16 @@ class StaticApp:
         # The file served for a directory URL is its index.html; the file served for a symlink is its target
         # (``latest.tar.gz -> crypto-2.0.tar.gz``). Either way the decision is about the file that will be
         # served. Resolving only looks at names (lstat); nothing is opened before the decision.
-        target = path + INDEX if path.endswith("/") else path
-        real = self.resolve(target)
-        served = (real[len(self.root):] or "/") if real is not None and self.root != os.sep else real
-        decide_on = served or target
+        target, real, decide_on = served_file(self.root, path)
+        requested = None
         if decide_on != path:
-            # fsencode: a link target that is not UTF-8 stays its bytes, and normalise_path then refuses it.
-            raw_uri = quote(os.fsencode(decide_on), safe=_SAFE_PATH) + (f"?{query}" if query else "")
+            raw_uri = served_uri(decide_on) + (f"?{query}" if query else "")
             normalised = None  # decided on the file served: admit() normalises the rewritten target
+            requested = path  # and the record says what was asked for
         decision = None
         if self.gated is None or self.gated.match(target) or self.gated.match(decide_on):
             decision, refusal = self.admission.admit_download(environ, start_response, raw_uri, normalised,
-                                                              self.operator)
+                                                              self.operator, requested=requested)
             if refusal is not None:
                 return refusal
         extra = decision_headers(decision) if decision is not None else []
@@ -112,13 +139,6 @@ class StaticApp:
             return plain(start_response, "301 Moved Permanently", "a directory", [("Location", location), *extra])
         return self.send(environ, start_response, found, decide_on, extra)
 
-    def resolve(self, target: str) -> str | None:
-        """The real path ``target`` names under root (symlinks resolved), or ``None``: missing or outside root."""
-        try:
-            real = os.path.realpath(os.path.join(self.root, target.lstrip("/")), strict=True)
-        except (OSError, ValueError):
-            return None
-        return real if self.inside(real) else None
 
     def open(self, real: str, *, directory_ok: bool) -> Any:
         """The regular file at ``real`` opened, ``"directory"``, or ``None`` (not a file, or swapped since)."""
@@ -147,9 +167,6 @@ class StaticApp:
             os.close(fd)
             return None
 
-    def inside(self, real: str) -> bool:
-        root = self.root
-        return real == root or real.startswith(root + os.sep) or (root == os.sep and real.startswith(os.sep))
 
     def send(self, environ: dict[str, Any], start_response: StartResponse, file: Any, target: str,
              extra: list[tuple[str, str]]) -> Iterable[bytes]:
