@@ -238,6 +238,7 @@ def explain(ctx: click.Context, ip: str, path: str, at: str | None, method: str,
             as_json: bool) -> None:
     """Show what the gate would decide for one request, and why. Records nothing."""
     from .runtime import GateRuntime, authorization_book, existing_store
+    from .web.clientaddr import written_address
 
     cfg = _config(ctx)
     when = _parse_at(at)
@@ -249,8 +250,9 @@ def explain(ctx: click.Context, ip: str, path: str, at: str | None, method: str,
                 rt.gate.policies = rt.gate.policies.with_authorizations(authorization_book(store))
             finally:
                 store.close()
-        decision = rt.gate.decide(RequestFacts(client=ip, path=path, method=method, host=host,
-                                               client_source="cli"), at=when)
+        origin = written_address(ip)  # read as the gate reads the client a front end names
+        decision = rt.gate.decide(RequestFacts(client=origin.address or "", path=path, method=method, host=host,
+                                               client_source="cli", client_error=origin.error), at=when)
     data = decision.summary()
     if as_json:
         _emit({**data, "path": path, "asked": asked})  # the path decided on, and as written on the command line

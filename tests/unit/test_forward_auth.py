@@ -692,3 +692,27 @@ def test_settings_that_let_clients_choose_their_location_are_warned_of(tmp_path:
         app = create_app(config)
     app.runtime.close()
     assert warned in caplog.text
+
+
+@pytest.mark.parametrize("written", [
+    f"{IR_CLIENT}:443", f"[::ffff:{IR_CLIENT}]:80", f"::ffff:{IR_CLIENT}", "fe80::1%eth0", "[2001:db8::1]:8080",
+    "garbage", "_hidden", "unknown", f"{IR_CLIENT}:http", "[2001:db8::1",
+])
+def test_explain_answers_what_the_gate_answers_for_the_client_a_front_end_names(gate: Any, written: str) -> None:
+    """`explain --ip` read ``2.176.0.1:443`` (as an access log writes it) as unparseable, a flag, where the gate
+    reads the same X-Forwarded-For entry as an Iranian address and blocks."""
+    from click.testing import CliRunner
+
+    from exportgate.cli import main
+
+    _, client, database = gate
+    served = ask(client, headers=nginx(CRYPTO, written))
+    record = decision_record(database, served.headers["X-Exportgate-Decision-Id"])
+    config = database.parent / "gate.yaml"
+    explained = CliRunner().invoke(main, ["--config", str(config), "explain", "--ip", written, "--path", CRYPTO,
+                                          "--json"])
+    assert explained.exit_code == 0, explained.output
+    data = json.loads(explained.output)
+    assert data["action"] == served.headers["X-Exportgate-Decision"]
+    assert (data["address"], data["country"], data["unknown_reason"]) == (
+        record["location"]["address"], record["location"]["country"], record["location"]["unknown_reason"])

@@ -326,6 +326,17 @@ class TrustedProxies:
                             chain=(*reversed(nodes), peer), error=error, detail=detail)
 
 
+def written_address(text: str) -> ClientOrigin:
+    """An address as a person writes it (``exportgate explain --ip``), read as the gate reads an X-Forwarded-For
+    entry: ``2.176.0.1:443``, ``[2001:db8::1]:80`` and ``fe80::1%eth0`` are addresses, ``_hidden`` is obfuscated,
+    anything else unparseable; so explain answers what the gate answers for the client an access log shows."""
+    try:
+        address, _ = _x_forwarded_for_node(text)
+    except _Unusable as exc:
+        return ClientOrigin(address=None, source="cli", hop=0, chain=(text,), error=exc.error, detail=exc.detail)
+    return ClientOrigin(address=address, source="cli", hop=0, chain=(text,))
+
+
 def _peer_origin(peer: str) -> ClientOrigin:
     if not peer:
         return ClientOrigin(address=None, source=PEER, hop=0, chain=("",), error=NO_PEER,
