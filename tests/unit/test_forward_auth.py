@@ -382,6 +382,17 @@ def test_block_status(make_app: AppFactory, block_status: str, headers: dict[str
                else {**headers, "X-Forwarded-Uri": CHAT}).status_code == 200
 
 
+def test_the_blocked_page_names_the_region_a_block_is_about(gate: tuple[GateApp, Client, Path]) -> None:
+    """A block for Crimea (UA-43, restricted on its own) said the client was in UA, which the packs allow."""
+    _, client, _ = gate
+    crimea = "192.0.2.50"
+    direct = ask(client, headers={**forwarded(CRYPTO, crimea), "Accept": "application/json"})
+    assert direct.status_code == 451 and json.loads(direct.get_data())["location"] == "UA-43"
+    decision_id = ask(client, headers=nginx(CRYPTO, crimea)).headers["X-Exportgate-Decision-Id"]
+    page = ask(client, f"/exportgate/blocked/{decision_id}", headers={"Accept": "application/json"})
+    assert page.status_code == 451 and json.loads(page.get_data())["location"] == "UA-43"
+
+
 def test_blocked_page_of_a_recorded_block(gate: tuple[GateApp, Client, Path]) -> None:
     _, client, _ = gate
     decision_id = ask(client, headers=nginx(CRYPTO)).headers["X-Exportgate-Decision-Id"]

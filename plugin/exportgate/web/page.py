@@ -74,6 +74,12 @@ def wants_json(accept: str | None) -> bool:
     return best_json > 0 and best_json > best_html
 
 
+def _where(subdivision: str | None, country: str | None, unknown_reason: str | None) -> str:
+    """Where the client was located, as precisely as the data says: a region a pack restricts on its own
+    (``UA-43``) is what the block is about, and its ISO 3166-2 code names the country too."""
+    return subdivision or country or f"unknown ({unknown_reason})"
+
+
 def page_facts(decision: Decision) -> dict[str, Any]:
     """What the 451 page says, from a fresh decision."""
     return {
@@ -83,7 +89,8 @@ def page_facts(decision: Decision) -> dict[str, Any]:
         "citation": decision.citation,
         "pack": {"id": decision.pack.id, "version": decision.pack.version},
         "path": decision.request.path,
-        "location": decision.location.country or f"unknown ({decision.location.unknown_reason})",
+        "location": _where(decision.location.subdivision, decision.location.country,
+                           decision.location.unknown_reason),
     }
 
 
@@ -98,7 +105,7 @@ def page_facts_from_record(record_id: str, at: str, body: dict[str, Any]) -> dic
         "citation": body.get("citation"),
         "pack": {"id": pack.get("id"), "version": pack.get("version")},
         "path": (body.get("request") or {}).get("path"),
-        "location": location.get("country") or f"unknown ({location.get('unknown_reason')})",
+        "location": _where(location.get("subdivision"), location.get("country"), location.get("unknown_reason")),
     }
 
 
