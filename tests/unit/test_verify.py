@@ -133,6 +133,16 @@ def insert_copy(conn: sqlite3.Connection) -> None:
     )
 
 
+def replace_with_a_later_copy(conn: sqlite3.Connection) -> None:
+    # #3 deleted and a copy of #7 stored in its place: the copy comes first in seq order, #7 is the genuine one.
+    r = row(conn, 7)
+    conn.execute("DELETE FROM records WHERE chain = ? AND seq = 3", (CHAIN,))
+    conn.execute(
+        "INSERT INTO records VALUES (?, 3, ?, ?, ?, ?, ?, ?)",
+        (CHAIN, r["kind"], r["id"], r["at"], r["body"], r["prev_hash"], r["hash"]),
+    )
+
+
 def swap_two(conn: sqlite3.Connection) -> None:
     set_seq(conn, 4, -1)
     set_seq(conn, 5, 4)
@@ -178,6 +188,8 @@ def replace_one(conn: sqlite3.Connection) -> None:
             id="INSERT a forged row starting from genesis",
         ),
         pytest.param(insert_copy, [("inserted", 11, "gate-1d-3")], id="INSERT a copy"),
+        pytest.param(replace_with_a_later_copy, [("inserted", 3, "gate-1d-7")],
+                     id="a row replaced by a copy of a later one"),
         pytest.param(
             swap_two,
             [("reordered", 4, "gate-1d-5"), ("reordered", 5, "gate-1d-4")],

@@ -358,9 +358,13 @@ def _classify(chain: str, entries: list[_Entry]) -> list[Problem]:
             )
         )
 
+    # The record a hash stands for: the one stored where it was sealed (its hash holds), else the first. A copy
+    # stored at an earlier seq must not make the genuine record look like the copy.
     first_by_hash: dict[str, _Entry] = {}
     for entry in entries:
-        first_by_hash.setdefault(entry.hash, entry)
+        known = first_by_hash.get(entry.hash)
+        if known is None or (entry.valid and not known.valid):
+            first_by_hash[entry.hash] = entry
     children: set[str] = {e.prev for e in entries}
     linked = _linked_positions(entries, first_by_hash)
 
