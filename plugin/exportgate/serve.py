@@ -15,7 +15,8 @@ follows the mode.
 * ``--server granian`` serves forward auth on granian's RSGI interface (:mod:`exportgate.web.rsgi`), for those
   who run granian already. It gives no raw request target: the Envoy form is refused with 400 there, and proxy or
   static mode under granian would decide on an already-decoded path (a ``%2F`` in the client's path would arrive
-  as ``/`` and not be refused), so asking for that is a configuration error.
+  as ``/`` and not be refused), so asking for that is a configuration error. Its HTTP parsing differs from the
+  loop worker's on requests no front end sends (:mod:`exportgate.web.rsgi` lists how).
 
 Each worker process builds its own app after the fork (record store connections, the recorder's writer thread and
 the geo reader must not cross a fork), so every worker writes its own hash chain; it starts from the manifest and

@@ -5,7 +5,8 @@ The same answers as the WSGI endpoint for every front end's headers, and the sam
 repeated ``X-Forwarded-For``, encoded paths, missing or disagreeing URI headers, huge headers, malformed HTTP,
 pipelining, a failing store. Every decided answer has its record committed before it leaves; the gate's own pages
 (health, metrics, the 451 page) are served too. Where granian differs it fails closed: no raw request target, so
-the Envoy ``/auth/<path>`` form is refused there.
+the Envoy ``/auth/<path>`` form is refused there; a header line it drops (bytes outside ASCII) refuses the request.
+Its parser's other differences, on requests no front end sends, are listed in :mod:`exportgate.web.rsgi`.
 """
 
 from __future__ import annotations
@@ -316,6 +317,15 @@ def test_a_uri_header_with_bytes_outside_ascii_is_decided_on_or_refused_never_dr
                              f"X-Forwarded-Uri: {CRYPTO}\xff\r\nX-Forwarded-For: {IR_CLIENT}\r\n"
                              "Connection: close\r\n\r\n").encode("latin-1"))
     assert code == 400 and decision_count(database(gate)) == before, (code, body)
+
+
+@pytest.mark.parametrize("target", ["/auth", "/metrics"])
+def test_a_repeated_host_is_400_under_both_servers(gate: GateProcess, target: str) -> None:
+    before = decision_count(database(gate))
+    code, body = _raw(gate, (f"GET {target} HTTP/1.1\r\nHost: gate\r\nHost: other\r\nX-Original-URI: {CHAT}\r\n"
+                             f"X-Forwarded-For: {IR_CLIENT}\r\nConnection: close\r\n\r\n").encode())
+    assert code == 400 and b"more than one Host header" in body, (code, body)
+    assert decision_count(database(gate)) == before
 
 
 def test_store_failure_refuses_then_recovers(server: str, tmp_path: Path) -> None:
