@@ -300,6 +300,14 @@ def _tamper(database, *statements):
     db.close()
 
 
+def test_listing_authorizations_makes_no_store(run, tmp_path):
+    config = write_config(tmp_path, records=f"sqlite://{tmp_path / 'typo' / 'records.db'}")
+    listed = run("authorize", "list", config=config)
+    assert listed.exit_code == 0 and "no authorizations on file" in listed.output, listed.output
+    assert json.loads(run("authorize", "list", "--json", config=config).output) == []
+    assert not (tmp_path / "typo").exists()
+
+
 def test_adding_an_authorization_again_lists_the_terms_it_replaced(run, config):
     for cls in ("personal-communications", "communications"):
         added = run("authorize", "add", "--id", "BIS-CU-9", "--basis", "BIS license D779", "--destination", "CU",
