@@ -412,9 +412,13 @@ def authorize_import(ctx: click.Context, file: str) -> None:
 @_guarded
 def authorize_revoke(ctx: click.Context, auth_id: str, reason: str) -> None:
     """Withdraw an authorization from now on (decisions before stay as they were)."""
-    from .runtime import authorization_book
+    from .runtime import authorization_book, existing_store
 
     cfg = _config(ctx)
+    found = existing_store(cfg)  # nothing to revoke, and no store to make, where there is none
+    if found is None:
+        raise ExportGateError(f"no authorization {auth_id!r} on file: no record store at {cfg.records}")
+    found.close()
     store, recorder = _recorder(cfg)
     try:
         book = authorization_book(store)

@@ -305,6 +305,8 @@ def test_listing_authorizations_makes_no_store(run, tmp_path):
     listed = run("authorize", "list", config=config)
     assert listed.exit_code == 0 and "no authorizations on file" in listed.output, listed.output
     assert json.loads(run("authorize", "list", "--json", config=config).output) == []
+    revoked = run("authorize", "revoke", "BIS-1", "--reason", "x", config=config)
+    assert revoked.exit_code == 1 and "no authorization 'BIS-1' on file: no record store" in revoked.output
     assert not (tmp_path / "typo").exists()
 
 
