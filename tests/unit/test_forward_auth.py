@@ -727,3 +727,18 @@ def test_explain_answers_what_the_gate_answers_for_the_client_a_front_end_names(
     assert data["action"] == served.headers["X-Exportgate-Decision"]
     assert (data["address"], data["country"], data["unknown_reason"]) == (
         record["location"]["address"], record["location"]["country"], record["location"]["unknown_reason"])
+
+
+def test_a_front_end_missing_from_trust_proxy_is_named_in_the_log_once(make_app: AppFactory,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A trust_proxy that does not name the front end (a container network, a NAT) decided every download for the
+    front end's own address, flagged and served, and nothing said so."""
+    _, client, _ = make_app()
+    with caplog.at_level("WARNING", logger="exportgate.web"):
+        for _ in range(3):
+            r = ask(client, headers=nginx(CRYPTO), peer="10.88.0.5")
+            assert r.status_code == 200 and r.headers["X-Exportgate-Rule"] == "unknown-location"
+        assert ask(client, headers=nginx(CRYPTO)).status_code == 403  # the trusted front end: no warning
+        ask(client, headers={"X-Original-URI": CRYPTO}, peer="10.88.0.6")  # no forwarding header: nothing to say
+    said = [r.getMessage() for r in caplog.records if "not in serve.trust_proxy" in r.getMessage()]
+    assert len(said) == 1 and "10.88.0.5" in said[0] and "X-Forwarded-For" in said[0]

@@ -212,6 +212,14 @@ class TrustedProxies:
             return None
         return self._http_name
 
+    def ignored_header(self, environ: Mapping[str, Any]) -> str | None:
+        """The header a peer that is no trusted proxy sent and the gate ignored (WSGI ``environ``), or ``None``:
+        a front end missing from ``trust_proxy`` (every client located at its address), or a client reaching the
+        gate directly."""
+        if environ.get(self._environ_key) is None or self.is_trusted(environ.get("REMOTE_ADDR") or ""):
+            return None
+        return self._http_name
+
     def is_trusted(self, address: str) -> bool:
         """Whether ``address`` (a bare address, or ``""`` for a unix-socket peer) is a trusted proxy."""
         return address in self.networks

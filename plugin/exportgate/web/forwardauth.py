@@ -32,11 +32,14 @@ from typing import Any
 from ..decision import RequestFacts
 from ..errors import ExportGateError, RecordStoreError
 from ..records.chain import canonical_text
-from .clientaddr import ClientOrigin, TrustedProxies
+from .clientaddr import PEER, ClientOrigin, TrustedProxies
 from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers, send_blocked
 from .paths import NormalisedPath, PathRejected, fold_path, normalise_path, origin_form
 
 log = logging.getLogger("exportgate.web")
+
+_TELL_UNTRUSTED_PEERS = 16
+"""Peers named in the log as untrusted yet sending a forwarding header (once each, at most this many)."""
 
 StartResponse = Callable[..., Any]
 
@@ -227,6 +230,7 @@ class ForwardAuth:
         self.admission = admission
         self.operator = operator
         self.block_status = block_status
+        self._told_untrusted: set[str] = set()
 
     def original_request(self, environ: dict[str, Any]) -> tuple[str | None, str, str, str | None]:
         """``(uri, method, style, problem)`` where style is ``nginx``, ``forwarded`` or ``envoy``."""
@@ -276,7 +280,22 @@ class ForwardAuth:
         refusal = admission.no_client_named(environ)
         if refusal is not None:
             return None, "400 Bad Request", refusal
+        if facts.client_source == PEER and len(self._told_untrusted) < _TELL_UNTRUSTED_PEERS:
+            self._say_untrusted(environ)
         return facts, style, ""
+
+    def _say_untrusted(self, environ: dict[str, Any]) -> None:
+        """Log, once per peer, a front end the gate does not trust: its every request is decided for its own
+        address, which packs treat as an unknown location (flagged and served), and nothing else shows it."""
+        header = self.admission.proxies.ignored_header(environ)
+        peer = environ.get("REMOTE_ADDR") or ""
+        if header is None or peer in self._told_untrusted:
+            return
+        self._told_untrusted.add(peer)
+        log.warning("/auth from %s carried %s, but %s is not in serve.trust_proxy: the header is ignored and the "
+                    "request decided for %s itself. If it is your front end, add its address as the gate sees it "
+                    "to trust_proxy; if not, something other than the front end reaches the gate", peer or "a unix "
+                    "socket", header, peer or "a unix-socket peer", peer or "that peer")
 
     def answer(self, environ: dict[str, Any], decision: Any, style: str) -> tuple[str, list[tuple[str, str]], bytes]:
         """Status line, headers and body for a decision (see the module docstring)."""
