@@ -28,13 +28,18 @@ from typing import Any
 _made_metrics_dir = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _made_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exportgate-metrics-")
+else:  # named by a supervisor that did not make it: made here, not a crash at start
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], mode=0o700, exist_ok=True)
 
 from exportgate import reloading  # after the environment is set
 from exportgate.config import load_config
 from exportgate.openfiles import raise_open_file_limit
 from exportgate.serve import gunicorn_options, log_to_server_log, say_unused_settings
 
-_config = load_config()  # EXPORTGATE_CONFIG and EXPORTGATE_* ; a bad file fails here with file:line
+# EXPORTGATE_CONFIG and EXPORTGATE_*; a bad file fails here with file:line. On a SIGHUP gunicorn runs this file
+# again after the reload guard loaded the files: that copy is used, so a file changed (or half-written) meanwhile
+# cannot stop the master (gunicorn exits when its config file raises).
+_config = reloading.in_force()[0] if reloading.in_force() is not None else load_config()
 globals().update(gunicorn_options(_config))
 
 wsgi_app = "exportgate.web.wsgi:create()"

@@ -174,6 +174,11 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
         errors.append(exc)
     except ExportGateError as exc:
         errors.append(ConfigError(f"record store {cfg.records}: {exc}", file=cfg.file))
+    from .runtime import record_log_problem
+
+    problem = record_log_problem(cfg.record_log)
+    if problem is not None:  # every worker would fail to start, the port open all the same
+        errors.append(ConfigError(problem, file=cfg.file))
     from .web.serving import check_serving, unused_settings
 
     try:

@@ -17,6 +17,7 @@ recording runtime watches for them (:class:`AuthorizationWatch`), so a revocatio
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,27 @@ class GateRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def record_log_problem(record_log: str | None) -> str | None:
+    """Why the gate could not append to ``record_log`` (the JSON-lines sink), or ``None``; nothing is created.
+    Asked by ``exportgate check`` and before ``serve`` starts: each worker opens the sink as it starts, and one
+    that cannot never starts, while the server's port is open all the same."""
+    if record_log in (None, "-"):
+        return None
+    assert record_log is not None
+    if os.path.exists(record_log):
+        if os.path.isdir(record_log):
+            return f"record_log {record_log} is a directory"
+        if not os.access(record_log, os.W_OK):
+            return f"record_log {record_log} is not writable"
+        return None
+    parent = os.path.dirname(record_log) or "."
+    if not os.path.isdir(parent):
+        return f"record_log {record_log}: {parent} is not a directory (systemd: LogsDirectory=, deploy/systemd)"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"record_log {record_log} does not exist, and {parent} is not writable: the gate could not create it"
+    return None
 
 
 def existing_store(config: GateConfig) -> Any:

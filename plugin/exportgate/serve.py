@@ -43,9 +43,9 @@ from typing import Any
 
 from . import reloading
 from .config import GateConfig, bind_addresses
-from .errors import ExportGateError
+from .errors import ConfigError, ExportGateError
 from .openfiles import raise_open_file_limit
-from .runtime import DecisionFiles
+from .runtime import DecisionFiles, record_log_problem
 
 log = logging.getLogger("exportgate.serve")
 
@@ -56,7 +56,10 @@ ACCESS_LOG_FORMAT = ('%(h)s "%(r)s" %(s)s %(B)s decision=%({x-exportgate-decisio
 def _metrics_dir() -> str | None:
     """Set ``PROMETHEUS_MULTIPROC_DIR`` if it is not; returns the directory when this call created it."""
     # prometheus_client reads this when it is first imported: set it before anything imports it.
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        # Named by a supervisor that did not make it (systemd's RuntimeDirectory= does): made here, not a crash.
+        os.makedirs(given, mode=0o700, exist_ok=True)
         return None
     path = tempfile.mkdtemp(prefix="exportgate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
@@ -117,6 +120,9 @@ def _worker_class(serve: Any) -> str:
 def run(config: GateConfig) -> None:
     """Serve until stopped (SIGINT/SIGTERM: graceful). Everything the workers start from is loaded and checked
     first (:func:`exportgate.reloading.start`): a problem raises here, with file:line, before any server starts."""
+    problem = record_log_problem(config.record_log)
+    if problem is not None:
+        raise ConfigError(problem, file=config.file)
     raise_open_file_limit()
     reloading.start(lambda: config)
     created = _metrics_dir()

@@ -38,7 +38,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import Client
 
-from conftest import IR_CLIENT, US_CLIENT, require, write_config
+from conftest import IR_CLIENT, REPO, US_CLIENT, require, write_config
 from exportgate.config import load_config
 from exportgate.web.app import GateApp, create_app
 from serverproc import DEPLOY, GunicornProcess, StoreFault, decision_record, free_port, request
@@ -521,3 +521,37 @@ def test_systemd_unit_parses(tmp_path: Path) -> None:
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, check=False)
     problems = [line for line in result.stderr.splitlines() if "exportgate.service" in line]
     assert problems == [], result.stderr
+
+
+def _unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in (DEPLOY / "systemd" / "exportgate.service").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_systemd_unit_lets_the_gate_do_what_its_config_asks() -> None:
+    """Under the unit a unix-socket bind failed (gunicorn chowns the socket, and @privileged holds @chown), and a
+    record_log in /var/log stopped every worker from starting (read-only there)."""
+    unit = _unit_settings()
+    filters = unit["SystemCallFilter"]
+    denied = [f for f in filters if f.startswith("~")]
+    assert any("@privileged" in f for f in denied)
+    assert filters.index("@chown") > filters.index(denied[-1])  # allowed again after the deny list
+    assert unit["LogsDirectory"] == ["exportgate"]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "record_log: /var/log/exportgate/" in readme
+    # Nothing in the environment overrides gate.yaml's records: the admin's commands read gate.yaml alone.
+    assert not any(v.startswith("EXPORTGATE_RECORDS") for v in unit.get("Environment", []))
+
+
+def test_container_image_leaves_records_and_mode_to_gate_yaml() -> None:
+    """EXPORTGATE_RECORDS and EXPORTGATE_SERVE__MODE in the image overrode a mounted gate.yaml's `records:` (a
+    PostgreSQL store) and `serve.mode` in silence: environment variables win over the file."""
+    text = (DEPLOY / "container" / "Containerfile").read_text(encoding="utf-8")
+    env = " ".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "EXPORTGATE_RECORDS" not in env and "EXPORTGATE_SERVE__MODE" not in env
+    assert "XDG_STATE_HOME=/var/lib" in env  # the default store on the volume
+    assert "--format docker" in text  # podman's OCI default drops HEALTHCHECK

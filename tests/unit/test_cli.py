@@ -563,3 +563,28 @@ def test_check_creates_no_store(run, tmp_path):
 
     open_store(f"sqlite://{store}").close()
     assert "(writable; 0 authorizations on file)" in run("check", config=config).output
+
+
+@pytest.mark.parametrize(("record_log", "message"), [
+    pytest.param("{tmp}/no-such-dir/decisions.jsonl", "is not a directory", id="directory missing"),
+    pytest.param("{tmp}", "is a directory", id="a directory"),
+    pytest.param("{tmp}/afile/decisions.jsonl", "is not a directory", id="parent is a file"),
+])
+def test_check_rejects_a_record_log_the_gate_could_not_open(run, tmp_path, record_log, message):
+    """Under the shipped unit /var/log was read-only: check said ok, the port opened, and no worker ever started."""
+    (tmp_path / "afile").write_text("x")
+    config = write_config(tmp_path, record_log=record_log.format(tmp=tmp_path))
+    result = run("check", config=config)
+    assert result.exit_code == 1 and "record_log" in result.output and message in result.output, result.output
+
+
+def test_check_accepts_a_record_log_the_gate_can_create_and_creates_nothing(run, tmp_path):
+    config = write_config(tmp_path, record_log=str(tmp_path / "decisions.jsonl"))
+    assert run("check", config=config).exit_code == 0
+    assert not (tmp_path / "decisions.jsonl").exists()
+
+
+def test_serve_refuses_to_start_with_a_record_log_it_could_not_open(run, tmp_path):
+    config = write_config(tmp_path, record_log=str(tmp_path / "missing" / "decisions.jsonl"))
+    result = run("serve", config=config)
+    assert result.exit_code == 1 and "record_log" in result.output and "is not a directory" in result.output

@@ -62,3 +62,13 @@ def test_the_gates_log_lines_join_gunicorns_log_only_where_nothing_else_is_confi
         assert gate.handlers == [gunicorns] and not gate.propagate and gate.level == logging.INFO
     finally:
         gate.handlers, gate.propagate, gate.level, root.handlers = saved[0], saved[1], saved[2], saved[3]
+
+
+def test_a_metrics_directory_named_but_not_made_is_made(tmp_path, monkeypatch):
+    """A supervisor that sets PROMETHEUS_MULTIPROC_DIR without making it stopped the gate at start."""
+    from exportgate.serve import _metrics_dir
+
+    named = tmp_path / "run" / "metrics"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(named))
+    assert _metrics_dir() is None  # not the gate's to remove at exit
+    assert named.is_dir()
