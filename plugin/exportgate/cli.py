@@ -74,7 +74,11 @@ def _request_path(cfg: GateConfig, path: str) -> str:
 
     folded = cfg.case_insensitive_paths
     try:
-        if cfg.serve.mode == "static" and cfg.serve.root and os.path.isdir(cfg.serve.root):  # else: on the name
+        if cfg.serve.mode == "static" and not (cfg.serve.root and os.path.isdir(cfg.serve.root)):
+            click.echo(f"warning: static mode, but serve.root {cfg.serve.root!r} is no directory here: answering for "
+                       "the path as asked, not for the file the gate would serve (a symlink's target, an "
+                       "index.html)", err=True)
+        elif cfg.serve.mode == "static":
             from .web.static import served_file, served_uri
 
             named = normalise_path(path.encode("utf-8")).path

@@ -462,3 +462,22 @@ def test_served_over_a_real_server(make_gate: Any) -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_a_root_switched_to_a_new_release_is_served_from_it_at_once(gate_config: Any, tmp_path: Path) -> None:
+    """Mirrors switch a `current` symlink to each new release; the gate kept serving (and deciding on) the release
+    it found at start."""
+    for release, body in (("a", b"release a"), ("b", b"release b")):
+        (tmp_path / release / "files").mkdir(parents=True)
+        (tmp_path / release / "files" / "chat-1.tar.gz").write_bytes(body)
+    current = tmp_path / "current"
+    current.symlink_to("a", target_is_directory=True)
+    app = create_app(gate_config(serve={"mode": "static", "root": str(current)}))
+    try:
+        assert fetch(app, "/files/chat-1.tar.gz").data == b"release a"
+        switched = tmp_path / "current.new"
+        switched.symlink_to("b", target_is_directory=True)
+        os.replace(switched, current)  # the atomic switch release tools do
+        assert fetch(app, "/files/chat-1.tar.gz").data == b"release b"
+    finally:
+        app.runtime.close()

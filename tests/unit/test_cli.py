@@ -588,3 +588,9 @@ def test_serve_refuses_to_start_with_a_record_log_it_could_not_open(run, tmp_pat
     config = write_config(tmp_path, record_log=str(tmp_path / "missing" / "decisions.jsonl"))
     result = run("serve", config=config)
     assert result.exit_code == 1 and "record_log" in result.output and "is not a directory" in result.output
+
+
+def test_explain_in_static_mode_says_when_it_cannot_see_the_root(run, tmp_path):
+    config = write_config(tmp_path, serve={"mode": "static", "root": str(tmp_path / "elsewhere")})
+    result = run("explain", "--ip", IR_CLIENT, "--path", "/files/chat-2.tar.gz", config=config)
+    assert result.exit_code == 0 and "is no directory here: answering for the path as asked" in result.output

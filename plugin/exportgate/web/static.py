@@ -92,12 +92,19 @@ class StaticApp:
     """WSGI app serving regular files under ``root``, decided first."""
 
     def __init__(self, admission: Admission, *, root: str, operator: Operator, gated: Iterable[str] = ()) -> None:
-        real = checked_root(root)
+        checked_root(root)
         self.admission = admission
         self.operator = operator
-        self.root = real
+        self.configured_root = root
         self.gated = compile_gated(gated, case_insensitive=admission.case_insensitive)
         self._proc = os.path.isdir(_PROC_FD)
+
+    @property
+    def root(self) -> str:
+        """The real path of the root now: a mirror that switches a ``current`` symlink to a new release is served
+        (and decided, and explained) from the new one at once, as nginx would, not from the one found at start.
+        A root that is gone resolves to a path that does not exist, and every file in it is a 404."""
+        return os.path.realpath(self.configured_root)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -115,7 +122,7 @@ class StaticApp:
         # The file served for a directory URL is its index.html; the file served for a symlink is its target
         # (``latest.tar.gz -> crypto-2.0.tar.gz``). Either way the decision is about the file that will be
         # served. Resolving only looks at names (lstat); nothing is opened before the decision.
-        target, real, decide_on = served_file(self.root, path)
+        target, real, decide_on = served_file(self.root, path)  # the root as it is now (see root)
         requested = None
         if decide_on != path:
             raw_uri = served_uri(decide_on) + (f"?{query}" if query else "")
