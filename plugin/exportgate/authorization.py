@@ -41,6 +41,8 @@ class Authorization:
     stays revoked; the terms it replaced held until then)."""
     replaced_at: dt.datetime | None = None
     """Added again under the same id then (a renewed or amended license): these terms held until that time."""
+    added_at: dt.datetime | None = None
+    """When this entry was put on file (its record's time); ``None`` for one not from the record store."""
 
     def valid_at(self, at: dt.datetime) -> bool:
         day = at.astimezone(dt.UTC).date()
@@ -103,6 +105,11 @@ class AuthorizationBook:
                 return auth
         return None
 
+    def first_on_file(self, auth_id: str) -> dt.datetime | None:
+        """When ``auth_id`` was first put on file, or ``None`` (not on file, or not from the record store)."""
+        times = [a.added_at for a in self.all if a.id == auth_id and a.added_at is not None]
+        return min(times) if times else None
+
     def get(self, auth_id: str) -> Authorization | None:
         """The latest authorization on file under ``auth_id``."""
         for auth in reversed(self.all):
@@ -114,19 +121,21 @@ class AuthorizationBook:
     def from_entries(cls, entries: Iterable[tuple[str, str, Mapping[str, Any]]]) -> AuthorizationBook:
         """Replay ``(kind, at, body)`` entries in order: ``authorization`` adds, ``revocation`` withdraws.
 
-        Re-adding an id that is on file (a renewed or amended license, or one revoked before) keeps the earlier
-        entry for the time it was in force, and the new one is valid only from when it was added: neither a
-        revocation nor the earlier terms are rewritten for the past (``explain --at`` must agree with the
-        decisions made then).
+        An authorization's own dates (``valid_from``, ``valid_until``) are the license's, a legal fact like a
+        pack's dates: one put on file late still covers the dates it was valid, for ``explain --at`` (which says
+        when it was put on file). What is recorded later never rewrites what was recorded before: re-adding an id
+        that is on file (a renewed or amended license, or one revoked before) keeps the earlier entry for the time
+        it was in force, and the new one is valid only from when it was added; a revocation takes effect at its
+        time and stays.
         """
         by_id: dict[str, Authorization] = {}
         withdrawn: list[Authorization] = []
         for kind, at, body in entries:
             if kind == "authorization":
-                auth = parse_authorization(body, file="<record store>", line=None)
+                added = parse_time(at)
+                auth = replace(parse_authorization(body, file="<record store>", line=None), added_at=added)
                 earlier = by_id.get(auth.id)
                 if earlier is not None:
-                    added = parse_time(at)
                     withdrawn.append(earlier if earlier.revoked_at is not None
                                      else replace(earlier, replaced_at=added))
                     auth = replace(auth, not_before=added)

@@ -252,19 +252,25 @@ def explain(ctx: click.Context, ip: str, path: str, at: str | None, method: str,
     cfg = _config(ctx)
     when = _parse_at(at)
     asked, path = path, _request_path(cfg, path)
+    book = None
     with GateRuntime(cfg, record=False) as rt:
         store = existing_store(cfg)
         if store is not None:
             try:
-                rt.gate.policies = rt.gate.policies.with_authorizations(authorization_book(store))
+                book = authorization_book(store)
+                rt.gate.policies = rt.gate.policies.with_authorizations(book)
             finally:
                 store.close()
         origin = written_address(ip)  # read as the gate reads the client a front end names
         decision = rt.gate.decide(RequestFacts(client=origin.address or "", path=path, method=method, host=host,
                                                client_source="cli", client_error=origin.error), at=when)
     data = decision.summary()
+    # A license's dates are its own: one put on file after the date asked covers it here, though the gate's
+    # decisions before it was on file did not rely on it. Say so.
+    on_file = book.first_on_file(decision.authorization) if book and decision.authorization else None
     if as_json:
-        _emit({**data, "path": path, "asked": asked})  # the path decided on, and as written on the command line
+        _emit({**data, "path": path, "asked": asked,  # the path decided on, and as written on the command line
+               "authorization_on_file_since": format_time(on_file) if on_file else None})
         return
     loc = decision.location
     where = loc.subdivision or loc.country or f"unknown ({loc.unknown_reason})"
@@ -278,7 +284,9 @@ def explain(ctx: click.Context, ip: str, path: str, at: str | None, method: str,
     click.echo(f"rule:           {decision.rule}")
     click.echo(f"citation:       {decision.citation}")
     if decision.authorization:
-        click.echo(f"authorization:  {decision.authorization}")
+        late = (f" (on file since {format_time(on_file)}, after this date: the gate's decisions before then did "
+                "not rely on it)") if on_file is not None and on_file > decision.at else ""
+        click.echo(f"authorization:  {decision.authorization}{late}")
     click.echo(f"pack:           {decision.pack.id} v{decision.pack.version}")
     click.echo(f"as of:          {format_time(decision.at)}")
     click.echo(f"location:       {where} via {loc.source or 'n/a'}"
@@ -469,6 +477,7 @@ def authorize_list(ctx: click.Context, at: str | None, as_json: bool) -> None:
         row["revoked_at"] = format_time(auth.revoked_at) if auth.revoked_at else None
         row["revoked_reason"] = auth.revoked_reason or None
         row["replaced_at"] = format_time(auth.replaced_at) if auth.replaced_at else None
+        row["added_at"] = format_time(auth.added_at) if auth.added_at else None
         rows.append(row)
     if as_json:
         _emit(rows)

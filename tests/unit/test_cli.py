@@ -259,6 +259,12 @@ def test_authorizations_lifecycle(run, config, tmp_path):
     late_2009 = json.loads(run(*args, "--at", "2009-12-01", config=config).output)
     assert (late_2009["action"], late_2009["authorization"], late_2009["pack"]) == (
         "allow", "OLD", "us-pre-2010-baseline@1")
+    # A license's own dates cover 2009, though it was put on file today: explain says so.
+    assert late_2009["authorization_on_file_since"] is not None
+    said = run("explain", "--ip", CU_CLIENT, "--path", "/files/chat-2.tar.gz", "--at", "2009-12-01", config=config)
+    assert "authorization:  OLD (on file since " in said.output and "did not rely on it" in said.output
+    listed = {a["id"]: a for a in json.loads(run("authorize", "list", "--json", config=config).output)}
+    assert listed["OLD"]["added_at"] == late_2009["authorization_on_file_since"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
