@@ -498,6 +498,9 @@ def audit() -> None:
     """Decision records: verify the hash chains."""
 
 
+_EARLIEST_HEADS = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
 def _read_heads(path: str) -> tuple[dict[str, tuple[int, str]], dt.datetime | None]:
     """A heads file written by ``--save-heads``: the chain heads, and when they were saved (``None`` in a file
     from before the time was saved, whose flat ``{chain: [seq, hash]}`` is still read)."""
@@ -506,6 +509,8 @@ def _read_heads(path: str) -> tuple[dict[str, tuple[int, str]], dt.datetime | No
         saved_at = None
         if isinstance(raw, dict) and set(raw) == {"saved_at", "chains"}:  # chain ids always hold a ':'
             saved_at = parse_time(raw["saved_at"])
+            if not _EARLIEST_HEADS <= saved_at <= _now() + dt.timedelta(days=1):
+                raise ValueError(f"saved_at {raw['saved_at']!r} is not a time heads could have been saved at")
             raw = raw["chains"]
         heads = {}
         for chain, head in raw.items():

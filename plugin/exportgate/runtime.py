@@ -202,6 +202,11 @@ def existing_store(config: GateConfig) -> Any:
     file = store_file(config.records)
     if file is None or not Path(file).exists():
         return None
+    if Path(file).is_file() and Path(file).stat().st_size == 0:
+        # Opening it would write an empty schema, and an empty store verifies: a store truncated to nothing would
+        # pass `audit verify`.
+        raise ExportGateError(f"{file}: an empty file, not a record store the gate wrote (truncated, or made by "
+                              "hand and not opened by the gate yet)")
     return open_store(config)
 
 

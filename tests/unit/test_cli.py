@@ -306,6 +306,17 @@ def _tamper(database, *statements):
     db.close()
 
 
+def test_a_store_truncated_to_nothing_does_not_verify(run, tmp_path):
+    """explain wrote an empty schema into it, and audit verify then said ok: 0 records."""
+    store = tmp_path / "records.db"
+    store.write_bytes(b"")
+    config = write_config(tmp_path, records=f"sqlite://{store}")
+    for args in (("audit", "verify"), ("explain", "--ip", CU_CLIENT, "--path", "/files/chat-2.tar.gz")):
+        result = run(*args, config=config)
+        assert result.exit_code == 1 and "an empty file, not a record store" in result.output, (args, result.output)
+    assert store.read_bytes() == b""
+
+
 def test_listing_authorizations_makes_no_store(run, tmp_path):
     config = write_config(tmp_path, records=f"sqlite://{tmp_path / 'typo' / 'records.db'}")
     listed = run("authorize", "list", config=config)
@@ -399,7 +410,9 @@ def test_audit_verify_reads_heads_saved_without_their_time(run, config, tmp_path
     old.write_text(json.dumps(json.loads(saved.read_text())["chains"]))
     result = run("audit", "verify", "--heads", str(old), config=config)
     assert result.exit_code == 0 and "does not say when it was saved" in result.output
-    for bad in ('{"saved_at": "yesterday", "chains": {}}', '{"saved_at": "2026-01-01T00:00:00Z"}', "[1, 2]"):
+    for bad in ('{"saved_at": "yesterday", "chains": {}}', '{"saved_at": "2026-01-01T00:00:00Z"}', "[1, 2]",
+                '{"saved_at": "0001-01-01T00:00:00Z", "chains": {}}', '{"saved_at": 5, "chains": {}}',
+                '{"saved_at": "9999-12-31T23:59:59-01:00", "chains": {}}'):
         old.write_text(bad)
         refused = run("audit", "verify", "--heads", str(old), config=config)
         assert refused.exit_code == 1 and "not a chain-heads file" in refused.output, bad

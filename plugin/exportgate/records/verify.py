@@ -56,11 +56,11 @@ INSERTED = "inserted"
 REORDERED = "reordered"
 PROBLEM_KINDS = (ALTERED, DELETED, INSERTED, REORDERED)
 
-LATE_COMMIT_SLACK = dt.timedelta(minutes=10)
+LATE_COMMIT_SLACK = dt.timedelta(minutes=30)
 """How much older than the heads' save a record they do not cover may be dated: a record is dated when the gate
-decides and committed a moment later (at most the store's busy timeout, 5 s by default), so one decided just
-before the save can be committed just after it. Ten minutes is far beyond that, and far short of any backdating
-that matters."""
+decides and committed a moment later (within the store's busy timeout: 5 s by default, 10 minutes at most, and a
+batch queued behind a slow commit waits for that one too), so one decided just before the save can be committed
+just after it. Thirty minutes is beyond that, and short of any backdating that matters."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,9 +18,12 @@ without a word, yet lists its name in ``keys()``. A request that lost one of the
 (:data:`~exportgate.web.forwardauth.REQUEST_HEADERS`: the original request, the forwarding chain, Accept) is
 refused (400) on every route: the gate would otherwise decide on what is left, e.g. give ``/metrics`` to a trusted
 proxy whose X-Forwarded-For naming the real client vanished. A lost line of a header sent more than once cannot be
-seen (``keys()`` names it once); for X-Forwarded-For that is harmless, since the front end's own entry, which the
-gate reads from the right, is ASCII. Other headers lost are no concern of the gate's. A repeated ``Host`` is
-refused (400), as the loop worker refuses it.
+seen (``keys()`` names it once): for X-Forwarded-For that is harmless, since the front end's own entry, which the
+gate reads from the right, is ASCII; for the headers naming the request (X-Original-URI, X-Forwarded-Uri, their
+methods) and Host, a second line holding such bytes goes unseen and the readable one is decided on, where the loop
+worker refuses the request. The front ends in deploy/ set those headers once, replacing the client's, so only a
+client that reaches the gate directly can send two. Other headers lost are no concern of the gate's. A repeated
+``Host`` whose lines granian can read is refused (400), as the loop worker refuses it.
 
 Where granian's HTTP parsing (hyper) still differs from the loop worker's (llhttp), on requests no front end
 sends (measured with granian 2.8): line ends of a bare LF, and ``Content-Length`` beside ``Transfer-Encoding``,
