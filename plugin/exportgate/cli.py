@@ -386,8 +386,11 @@ def authorize_add(ctx: click.Context, auth_id: str, basis: str, destinations: tu
     body = {"id": auth_id, "basis": basis, "destinations": list(destinations), "when": when or None,
             "valid_from": valid_from, "valid_until": valid_until, "note": note}
     auth = parse_authorization(body, file="command line", line=None)
-    _record_authorizations(_config(ctx), [auth])
-    click.echo(f"recorded authorization {auth.id}")
+    cfg = _config(ctx)
+    _record_authorizations(cfg, [auth])
+    # Which store: the gate reads only its own, and one added to another (no --config) would never count.
+    click.echo(f"recorded authorization {auth.id} in {cfg.records}"
+               + ("" if when else " (no conditions: it covers every artifact to its destinations)"))
 
 
 def _record_authorizations(cfg: GateConfig, auths: list[Authorization]) -> None:
@@ -418,8 +421,9 @@ def authorize_import(ctx: click.Context, file: str) -> None:
     All are checked before any is recorded; if the store fails, none is (or, past the recorder's largest
     transaction, the error names those that were)."""
     auths = load_authorization_file(file)
-    _record_authorizations(_config(ctx), auths)
-    click.echo(f"recorded {len(auths)} authorization(s) from {file}")
+    cfg = _config(ctx)
+    _record_authorizations(cfg, auths)
+    click.echo(f"recorded {len(auths)} authorization(s) from {file} in {cfg.records}")
 
 
 @authorize.command("revoke")

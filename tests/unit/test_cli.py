@@ -235,6 +235,8 @@ def test_authorizations_lifecycle(run, config, tmp_path):
     added = run("authorize", "add", "--id", "BIS-CU-7", "--basis", "BIS license D777", "--destination", "CU",
                 "--class", "personal-communications", "--valid-from", "2010-01-01", config=config)
     assert added.exit_code == 0, added.output
+    assert f"in sqlite://{config.parent / 'records.db'}" in added.output  # which store: the gate reads its own
+    assert "no conditions" not in added.output
     data = json.loads(run(*args, config=config).output)
     assert (data["action"], data["authorization"]) == ("allow", "BIS-CU-7")
     assert "BIS license D777" in data["citation"]
@@ -315,6 +317,12 @@ def test_a_store_truncated_to_nothing_does_not_verify(run, tmp_path):
         result = run(*args, config=config)
         assert result.exit_code == 1 and "an empty file, not a record store" in result.output, (args, result.output)
     assert store.read_bytes() == b""
+
+
+def test_an_authorization_without_conditions_says_it_covers_everything(run, config):
+    broad = run("authorize", "add", "--id", "BROAD", "--basis", "b", "--destination", "SY", "--valid-from",
+                "2010-01-01", config=config)
+    assert broad.exit_code == 0 and "no conditions: it covers every artifact" in broad.output
 
 
 def test_listing_authorizations_makes_no_store(run, tmp_path):
