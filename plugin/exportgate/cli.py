@@ -90,6 +90,17 @@ def _request_path(cfg: GateConfig, path: str) -> str:
         raise ExportGateError(f"{exc}: the gate answers such a request with 400, without a decision") from None
 
 
+def _known(value: object) -> str:
+    """A classification value for a person: one the manifest left out is unknown, not "None"."""
+    return "unknown" if value is None else str(value)
+
+
+def _availability(public: bool | None) -> str:
+    if public is None:
+        return "availability unknown"
+    return "publicly available" if public else "not publicly available"
+
+
 def _read_as(asked: str, path: str) -> str:
     return "" if asked == path else f" (the gate reads {asked!r} as this path)"
 
@@ -275,8 +286,8 @@ def explain(ctx: click.Context, ip: str, path: str, at: str | None, method: str,
     loc = decision.location
     where = loc.subdivision or loc.country or f"unknown ({loc.unknown_reason})"
     c = decision.classification
-    what = (f"{c.category}, {c.eccn}, {c.price}, " + ("public" if c.publicly_available else "not public")
-            if c.classified else "unclassified")
+    what = (f"{c.category}, eccn {_known(c.eccn)}, price {_known(c.price)}, "
+            f"{_availability(c.publicly_available)}" if c.classified else "unclassified")
     click.echo(f"decision:       {decision.action.upper()}" + (" (dry-run: served)" if decision.mode == "dry-run"
                                                                  else ""))
     if asked != path:
@@ -333,8 +344,8 @@ def classify(ctx: click.Context, path: str, show_explain: bool, as_json: bool) -
         click.echo(f"{path}: unclassified (no manifest rule matches){_read_as(asked, path)}")
         return
     kinds = f" ({', '.join(c.kinds)})" if c.kinds else ""
-    click.echo(f"{path}: {c.category}{kinds}, eccn {c.eccn}, {c.price}, "
-               f"{'publicly available' if c.publicly_available else 'not publicly available'}{_read_as(asked, path)}")
+    click.echo(f"{path}: {c.category}{kinds}, eccn {_known(c.eccn)}, price {_known(c.price)}, "
+               f"{_availability(c.publicly_available)}{_read_as(asked, path)}")
     click.echo(f"  rule: {c.rule}")
     if c.note:
         click.echo(f"  note: {c.note}")

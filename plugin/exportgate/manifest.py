@@ -164,7 +164,7 @@ def _version(f: yamlfile.Fields) -> str:
         return str(value.isoformat())
     if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not str(value).strip():
         raise f.error("version", f"manifest: version must be a number or text, got {value!r}")
-    return str(value)
+    return getattr(value, "text", None) or str(value)  # as written: 2024.10 is not 2024.1
 
 
 def _rule(item: Any, line: int, file: str, ident: str, errors: list[ConfigError]) -> Rule | None:

@@ -239,6 +239,8 @@ def test_empty_artifacts_list_is_valid() -> None:
 @pytest.mark.parametrize(("version", "shown"), [
     pytest.param("7", "7", id="int"),
     pytest.param("2024.02", "2024.02", id="float"),
+    pytest.param("2024.10", "2024.10", id="float ending in 0, as written"),
+    pytest.param("1.10", "1.10", id="1.10 is not 1.1"),
     pytest.param("2024-02-01", "2024-02-01", id="unquoted date"),
     pytest.param("'r7-beta'", "r7-beta", id="text"),
 ])

@@ -621,3 +621,15 @@ def test_explain_in_static_mode_says_when_it_cannot_see_the_root(run, tmp_path):
     config = write_config(tmp_path, serve={"mode": "static", "root": str(tmp_path / "elsewhere")})
     result = run("explain", "--ip", IR_CLIENT, "--path", "/files/chat-2.tar.gz", config=config)
     assert result.exit_code == 0 and "is no directory here: answering for the path as asked" in result.output
+
+
+def test_classification_values_the_manifest_left_out_read_as_unknown(run, tmp_path):
+    manifest = write(tmp_path / "m.yaml", "manifest: m\nversion: \"1\"\nartifacts:\n"
+                                          "  - path: \"/e/**\"\n    class: other\n")
+    config = write_config(tmp_path, catalog=str(manifest))
+    classified = run("classify", "/e/f", config=config)
+    assert classified.exit_code == 0, classified.output
+    assert "eccn unknown, price unknown, availability unknown" in classified.output
+    assert "None" not in classified.output
+    explained = run("explain", "--ip", IR_CLIENT, "--path", "/e/f", config=config)
+    assert "classification: other, eccn unknown, price unknown, availability unknown" in explained.output
