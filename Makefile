@@ -27,4 +27,4 @@ check: $(STAMP)
 	$(BIN)/exportgate check
 
 clean:
-	rm -rf $(VENV) build dist plugin/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist plugin/*.egg-info .pytest_cache .hypothesis var/demo

@@ -58,13 +58,15 @@ def prepare(base: Path, port: int) -> Path:
     return path
 
 
-def banner(port: int) -> str:
+def banner(port: int, base: str = "var/demo") -> str:
+    """What to try; ``base``: the demo's directory as the user should read it (relative to the repository when it
+    is inside it)."""
     url = f"http://127.0.0.1:{port}"
     deb = "/debian/pool/main/t/thunderbird/thunderbird_115.9.0-1_amd64.deb"
     return f"""
 exportgate demo: a gate on embedded defaults (registry geolocation, the shipped policy packs: today's is the
-2010-03-08 general licenses as amended since) in front of a small mirror in var/demo/mirror. Decisions are
-recorded in var/demo/records.db.
+2010-03-08 general licenses as amended since) and the demo manifest (examples/catalog.yaml), in front of a small
+mirror in {base}/mirror. Decisions are recorded in {base}/records.db.
 
 Try, from another terminal:
 
@@ -75,10 +77,12 @@ Try, from another terminal:
   curl -i -H 'X-Forwarded-For: 2.176.0.1' {url}/downloads/vpn-pro/vpn-pro-2.4.exe
 
   # Cuba, the same email client: blocked pending Commerce authorization (set policy_settings.cuba_software: flag
-  # in var/demo/gate.yaml to flag instead)
+  # in {base}/gate.yaml to flag instead)
   curl -i -H 'X-Forwarded-For: 152.206.0.1' {url}{deb}
 
-Also: {url}/readyz  {url}/metrics   and   .venv/bin/exportgate --config var/demo/gate.yaml explain --ip 41.67.0.1 --path {deb}
+Every request needs the X-Forwarded-For header: loopback is trusted here as a front end, and a front end that names
+no client gets a 400 (a browser without it too).
+Also: {url}/readyz  {url}/metrics   and   .venv/bin/exportgate --config {base}/gate.yaml explain --ip 41.67.0.1 --path {deb}
 Ctrl-C stops the gate.
 """
 
@@ -91,7 +95,11 @@ def main() -> None:
     base = Path(os.environ.get("EXPORTGATE_DEMO_DIR", repo_root() / "var" / "demo"))
     base.mkdir(parents=True, exist_ok=True)
     config_path = prepare(base, port)
-    print(banner(port), flush=True)
+    try:
+        shown = str(base.resolve().relative_to(repo_root().resolve()))
+    except ValueError:  # EXPORTGATE_DEMO_DIR outside the repository
+        shown = str(base)
+    print(banner(port, shown), flush=True)
     from .cli import main as cli_main
 
     sys.argv = ["exportgate", "--config", str(config_path), "serve", "--bind", f"127.0.0.1:{port}"]

@@ -68,6 +68,9 @@ def test_make_run_demo(tmp_path):
     for line in ("curl -i -H 'X-Forwarded-For: 2.176.0.1'", "curl -i -H 'X-Forwarded-For: 152.206.0.1'",
                  "/downloads/vpn-pro/vpn-pro-2.4.exe"):
         assert line in output
+    # The banner names the directory the demo really uses, and says why a request without the header is a 400.
+    assert f"--config {tmp_path / 'demo'}/gate.yaml explain" in output and "var/demo" not in output
+    assert "Every request needs the X-Forwarded-For header" in output
     assert "Traceback" not in output, output
 
 
