@@ -644,11 +644,14 @@ def packs(ctx: click.Context, as_json: bool) -> None:
     """List the policy packs loaded, their dates and settings."""
     from .runtime import open_policies
 
-    policy_set = open_policies(_config(ctx))
+    cfg = _config(ctx)
+    policy_set = open_policies(cfg)
     data = []
     for p in policy_set.packs:
         d = describe_pack(p)
-        d["settings"] = {name: {"choices": list(s.choices), "default": s.default, "description": s.description}
+        # "value": what this gate's policy_settings (or EXPORTGATE_POLICY_SETTINGS__*) make of it, not only the default
+        d["settings"] = {name: {"choices": list(s.choices), "default": s.default, "description": s.description,
+                                "value": cfg.policy_settings.get(name, s.default)}
                          for name, s in p.settings.items()}
         data.append(d)
     if as_json:
@@ -659,7 +662,7 @@ def packs(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{d['id']} v{d['version']}  {d['effective']['from']} .. {until}  {d['title']}")
         click.echo(f"  {d['file']}")
         for name, s in d["settings"].items():
-            click.echo(f"  setting {name}: {' | '.join(s['choices'])} (default {s['default']})")
+            click.echo(f"  setting {name}: {s['value']} (of {' | '.join(s['choices'])}; default {s['default']})")
         click.echo(f"  {d['disclaimer']}")
 
 

@@ -526,6 +526,14 @@ def test_packs_lists_settings(run):
     assert "cuba_software" in result.output and "not legal advice" in result.output
 
 
+def test_packs_shows_the_value_in_effect(run, tmp_path):
+    """It listed the choices and the default only: the same output whatever this gate had set."""
+    config = write_config(tmp_path, policy_settings={"cuba_software": "flag"})
+    assert "setting cuba_software: flag (of block | flag; default block)" in run("packs", config=config).output
+    data = json.loads(run("packs", "--json", config=config).output)
+    assert {p["settings"]["cuba_software"]["value"] for p in data if "cuba_software" in p["settings"]} == {"flag"}
+
+
 @pytest.mark.parametrize(("records", "message"), [
     pytest.param("sqlite:///{tmp}/afile/records.db", "afile", id="parent is a file"),
     pytest.param("sqlite:///{tmp}", "", id="a directory"),
