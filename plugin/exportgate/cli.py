@@ -155,6 +155,8 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
             continue
         except ExportGateError as exc:
             errors.append(exc if isinstance(exc, ConfigError) else ConfigError(str(exc)))
+            if name == "geo":  # the locator stops at its first file: say what is wrong with the other one too
+                errors.extend(_anonymous_ip_problems(cfg))
             continue
         if name == "geo":
             summary["geo"] = obj.describe()
@@ -228,6 +230,19 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
     for warning in summary["warnings"]:
         click.echo(f"warning: {cfg.file or 'config'}: {warning}")
     click.echo("ok")
+
+
+def _anonymous_ip_problems(cfg: GateConfig) -> list[ConfigError]:
+    """The anonymous-IP database's own problem, when the country database failed first (and hid it)."""
+    from .maxmind import AnonymousIPDatabase
+
+    if cfg.geo.database is None or cfg.geo.anonymous_ip_database is None:
+        return []
+    try:
+        AnonymousIPDatabase(cfg.geo.anonymous_ip_database, max_age_days=cfg.geo.max_age_days).close()
+    except ExportGateError as exc:
+        return [exc if isinstance(exc, ConfigError) else ConfigError(str(exc))]
+    return []
 
 
 def _nearest_existing(path: str) -> str:

@@ -221,6 +221,14 @@ def test_check_rejects_bad_geo_databases(run, tmp_path):
     assert result.exit_code == 1 and "asn.mmdb" in result.output
 
 
+def test_check_names_every_bad_geo_file(run, tmp_path):
+    """It named the country database and stopped: a wrong anonymous-IP path showed only at the next check."""
+    config = write_config(tmp_path, geo={"database": str(tmp_path / "country.mmdb"),
+                                         "anonymous_ip_database": str(tmp_path / "anonymous.mmdb")})
+    result = run("check", config=config)
+    assert result.exit_code == 1 and "country.mmdb" in result.output and "anonymous.mmdb" in result.output
+
+
 def test_check_validates_an_authorization_file(run, config, tmp_path):
     bad = write(tmp_path / "auth.yaml", "authorizations:\n  - id: A\n    basis: b\n    destinations: [CU]\n"
                                        "    valid_from: 2011-01-01\n    valid_until: 2010-01-01\n")
