@@ -142,10 +142,12 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
     errors: list[ConfigError] = []
     try:
         cfg = _config(ctx)
-    except ConfigError as exc:
-        _fail(ConfigErrors([exc]))
-    except ConfigErrors as exc:
-        _fail(exc)
+    except (ConfigError, ConfigErrors) as exc:
+        problems = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+        if as_json:
+            _emit({"ok": False, "errors": [{"file": e.file, "line": e.line, "message": e.message}
+                                           for e in problems]})
+        _fail(ConfigErrors(list(problems)))
     summary: dict[str, Any] = {"config": cfg.file or "(embedded defaults)"}
     for name, opener in (("geo", open_locator), ("catalog", open_catalog), ("policies", open_policies)):
         try:
@@ -209,9 +211,12 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
         except ConfigError as exc:
             errors.append(exc)
     if errors:
+        if as_json:  # a CI job reading stdout gets the problems too, not an empty document
+            _emit({**summary, "ok": False, "errors": [
+                {"file": e.file, "line": e.line, "message": e.message} for e in errors]})
         _fail(ConfigErrors(errors))
     if as_json:
-        _emit(summary)
+        _emit({**summary, "ok": True, "errors": []})
         return
     click.echo(f"config: {summary['config']}")
     geo_info = summary.get("geo", {})

@@ -649,3 +649,17 @@ def test_classification_values_the_manifest_left_out_read_as_unknown(run, tmp_pa
     assert "None" not in classified.output
     explained = run("explain", "--ip", IR_CLIENT, "--path", "/e/f", config=config)
     assert "classification: other, eccn unknown, price unknown, availability unknown" in explained.output
+
+
+def test_check_json_reports_problems_on_stdout(tmp_path):
+    """With --json and a problem, stdout was empty: a CI job parsing it saw no document at all."""
+    bad = write(tmp_path / "catalog.yaml", "manifest: m\nversion: 1\nartifacts:\n  - path: /x\n    class: nope\n")
+    result = CliRunner().invoke(main, ["--config", str(write_config(tmp_path, catalog=str(bad))), "check", "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["ok"] is False and data["errors"][0]["file"] == str(bad) and data["errors"][0]["line"] == 5
+    broken = write(tmp_path / "broken.yaml", "geo: [\n")
+    data = json.loads(CliRunner().invoke(main, ["--config", str(broken), "check", "--json"]).stdout)
+    assert data["ok"] is False and data["errors"][0]["file"] == str(broken)
+    fine = CliRunner().invoke(main, ["--config", str(write_config(tmp_path)), "check", "--json"])
+    assert fine.exit_code == 0 and json.loads(fine.stdout)["ok"] is True
