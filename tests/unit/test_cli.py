@@ -663,3 +663,9 @@ def test_check_json_reports_problems_on_stdout(tmp_path):
     assert data["ok"] is False and data["errors"][0]["file"] == str(broken)
     fine = CliRunner().invoke(main, ["--config", str(write_config(tmp_path)), "check", "--json"])
     assert fine.exit_code == 0 and json.loads(fine.stdout)["ok"] is True
+
+
+def test_a_refused_path_is_shown_as_written(run, tmp_path):
+    config = write_config(tmp_path, case_insensitive_paths=True)
+    result = run("classify", "/downloads/\u017ftuff.exe", config=config)
+    assert result.exit_code == 1 and "'/downloads/\u017ftuff.exe'" in result.output, result.output

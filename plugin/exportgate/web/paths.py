@@ -75,7 +75,11 @@ class PathRejected(ExportGateError, ValueError):
         self.reason = reason
         """One of :data:`REASONS`."""
         self.detail = detail
-        shown = path if len(path) <= 80 else path[:77] + "..."
+        try:  # the path's bytes are held as latin-1 (PEP 3333): shown as the UTF-8 they are, not as mojibake
+            readable = path.encode("latin-1").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # text already
+            readable = path
+        shown = readable if len(readable) <= 80 else readable[:77] + "..."
         super().__init__(f"rejected path {shown!r}: {detail}")
 
 
