@@ -145,8 +145,7 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
     except (ConfigError, ConfigErrors) as exc:
         problems = exc.errors if isinstance(exc, ConfigErrors) else [exc]
         if as_json:
-            _emit({"ok": False, "errors": [{"file": e.file, "line": e.line, "message": e.message}
-                                           for e in problems]})
+            _emit({"ok": False, "errors": _error_dicts(problems)})
         _fail(ConfigErrors(list(problems)))
     summary: dict[str, Any] = {"config": cfg.file or "(embedded defaults)"}
     for name, opener in (("geo", open_locator), ("catalog", open_catalog), ("policies", open_policies)):
@@ -212,8 +211,7 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
             errors.append(exc)
     if errors:
         if as_json:  # a CI job reading stdout gets the problems too, not an empty document
-            _emit({**summary, "ok": False, "errors": [
-                {"file": e.file, "line": e.line, "message": e.message} for e in errors]})
+            _emit({**summary, "ok": False, "errors": _error_dicts(errors)})
         _fail(ConfigErrors(errors))
     if as_json:
         _emit({**summary, "ok": True, "errors": []})
@@ -235,6 +233,10 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
     for warning in summary["warnings"]:
         click.echo(f"warning: {cfg.file or 'config'}: {warning}")
     click.echo("ok")
+
+
+def _error_dicts(errors: list[ConfigError]) -> list[dict[str, Any]]:
+    return [{"file": e.file, "line": e.line, "message": e.message} for e in errors]
 
 
 def _anonymous_ip_problems(cfg: GateConfig) -> list[ConfigError]:
@@ -277,21 +279,16 @@ def _nearest_existing(path: str) -> str:
 def explain(ctx: click.Context, ip: str, path: str, at: str | None, method: str, host: str | None,
             as_json: bool) -> None:
     """Show what the gate would decide for one request, and why. Records nothing."""
-    from .runtime import GateRuntime, authorization_book, existing_store
+    from .runtime import GateRuntime, authorizations_on_file
     from .web.clientaddr import written_address
 
     cfg = _config(ctx)
     when = _parse_at(at)
     asked, path = path, _request_path(cfg, path)
-    book = None
     with GateRuntime(cfg, record=False) as rt:
-        store = existing_store(cfg)
-        if store is not None:
-            try:
-                book = authorization_book(store)
-                rt.gate.policies = rt.gate.policies.with_authorizations(book)
-            finally:
-                store.close()
+        book = authorizations_on_file(cfg)
+        if book is not None:
+            rt.gate.policies = rt.gate.policies.with_authorizations(book)
         origin = written_address(ip)  # read as the gate reads the client a front end names
         decision = rt.gate.decide(RequestFacts(client=origin.address or "", path=path, method=method, host=host,
                                                client_source="cli", client_error=origin.error), at=when)
@@ -382,11 +379,12 @@ def authorize() -> None:
     """
 
 
-def _recorder(cfg: GateConfig) -> tuple[Any, Any]:
+def _recorder(cfg: GateConfig, store: Any = None) -> tuple[Any, Any]:
+    """``(store, recorder)`` for the commands that record; ``store``: one already open (else it is opened)."""
     from .records import Recorder
     from .runtime import open_store
 
-    store = open_store(cfg)
+    store = open_store(cfg) if store is None else store
     return store, Recorder(store, instance=f"{cfg.instance}:cli")
 
 
@@ -470,8 +468,7 @@ def authorize_revoke(ctx: click.Context, auth_id: str, reason: str) -> None:
     found = existing_store(cfg)  # nothing to revoke, and no store to make, where there is none
     if found is None:
         raise ExportGateError(f"no authorization {auth_id!r} on file: no record store at {cfg.records}")
-    found.close()
-    store, recorder = _recorder(cfg)
+    store, recorder = _recorder(cfg, found)
     try:
         book = authorization_book(store)
         auth = book.get(auth_id)
@@ -495,16 +492,11 @@ def authorize_revoke(ctx: click.Context, auth_id: str, reason: str) -> None:
 def authorize_list(ctx: click.Context, at: str | None, as_json: bool) -> None:
     """List authorizations on file with their status (valid, expired, revoked, replaced, not yet valid)."""
     from .authorization import AuthorizationBook
-    from .runtime import authorization_book, existing_store
+    from .runtime import authorizations_on_file
 
     when = _parse_at(at) or _now()
-    store = existing_store(_config(ctx))  # listing makes no store where there is none (a mistyped path)
-    book = AuthorizationBook(())
-    if store is not None:
-        try:
-            book = authorization_book(store)
-        finally:
-            store.close()
+    # Listing makes no store where there is none (a mistyped path).
+    book = authorizations_on_file(_config(ctx)) or AuthorizationBook(())
     rows = []
     for auth in sorted(book.all, key=lambda a: a.id):
         row = auth.to_dict()
@@ -570,12 +562,12 @@ def _read_heads(path: str) -> tuple[dict[str, tuple[int, str]], dt.datetime | No
 def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | None, as_json: bool) -> None:
     """Check every hash chain; name each altered, deleted, inserted or reordered record. Exit 1 if any."""
     from .records import verify
-    from .runtime import existing_store, open_store
+    from .runtime import existing_store
 
     cfg = _config(ctx)
-    if existing_store(cfg) is None:  # never create an empty store and call it verified
+    store = existing_store(cfg)
+    if store is None:  # never create an empty store and call it verified
         raise ExportGateError(f"no record store at {cfg.records}: a store that was moved or deleted does not verify")
-    store = open_store(cfg)
     try:
         expected, saved_at = _read_heads(heads_file) if heads_file else (None, None)
         report = verify(store, expected_heads=expected, heads_saved_at=saved_at)

@@ -71,6 +71,18 @@ def authorization_book(store: Any) -> AuthorizationBook:
     return AuthorizationBook.from_entries(entries)
 
 
+def authorizations_on_file(config: GateConfig) -> AuthorizationBook | None:
+    """The authorizations in the record store if it exists (:func:`existing_store`), else ``None``: for read-only
+    commands, which make no store."""
+    store = existing_store(config)
+    if store is None:
+        return None
+    try:
+        return authorization_book(store)
+    finally:
+        store.close()
+
+
 @dataclass(frozen=True)
 class DecisionFiles:
     """The manifest and the policy packs as loaded from their files: plain data, which a forked worker inherits."""
