@@ -3,7 +3,7 @@ country block and the obvious Flask/gunicorn forward-auth endpoint, in one run w
 
 Run by hand (about four minutes; needs nginx, wrk and libnginx-mod-http-geoip2)::
 
-    .venv/bin/python bench/http_forward_auth.py [--seconds 10] [--gunicorn 1,2] [--granian 1]
+    .venv/bin/python bench/http_forward_auth.py [--seconds 10] [--gunicorn 1,2] [--granian 1] [--connections 128]
     .venv/bin/python bench/http_forward_auth.py --profile gunicorn [--workers 1]   # where a worker's time goes
 
 Everything runs on 127.0.0.1 with ``wrk -t2 -c32 --latency`` for ``--seconds`` per run (after a 2 s warm-up), all
@@ -24,7 +24,9 @@ requests ``GET`` of 1 KiB files, each carrying ``X-Forwarded-For``, which nginx 
    (``--granian WORKERS``); for scale, the default once more without the recorder's commit delay
    (``commit_delay_ms=0``) and once with the record store in memory (not durable: what the commits cost);
 5. the mixed workload, 90 % metadata (index page, ``.json``, ``.sha256``, ``.html``) and 10 % artifacts, through
-   deploy/nginx with the fastest gate of (4), against nginx alone on the same workload.
+   deploy/nginx with the fastest gate of (4), against nginx alone on the same workload;
+6. with ``--connections 128,...``: (2), the baseline and the default gate again at each of those connection
+   counts, where the gate's group commit gathers more records per commit.
 
 After each gate run the store must hold one decision record per request the gate answered during the run (nginx's
 access log: ``gate=200``), plus at most one per request wrk abandoned mid-decision when it stopped (``499``,
@@ -278,12 +280,14 @@ class Load:
         return self.requests / self.seconds
 
 
-def wrk(port: int, paths: Sequence[str], client: str, seconds: float, work: Path) -> Load:
-    """``wrk -t2 -c32 --latency``, cycling through ``paths`` (each thread on its own), as ``client``."""
+def wrk(port: int, paths: Sequence[str], client: str, seconds: float, work: Path,
+        connections: int = CONNECTIONS) -> Load:
+    """``wrk -t2 -c32 --latency`` (``-c connections``), cycling through ``paths`` (each thread on its own), as
+    ``client``."""
     script = work / "wrk.lua"
     lua_paths = "{" + ", ".join(json.dumps(p) for p in paths) + "}"
     script.write_text(WRK_SCRIPT.format(paths=lua_paths, client=client), encoding="utf-8")
-    cmd = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "5s", "--latency",
+    cmd = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", "--latency",
            "-s", str(script), f"http://127.0.0.1:{port}/"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
     match = re.search(r"^BENCH (\{.*\})$", out, re.MULTILINE)
@@ -354,6 +358,7 @@ class Row:
     ok: bool = True
     usage: Usage = field(default_factory=Usage)
     args: list[str] = field(default_factory=list)
+    connections: int = CONNECTIONS
 
     def cpu(self) -> str:
         def per(value: float | None) -> str:
@@ -399,24 +404,26 @@ def slug(label: str) -> str:
 
 
 def plain_run(label: str, group: str, nginx: NginxProcess, paths: Sequence[str], client: str, seconds: float,
-              work: Path, *, auth: _Server | None = None, blocked_client: str | None = None) -> Row:
-    """nginx (and whatever it asks) under load; every response must be a 2xx."""
+              work: Path, *, auth: _Server | None = None, blocked_client: str | None = None,
+              connections: int = CONNECTIONS) -> Row:
+    """nginx (and whatever it asks) under load with ``connections``; every response must be a 2xx."""
     with nginx:
         for path in dict.fromkeys(paths):
             expect(nginx.port, path, client, 200)
         if blocked_client is not None:
             expect(nginx.port, ARTIFACT, blocked_client, 451)
-        wrk(nginx.port, paths, client, WARMUP_SECONDS, work)
+        wrk(nginx.port, paths, client, WARMUP_SECONDS, work, connections)
         usage = Usage()
         with accounting(usage, nginx, auth):
-            load = wrk(nginx.port, paths, client, seconds, work)
+            load = wrk(nginx.port, paths, client, seconds, work, connections)
     ok = load.non2xx == 0 and load.socket_errors == 0
-    return Row(label=label, load=load, group=group, ok=ok, usage=usage,
+    return Row(label=label, load=load, group=group, ok=ok, usage=usage, connections=connections,
                check="" if ok else f"FAILED: {load.non2xx} non-2xx, {load.socket_errors} socket errors")
 
 
 def gate_run(label: str, group: str, *, base: Path, root: Path, geo_database: Path, server_args: Sequence[str],
-             paths: Sequence[str], seconds: float, in_memory: bool = False, records_query: str = "") -> Row:
+             paths: Sequence[str], seconds: float, in_memory: bool = False, records_query: str = "",
+             connections: int = CONNECTIONS) -> Row:
     """deploy/nginx + ``exportgate serve ARGS`` under load, with the decision records counted before and after
     (``in_memory``: a store that is not durable, counted through the gate's metrics instead; ``records_query``:
     options of the SQLite store URL)."""
@@ -432,12 +439,12 @@ def gate_run(label: str, group: str, *, base: Path, root: Path, geo_database: Pa
     with gate, nginx:
         expect(port, ARTIFACT, IR_CLIENT, 200)
         expect(port, BLOCKED_ARTIFACT, IR_CLIENT, 451)
-        wrk(port, paths, IR_CLIENT, WARMUP_SECONDS, work)
+        wrk(port, paths, IR_CLIENT, WARMUP_SECONDS, work, connections)
         time.sleep(0.5)  # every warm-up request answered and logged: the count below is stable
         before = metric_decisions(gate.port) if in_memory else decision_count(database)
         log.write_text("")  # nginx appends (O_APPEND): the log restarts at 0 for the measured run
         with accounting(usage, nginx, gate):
-            load = wrk(port, paths, IR_CLIENT, seconds, work)
+            load = wrk(port, paths, IR_CLIENT, seconds, work, connections)
         time.sleep(0.5)
         answered, served, abandoned = count_gate_lines(log, ARTIFACT)
         after = metric_decisions(gate.port) if in_memory else settle(database, before + answered)
@@ -445,7 +452,7 @@ def gate_run(label: str, group: str, *, base: Path, root: Path, geo_database: Pa
     # wrk counts per thread, each cycling through ``paths`` from its start: allow one short cycle per thread. And
     # when wrk stops, the requests still in flight are mostly artifacts (they wait for the gate, metadata does
     # not), so wrk's completed requests hold fewer than their share of them: allow one per connection.
-    slack = WRK_THREADS + (CONNECTIONS if len(paths) > 1 else 0)
+    slack = WRK_THREADS + (connections if len(paths) > 1 else 0)
     counted = paths.count(ARTIFACT) * load.requests // len(paths) - slack
     problems = []
     if load.non2xx or load.socket_errors:
@@ -459,7 +466,8 @@ def gate_run(label: str, group: str, *, base: Path, root: Path, geo_database: Pa
     ok = not problems
     check = (f"ok: {new:,} records, {answered:,} answers + {abandoned} abandoned at the end; "
              f"{served:,} artifacts served" if ok else "FAILED: " + "; ".join(problems))
-    return Row(label=label, load=load, group=group, check=check, ok=ok, usage=usage, args=list(server_args))
+    return Row(label=label, load=load, group=group, check=check, ok=ok, usage=usage, args=list(server_args),
+               connections=connections)
 
 
 def metric_decisions(port: int) -> int:
@@ -472,12 +480,12 @@ def metric_decisions(port: int) -> int:
                    if sample.name == "exportgate_decisions_total"))
 
 
-def parse_workers(text: str) -> list[int]:
-    """``1,2`` -> ``[1, 2]`` (worker processes); empty -> none."""
+def parse_counts(text: str) -> list[int]:
+    """``1,2`` -> ``[1, 2]`` (worker processes, connections); empty -> none."""
     counts = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         if not part.isdigit() or int(part) < 1:
-            raise argparse.ArgumentTypeError(f"expected worker counts like 1,2, got {part!r}")
+            raise argparse.ArgumentTypeError(f"expected counts like 1,2, got {part!r}")
         counts.append(int(part))
     return counts
 
@@ -553,6 +561,29 @@ def run(args: argparse.Namespace) -> list[Row]:
                                  root=root, geo_database=geo_database, server_args=best.args, paths=MIXED,
                                  seconds=seconds))
             say(rows[-1])
+
+        # The same three at more connections (option --connections): where group commit has more to gather.
+        for count in args.connections:
+            rows.append(plain_run(f"{NATIVE}, {count} connections", "connections", nginx(
+                f"geoip2-{count}", lambda port, count=count: nginx_geoip2_conf(
+                    port, root, base / f"geoip2-{count}.log", geo_database),
+                [GEOIP2_MODULE]), [ARTIFACT], US_CLIENT, seconds, base, blocked_client=IR_CLIENT,
+                connections=count))
+            say(rows[-1])
+            flask = FlaskGunicorn(workdir=base / f"flask-{count}")
+            with flask:
+                rows.append(plain_run(f"{BASELINE}, {count} connections", "connections", nginx(
+                    f"flask-nginx-{count}", lambda port, count=count, flask=flask: nginx_auth_request_conf(
+                        port, root, base / f"flask-{count}.log", f"127.0.0.1:{flask.port}", keepalive=False)),
+                    [ARTIFACT], IR_CLIENT, seconds, base, auth=flask, connections=count))
+            say(rows[-1])
+            if args.gunicorn:
+                rows.append(gate_run(
+                    f"gate, gunicorn + event-loop worker, {args.gunicorn[0]} worker(s), {count} connections",
+                    "connections", base=base, root=root, geo_database=geo_database,
+                    server_args=["--workers", str(args.gunicorn[0]), "--server", "gunicorn"], paths=[ARTIFACT],
+                    seconds=seconds, connections=count))
+                say(rows[-1])
         return rows
     finally:
         if args.keep:
@@ -571,7 +602,9 @@ def markdown(rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:
         "## Forward auth behind nginx (issue #3)",
         "",
         (f"`.venv/bin/python bench/http_forward_auth.py --seconds {args.seconds:g} --gunicorn {counts(args.gunicorn)} "
-        f"--granian {counts(args.granian)}` — {machine()}, {os.cpu_count()} cores, {elapsed:.0f} s"),
+        f"--granian {counts(args.granian)}"
+        f"{' --connections ' + counts(args.connections) if args.connections else ''}` — {machine()}, "
+        f"{os.cpu_count()} cores, {elapsed:.0f} s"),
         "",
         (f"`wrk -t{WRK_THREADS} -c{CONNECTIONS} -d{args.seconds:g}s --latency` on 127.0.0.1 (after a "
         f"{WARMUP_SECONDS} s warm-up), GET of a 1 KiB file, `X-Forwarded-For` believed from 127.0.0.1; nginx with "
@@ -584,7 +617,7 @@ def markdown(rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
-        if r.group == "mixed":
+        if r.group in ("mixed", "connections"):
             continue
         out.append(f"| {r.label} | {r.load.rate:,.0f} | {r.load.p50_ms:.2f} ms | {r.load.p99_ms:.2f} ms | "
                    f"{r.load.rate / native:.2f}x | {r.load.rate / baseline:.1f}x | {r.cpu()} µs | "
@@ -612,6 +645,26 @@ def markdown(rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:
         ratio = f"{r.load.rate / alone_mixed:.2f}x" if alone_mixed else "-"
         out.append(f"| {r.label} | {r.load.rate:,.0f} | {r.load.p50_ms:.2f} ms | {r.load.p99_ms:.2f} ms | "
                    f"{ratio} | {r.cpu()} µs | {r.check or '-'} |")
+    if args.connections:
+        out += [
+            "",
+            ("At more connections (`--connections`): the native block, the baseline and the gate (deploy/nginx, "
+             "upstream keepalive 32: nginx opens more connections to the gate as it needs them), each compared "
+             "with the native block and the baseline at the same count:"),
+            "",
+            "| run | req/s | p50 | p99 | vs geoip2 native | vs Flask baseline | CPU/req (auth / nginx) | records |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in rows:
+            if r.group != "connections":
+                continue
+            same = [x for x in rows if x.group == "connections" and x.connections == r.connections]
+            native_c = next((x.load.rate for x in same if x.label.startswith(NATIVE)), None)
+            baseline_c = next((x.load.rate for x in same if x.label.startswith(BASELINE)), None)
+            vs_native = f"{r.load.rate / native_c:.2f}x" if native_c else "-"
+            vs_baseline = f"{r.load.rate / baseline_c:.1f}x" if baseline_c else "-"
+            out.append(f"| {r.label} | {r.load.rate:,.0f} | {r.load.p50_ms:.2f} ms | {r.load.p99_ms:.2f} ms | "
+                       f"{vs_native} | {vs_baseline} | {r.cpu()} µs | {r.check or '-'} |")
     return "\n".join(out) + "\n"
 
 
@@ -732,10 +785,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured wrk run")
-    parser.add_argument("--gunicorn", type=parse_workers, default=parse_workers("1,2"),
+    parser.add_argument("--gunicorn", type=parse_counts, default=parse_counts("1,2"),
                         help="gunicorn (event-loop worker, the default) worker counts, comma-separated (default 1,2)")
-    parser.add_argument("--granian", type=parse_workers, default=parse_workers("1"),
+    parser.add_argument("--granian", type=parse_counts, default=parse_counts("1"),
                         help="granian (RSGI) worker counts, comma-separated (default 1; '' for none)")
+    parser.add_argument("--connections", type=parse_counts, default=[],
+                        help="also run the native block, the baseline and the default gate at these connection "
+                             "counts, comma-separated (e.g. 128,256; default none)")
     parser.add_argument("--profile", choices=["gunicorn", "granian"],
                         help="instead: py-spy one gate worker under this server while under load")
     parser.add_argument("--workers", type=int, default=1, help="--profile: worker processes")
