@@ -9,7 +9,8 @@ a rule and a path meet in one dict lookup.
 ecosystem  recognised                                                             name form
 =========  =====================================================================  ================================
 pypi       ``*.whl`` (and PEP 658 ``*.whl.metadata``) anywhere; sdists            PEP 503 (``canonicalize_name``)
-           ``name-ver.tar.gz``/``.zip`` under a ``packages`` directory;
+           ``name-ver.tar.gz``/``.zip`` (any case, other compressions, eggs,
+           bdist_dumb/wininst builds) under a ``packages`` directory;
            ``…/simple/<name>/`` (or ``/index.html``); ``…/pypi/<name>[/<ver>]/json``
 debian     ``name_ver_arch.deb``/``.udeb``/``.ddeb``, ``name_ver.dsc``,            as written (Debian names are
            ``name_ver.orig[-comp].tar.*[.asc]``, ``name_ver.debian.tar.*``,        lower case by policy)
@@ -70,6 +71,9 @@ _GENERIC = re.compile(
 # Another place in the version where one could start: then the name is not known (chatpkg-2fa-1.0 is chatpkg 2fa-1.0
 # or chatpkg-2fa 1.0), and the file names no package rather than a guess that could be another project's.
 _ANOTHER_VERSION_START = re.compile(r"-[vV]?[0-9]")
+# What pypiserver (and PyPI, for older uploads) serves as a project's files besides wheels, compared in lower case.
+_PYPI_ARCHIVES = (".tar.gz", ".zip", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tar.zst", ".tar", ".egg",
+                  ".exe", ".msi")
 _ECOSYSTEM_EXTENSIONS = (".whl", ".whl.metadata", ".deb", ".udeb", ".ddeb", ".dsc", ".rpm")
 
 
@@ -128,13 +132,31 @@ def _pypi_file(filename: str, directories: list[str], found: list[tuple[str, str
     filename = filename.removesuffix(".metadata")
     if not filename.isascii():  # PEP 427/625 names are ASCII; packaging would fold the Kelvin sign into "k"
         return
-    try:
-        if filename.endswith(".whl"):
+    if filename.endswith(".whl"):
+        try:
             _add(found, PYPI, parse_wheel_filename(filename)[0])
-        elif filename.endswith((".tar.gz", ".zip")) and "packages" in directories:
-            _add(found, PYPI, parse_sdist_filename(filename)[0])
-    except ValueError:  # InvalidWheelFilename, InvalidSdistFilename, InvalidVersion
-        pass
+        except ValueError:  # InvalidWheelFilename, InvalidVersion
+            pass
+        return
+    if "packages" not in directories:
+        return
+    lower = filename.lower()
+    suffix = next((s for s in _PYPI_ARCHIVES if lower.endswith(s)), None)
+    if suffix is None:
+        return
+    if suffix in (".tar.gz", ".zip"):
+        try:  # a PEP 625 sdist (packaging reads the suffix in lower case only)
+            _add(found, PYPI, parse_sdist_filename(filename[: -len(suffix)] + suffix)[0])
+            return
+        except ValueError:  # InvalidSdistFilename, InvalidVersion: read as below
+            pass
+    # What an index still serves under a project beside PEP 625 sdists: an egg (name-1.0-py3.11.egg), bdist_dumb
+    # and bdist_wininst builds (name-1.0.linux-x86_64.tar.gz, name-1.0.win32.exe), other compressions, a version
+    # outside PEP 440 (name-0.7-beta.tar.gz). The name is read up to the version, as a generic download's is:
+    # only where one place could start the version.
+    name = _generic_name(filename)
+    if name is not None:
+        _add(found, PYPI, name)
 
 
 def _pypi_pages(segments: list[str], found: list[tuple[str, str]]) -> None:
@@ -196,6 +218,14 @@ def _npm_file(filename: str, directories: list[str], found: list[tuple[str, str]
 
 
 def _generic_file(filename: str, found: list[tuple[str, str]]) -> None:
+    name = _generic_name(filename)
+    if name is not None:
+        _add(found, GENERIC, name)
+
+
+def _generic_name(filename: str) -> str | None:
+    """``name`` of ``name-1.2.3.ext``, or None when none or more than one place could start the version."""
     match = _GENERIC.fullmatch(filename)
-    if match is not None and not _ANOTHER_VERSION_START.search(match["version"]):
-        _add(found, GENERIC, match["name"])
+    if match is None or _ANOTHER_VERSION_START.search(match["version"]):
+        return None
+    return match["name"]
