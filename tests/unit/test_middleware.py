@@ -6,6 +6,8 @@ request" and "the app was handed the decided path" are observed, not assumed.
 
 from __future__ import annotations
 
+import logging
+
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -260,6 +262,29 @@ def test_script_name(make: Any) -> None:
     assert mirror.calls[0]["PATH_INFO"] == "/files/chat-1.tar.gz"
     out = fetch(app, "/mirror/../files/crypto-1.tar.gz", client=US_CLIENT, script_name="/mirror")
     assert out.status_code == 404 and len(mirror.calls) == 1
+
+
+@pytest.mark.parametrize("script_name, raw", [
+    pytest.param("/mirror", "/mirror/packages/cryptopkg-1.0.tar.gz", id="mounted"),
+    pytest.param("/mirror/", "/mirror/packages/cryptopkg-1.0.tar.gz", id="mount with a trailing slash"),
+    pytest.param("/mirror", "/mirror//packages/./cryptopkg-1.0.tar.gz", id="mounted, unresolved path"),
+    pytest.param("/mirror", "/mirror/PACKAGES/../packages/cryptopkg-1.0.tar.gz", id="mounted, dot-segments"),
+])
+def test_a_glob_written_without_the_mount_point_still_gates(make: Any, caplog: Any, script_name: str,
+                                                             raw: str) -> None:
+    # The same gate.yaml as for an unmounted index: /packages/** must not let /mirror/packages/... pass undecided.
+    app, mirror, runtime, _ = make(gated=("/packages/**",))
+    with caplog.at_level(logging.WARNING, logger="exportgate.web"):
+        response = fetch(app, raw, script_name=script_name)
+        fetch(app, raw, script_name=script_name)
+    assert response.status_code == 451 and mirror.calls == []
+    assert runtime.store.count("decision") == 2
+    said = [r.getMessage() for r in caplog.records if "mount point" in r.getMessage()]
+    assert len(said) == 1 and "/mirror/packages/cryptopkg-1.0.tar.gz" in said[0]  # once, with the glob to write
+    allowed = fetch(app, "/mirror/packages/chatpkg-1.0.tar.gz", script_name=script_name)  # a package rule matches
+    assert allowed.status_code == 200 and mirror.calls[0]["PATH_INFO"] == "/packages/chatpkg-1.0.tar.gz"
+    listing = fetch(app, "/mirror/simple/", script_name=script_name)  # outside the globs, mounted or not
+    assert listing.status_code == 200 and "X-Exportgate-Decision-Id" not in listing.headers
 
 
 def test_ungated_paths_pass_without_a_decision(make: Any) -> None:

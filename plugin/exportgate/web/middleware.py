@@ -14,8 +14,10 @@ resolved, slashes merged; encoded ``/`` is a 400), and the wrapped app is handed
 what was decided. A path that climbs out of the app's ``SCRIPT_NAME`` is a 404.
 
 Paths are the whole request target, ``SCRIPT_NAME`` included: for an app mounted at ``/mirror``, ``gated`` globs and
-the manifest's rules are written ``/mirror/files/**``. A ``gated`` glob written without the mount point matches
-nothing, and every download under it would pass undecided.
+the manifest's path rules are written ``/mirror/files/**``. A ``gated`` glob written without the mount point (as the
+same gate.yaml would say it for the front end of an unmounted mirror) still gates what it names under the mount:
+the request is decided, on its whole path, and the gate logs once that the globs leave the mount point out (package
+rules match either way; a path rule written without the mount point leaves the file unclassified).
 
 Caveat: apps that decode the path a second time or accept backslashes as separators need their own care; so does
 a case-insensitive app behind a gate not configured with ``case_insensitive_paths``.
@@ -23,6 +25,7 @@ a case-insensitive app behind a gate not configured with ``case_insensitive_path
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -36,6 +39,8 @@ from .forwardauth import Admission, StartResponse, plain, reject_path
 from .page import Operator, decision_headers, overrides_no_store
 from .paths import PathRejected, normalise_path, origin_form
 from .perprocess import PerProcess
+
+log = logging.getLogger("exportgate.web")
 
 DECISION_KEY = "exportgate.decision"
 ORIGINAL_URI_KEY = "exportgate.original_uri"
@@ -93,6 +98,7 @@ class GateMiddleware:
         self.admission = admission
         self.operator = operator or Operator()
         self.gated = compile_gated(gated, case_insensitive=admission.case_insensitive)
+        self._said_mount = False
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         raw_uri = _raw_uri(environ)
@@ -105,10 +111,14 @@ class GateMiddleware:
         # The app gets the path that is matched and decided, not the raw one: /PACKAGES/, /a/../packages/ or
         # %70ackages must not slip past the gate as "not a download", and an app that does not resolve
         # dot-segments itself must not open something other than what was decided.
-        if not _use_normalised(environ, path, raw_uri):
+        in_app = _use_normalised(environ, path, raw_uri)
+        if in_app is None:
             return plain(start_response, "404 Not Found", "not found")
         if self.gated is not None and not self.gated.match(path):
-            return self.app(environ, start_response)
+            # Gating more is the safe direction: a glob that names the path inside the app's mount gates it too.
+            if in_app == path or not self.gated.match(in_app):
+                return self.app(environ, start_response)
+            self._say_mount_left_out(environ.get("SCRIPT_NAME", ""), in_app)
         decision, refusal = self.admission.admit_download(environ, start_response, raw_uri, normalised, self.operator)
         if refusal is not None:
             return refusal
@@ -122,20 +132,29 @@ class GateMiddleware:
 
         return self.app(environ, start_with_decision)
 
+    def _say_mount_left_out(self, script_name: str, in_app: str) -> None:
+        if self._said_mount:
+            return
+        self._said_mount = True
+        log.warning("serve.gated names %s only without the app's mount point %s: it is gated and decided on its "
+                    "whole path; write serve.gated and the manifest's path rules with the mount point (%s%s)",
+                    in_app, script_name, script_name.rstrip("/"), in_app)
 
-def _use_normalised(environ: dict[str, Any], path: str, raw_uri: str) -> bool:
+
+def _use_normalised(environ: dict[str, Any], path: str, raw_uri: str) -> str | None:
     """Point ``PATH_INFO`` (and ``RAW_URI``/``REQUEST_URI``) at the normalised path; originals kept under
-    :data:`ORIGINAL_URI_KEY`. False when the path left the app's ``SCRIPT_NAME`` (``/app/../other``)."""
+    :data:`ORIGINAL_URI_KEY`. Returns the path within the app (``path`` without ``SCRIPT_NAME``), or None when the
+    path left the app's ``SCRIPT_NAME`` (``/app/../other``)."""
     environ[ORIGINAL_URI_KEY] = raw_uri
     script = environ.get("SCRIPT_NAME", "")
     if not script and raw_uri.partition("?")[0] == path:
         # The common case, nothing to resolve (so ASCII, no escapes): the target already names the decided path.
         environ["PATH_INFO"] = path
-        return True
+        return path
     if script:
         script_text = script.encode("latin-1").decode("utf-8", "replace")
         if path != script_text and not path.startswith(script_text.rstrip("/") + "/"):
-            return False
+            return None
         path_info = path[len(script_text.rstrip("/")):]
     else:
         path_info = path
@@ -145,7 +164,7 @@ def _use_normalised(environ: dict[str, Any], path: str, raw_uri: str) -> bool:
     for key in ("RAW_URI", "REQUEST_URI"):
         if key in environ:
             environ[key] = uri
-    return True
+    return path_info or "/"
 
 
 def _raw_uri(environ: dict[str, Any]) -> str:
