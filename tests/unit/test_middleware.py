@@ -287,6 +287,32 @@ def test_a_glob_written_without_the_mount_point_still_gates(make: Any, caplog: A
     assert listing.status_code == 200 and "X-Exportgate-Decision-Id" not in listing.headers
 
 
+@pytest.mark.parametrize("script_name", ["", "/mirror"])
+def test_the_blocked_by_link_leads_to_the_policy_page(make: Any, script_name: str) -> None:
+    # RFC 7725's link names who blocks: the app behind the middleware has no such page, so the middleware serves it.
+    app, mirror, runtime, _ = make(gated=("/packages/**",))
+    blocked = fetch(app, f"{script_name}/packages/cryptopkg-1.0.tar.gz", script_name=script_name)
+    assert blocked.status_code == 451
+    link = blocked.headers["Link"]
+    assert link == f'<{script_name}/exportgate/policy>; rel="blocked-by"'
+    page = fetch(app, link[1:link.index(">")], script_name=script_name)
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+    document = page.get_json()
+    assert document["operator"] == "Test Mirror Operator" and document["packs"]
+    assert all("file" not in pack for pack in document["packs"])
+    assert fetch(app, f"{script_name}/exportgate/policy", method="HEAD", script_name=script_name).data == b""
+    assert fetch(app, f"{script_name}/exportgate/policy", method="POST", script_name=script_name).status_code == 405
+    assert mirror.calls == [] and runtime.store.count("decision") == 1
+
+
+def test_a_policy_url_of_the_operator_is_linked_and_the_app_keeps_the_path(make: Any) -> None:
+    app, mirror, _, _ = make(gated=("/packages/**",), policy_url="https://mirror.example.org/export-policy")
+    blocked = fetch(app, "/packages/cryptopkg-1.0.tar.gz")
+    assert blocked.headers["Link"] == '<https://mirror.example.org/export-policy>; rel="blocked-by"'
+    fetch(app, "/exportgate/policy")
+    assert [call["PATH_INFO"] for call in mirror.calls] == ["/exportgate/policy"]  # the app answers it
+
+
 def test_ungated_paths_pass_without_a_decision(make: Any) -> None:
     app, mirror, runtime, _ = make(gated=("/packages/**",))
     response = fetch(app, "/simple/")

@@ -21,16 +21,14 @@ from typing import Any
 
 from ..config import GateConfig
 from ..errors import ExportGateError
-from ..policy import describe_pack
 from ..runtime import DecisionFiles, GateRuntime
 from .clientaddr import PEER, Networks, TrustedProxies
 from .forwardauth import Admission, ForwardAuth, StartResponse, plain
 from .metrics import Metrics
-from .page import NO_STORE, Operator, page_facts_from_record, render
+from .page import NO_STORE, POLICY_PATH, Operator, page_facts_from_record, policy_document, render
 
 log = logging.getLogger("exportgate.web")
 
-POLICY_PATH = "/exportgate/policy"
 BLOCKED_PREFIX = "/exportgate/blocked/"
 PROBE_EVERY = 2.0
 """Seconds a readiness write probe's answer stands: /readyz and /metrics may be asked by anyone, and each probe is a
@@ -182,11 +180,7 @@ class GateApp:
         return [body] if environ.get("REQUEST_METHOD") != "HEAD" else [b""]
 
     def policy_page(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        packs = [describe_pack(p) for p in self.runtime.gate.policies.packs]
-        for p in packs:
-            p.pop("file", None)
-        data = {"operator": self.operator.name, "contact": self.operator.contact, "packs": packs}
-        body = json.dumps(data, indent=2).encode()
+        body = policy_document(self.runtime.gate.policies.packs, self.operator)
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 

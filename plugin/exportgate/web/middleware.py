@@ -5,7 +5,9 @@ answers 451 with the page and the wrapped app never sees the request; allow and 
 decision in ``environ["exportgate.decision"]`` and the decision headers added to its response. Requests outside
 ``gated`` (index pages, metadata) pass straight through without a decision. For a Flask app:
 ``gate_flask_app(app, config)`` wraps ``app.wsgi_app`` in one line; for any WSGI app, ``PerProcessGate(app, config)``
-builds the gate from a config, again in each process a server forks after importing the app.
+builds the gate from a config, again in each process a server forks after importing the app. Unless gate.yaml
+names a ``policy_url``, the middleware also serves the gate's policy page at ``/exportgate/policy`` under the app's
+mount: the 451's ``blocked-by`` link points there.
 
 The path is decided as normalised by :func:`~exportgate.web.paths.normalise_path` (decoded once, dot-segments
 resolved, slashes merged; encoded ``/`` is a 400), and the wrapped app is handed exactly that path: ``PATH_INFO``,
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -36,7 +39,7 @@ from ..errors import ConfigError
 from ..globs import compile_glob
 from ..yamlfile import item_line
 from .forwardauth import Admission, StartResponse, plain, reject_path
-from .page import Operator, decision_headers, overrides_no_store
+from .page import NO_STORE, POLICY_PATH, Operator, decision_headers, overrides_no_store, policy_document
 from .paths import PathRejected, normalise_path, origin_form
 from .perprocess import PerProcess
 
@@ -99,6 +102,11 @@ class GateMiddleware:
         self.operator = operator or Operator()
         self.gated = compile_gated(gated, case_insensitive=admission.case_insensitive)
         self._said_mount = False
+        # The default blocked-by link (no policy_url in gate.yaml) names the gate's policy page: served here, as
+        # exportgate serve does, or the 451's link would lead to the app's 404.
+        self._own_policy = self.operator.policy_url in (None, POLICY_PATH)
+        if self.operator.policy_url is None:
+            self.operator = replace(self.operator, policy_url=POLICY_PATH)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         raw_uri = _raw_uri(environ)
@@ -114,12 +122,19 @@ class GateMiddleware:
         in_app = _use_normalised(environ, path, raw_uri)
         if in_app is None:
             return plain(start_response, "404 Not Found", "not found")
+        script = environ.get("SCRIPT_NAME", "")
+        if self._own_policy and in_app == POLICY_PATH:
+            return self._policy_page(environ, start_response)
         if self.gated is not None and not self.gated.match(path):
             # Gating more is the safe direction: a glob that names the path inside the app's mount gates it too.
             if in_app == path or not self.gated.match(in_app):
                 return self.app(environ, start_response)
-            self._say_mount_left_out(environ.get("SCRIPT_NAME", ""), in_app)
-        decision, refusal = self.admission.admit_download(environ, start_response, raw_uri, normalised, self.operator)
+            self._say_mount_left_out(script, in_app)
+        operator = self.operator
+        if self._own_policy and script:  # the blocked-by link leads to this app's policy page, under its mount
+            script_text = script.encode("latin-1").decode("utf-8", "replace").rstrip("/")
+            operator = replace(operator, policy_url=quote(script_text.encode("utf-8"), safe=_SAFE_PATH) + POLICY_PATH)
+        decision, refusal = self.admission.admit_download(environ, start_response, raw_uri, normalised, operator)
         if refusal is not None:
             return refusal
         environ[DECISION_KEY] = decision
@@ -131,6 +146,15 @@ class GateMiddleware:
             return start_response(status, kept + extra, exc_info)
 
         return self.app(environ, start_with_decision)
+
+    def _policy_page(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Length", "0"), NO_STORE])
+            return []
+        body = policy_document(self.admission.gate.policies.packs, self.operator)
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                  NO_STORE])
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
     def _say_mount_left_out(self, script_name: str, in_app: str) -> None:
         if self._said_mount:

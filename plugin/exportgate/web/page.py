@@ -15,8 +15,12 @@ from typing import Any
 
 from ..decision import Decision
 from ..gate import format_time
+from ..policy import describe_pack
 
 NO_STORE = ("Cache-Control", "no-store")
+POLICY_PATH = "/exportgate/policy"
+"""Where the gate serves its policy document (:func:`policy_document`): the ``blocked-by`` link unless
+``policy_url`` names another page."""
 
 # Caching headers that CDNs and nginx obey ahead of Cache-Control (RFC 9213 CDN-Cache-Control and its vendor forms,
 # Surrogate-Control, nginx's X-Accel-Expires): on a gated answer they would let a cache replay one client's
@@ -39,6 +43,15 @@ class Operator:
     name: str = "the operator of this mirror"
     contact: str | None = None
     policy_url: str | None = None
+
+
+def policy_document(packs: Any, operator: Operator) -> bytes:
+    """Who blocks and under which packs (JSON): what the default ``blocked-by`` link points at."""
+    described = [describe_pack(p) for p in packs]
+    for d in described:
+        d.pop("file", None)  # where the pack lies on the gate's disk is not the public's business
+    data = {"operator": operator.name, "contact": operator.contact, "packs": described}
+    return json.dumps(data, indent=2).encode()
 
 
 def decision_headers(decision: Decision) -> list[tuple[str, str]]:
