@@ -26,6 +26,7 @@ from exportgate.web.middleware import (
     DECISION_KEY,
     ORIGINAL_URI_KEY,
     GateMiddleware,
+    PerProcessGate,
     compile_gated,
     gate_flask_app,
 )
@@ -399,6 +400,37 @@ def test_gate_flask_app(tmp_path: Path) -> None:
         assert client.get("/files/crypto-1.tar.gz", environ_overrides=env).status_code == 451
     finally:
         flask_app.extensions["exportgate"].close()
+
+
+@pytest.mark.parametrize("as_path", [str, Path])
+def test_gate_flask_app_takes_the_path_of_a_gate_yaml(tmp_path: Path, caplog: Any, as_path: Any) -> None:
+    import flask
+
+    flask_app = flask.Flask("mirror")
+    flask_app.add_url_rule("/files/<name>", "download", lambda name: FILES.get(f"/files/{name}", b""))
+    with caplog.at_level(logging.WARNING, logger="exportgate.web"):
+        gate_flask_app(flask_app, as_path(write_config(tmp_path, serve={"gated": ["/files/**"]})))
+    try:
+        client = flask_app.test_client()
+        env = {"REMOTE_ADDR": IR_CLIENT}
+        assert client.get("/files/chat-1.tar.gz", environ_overrides=env).data == CHAT
+        assert client.get("/files/crypto-1.tar.gz", environ_overrides=env).status_code == 451
+        assert not [r for r in caplog.records if "embedded defaults" in r.getMessage()]
+    finally:
+        flask_app.extensions["exportgate"].close()
+
+
+def test_a_gate_on_the_embedded_defaults_says_so(tmp_path: Path, caplog: Any) -> None:
+    # The README's one-liner without EXPORTGATE_CONFIG: no manifest, every path gated, another store than the
+    # admin's. Fails closed, and the log says why.
+    records = f"sqlite://{tmp_path / 'records.db'}"
+    with caplog.at_level(logging.WARNING, logger="exportgate.web"):
+        gate = PerProcessGate(Mirror(), load_config(env={"EXPORTGATE_RECORDS": records}))
+    try:
+        said = [r.getMessage() for r in caplog.records if "embedded defaults" in r.getMessage()]
+        assert len(said) == 1 and records in said[0]
+    finally:
+        gate.close()
 
 
 @pytest.mark.parametrize("target", ["/files/crypto-1.tar.gz/", "/files/crypto-1.tar.gz/.", "/files/crypto-1.tar.gz//"])

@@ -28,6 +28,7 @@ a case-insensitive app behind a gate not configured with ``case_insensitive_path
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import replace
@@ -214,8 +215,19 @@ class PerProcessGate:
     every gated request."""
 
     def __init__(self, app: Any, config: Any) -> None:
+        """``config``: a :class:`~exportgate.config.GateConfig` (``load_config(...)``) or the path of a gate.yaml."""
+        from ..config import load_config
+
+        if isinstance(config, str | os.PathLike):
+            config = load_config(config)
         self.app = app
         self.config = config
+        if config.file in (None, "<defaults>"):
+            # Nothing a mirror's operator wrote: no manifest (every download unclassified, so refused under the
+            # shipped packs), every path gated, records in this user's default store, which an admin's
+            # `exportgate authorize` with the gate's config does not write to.
+            log.warning("the gate in front of this app runs on its embedded defaults (no EXPORTGATE_CONFIG, no "
+                        "config file given): no manifest, every path gated, records in %s", config.records)
         self._gate: PerProcess[tuple[Any, GateMiddleware]] = PerProcess(self._build, eager=True)
 
     def _build(self) -> tuple[Any, GateMiddleware]:
@@ -243,8 +255,9 @@ class PerProcessGate:
 
 
 def gate_flask_app(flask_app: Any, config: Any = None) -> Any:
-    """Wrap a Flask app's WSGI callable with the gate configured by ``config`` (default: load_config()); the
-    :class:`PerProcessGate` is ``flask_app.extensions["exportgate"]``."""
+    """Wrap a Flask app's WSGI callable with the gate configured by ``config`` (a GateConfig or a gate.yaml's path;
+    default: ``load_config()``, which reads ``EXPORTGATE_CONFIG``); the :class:`PerProcessGate` is
+    ``flask_app.extensions["exportgate"]``."""
     from ..config import load_config
 
     gate = PerProcessGate(flask_app.wsgi_app, config or load_config())
