@@ -402,6 +402,32 @@ def test_gate_flask_app(tmp_path: Path) -> None:
         flask_app.extensions["exportgate"].close()
 
 
+@pytest.mark.parametrize("path_info, status", [
+    pytest.param("/files/crypto-1.tar.gz", 451, id="ascii"),
+    pytest.param("/files/caf\u00c3\u00a9-1.tar.gz", 451, id="UTF-8 bytes as latin-1 text, as PEP 3333 says"),
+    pytest.param("/files/caf\u00e9-1.tar.gz", 400, id="bytes that are not UTF-8"),
+    pytest.param("/files/\u0441rypto-1.tar.gz", 451, id="decoded text past latin-1 (not PEP 3333)"),
+    pytest.param("/files/\ud800-1.tar.gz", 400, id="a lone surrogate"),
+])
+def test_a_server_without_a_raw_target_is_decided_not_crashed(make: Any, path_info: str, status: int) -> None:
+    app, mirror, _, _ = make()
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path_info, "SCRIPT_NAME": "", "QUERY_STRING": "",
+               "REMOTE_ADDR": IR_CLIENT, "SERVER_NAME": "mirror", "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+    statuses: list[str] = []
+    b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert int(statuses[0].split()[0]) == status and mirror.calls == []
+
+
+def test_a_mount_the_request_target_lacks_is_404_and_said_once(make: Any, caplog: Any) -> None:
+    # werkzeug's ProxyFix(x_prefix=1) outside the gate: SCRIPT_NAME from X-Forwarded-Prefix, not in the target.
+    app, mirror, _, _ = make()
+    with caplog.at_level(logging.WARNING, logger="exportgate.web"):
+        assert fetch(app, "/files/chat-1.tar.gz", script_name="/mirror").status_code == 404
+        assert fetch(app, "/files/chat-1.tar.gz", script_name="/mirror").status_code == 404
+    said = [r.getMessage() for r in caplog.records if "outside the app's SCRIPT_NAME" in r.getMessage()]
+    assert len(said) == 1 and mirror.calls == []
+
+
 @pytest.mark.parametrize("as_path", [str, Path])
 def test_gate_flask_app_takes_the_path_of_a_gate_yaml(tmp_path: Path, caplog: Any, as_path: Any) -> None:
     import flask

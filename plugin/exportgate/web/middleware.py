@@ -103,6 +103,7 @@ class GateMiddleware:
         self.operator = operator or Operator()
         self.gated = compile_gated(gated, case_insensitive=admission.case_insensitive)
         self._said_mount = False
+        self._said_outside = False
         # The default blocked-by link (no policy_url in gate.yaml) names the gate's policy page: served here, as
         # exportgate serve does, or the 451's link would lead to the app's 404.
         self._own_policy = self.operator.policy_url in (None, POLICY_PATH)
@@ -121,9 +122,16 @@ class GateMiddleware:
         # %70ackages must not slip past the gate as "not a download", and an app that does not resolve
         # dot-segments itself must not open something other than what was decided.
         in_app = _use_normalised(environ, path, raw_uri)
-        if in_app is None:
-            return plain(start_response, "404 Not Found", "not found")
         script = environ.get("SCRIPT_NAME", "")
+        if in_app is None:
+            if not self._said_outside:
+                # A client climbing out of the mount (/mirror/../x), or every request: SCRIPT_NAME set by a
+                # middleware outside the gate (werkzeug's ProxyFix with x_prefix) that the request target lacks.
+                self._said_outside = True
+                log.warning("%s is outside the app's SCRIPT_NAME %s: answered 404 (said once). If every request "
+                            "is, SCRIPT_NAME comes from a middleware outside the gate: wrap the gate around it",
+                            path, script)
+            return plain(start_response, "404 Not Found", "not found")
         if self._own_policy and in_app == POLICY_PATH:
             return self._policy_page(environ, start_response)
         if self.gated is not None and not self.gated.match(path):
@@ -202,8 +210,11 @@ def _raw_uri(environ: dict[str, Any]) -> str:
     if raw:
         return origin_form(raw)
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    # PATH_INFO is latin-1 decoded bytes per PEP 3333.
-    path = quote(path.encode("latin-1"), safe="/:@!$&'()*+,;=-._~")
+    try:  # PATH_INFO is latin-1 decoded bytes per PEP 3333
+        raw_bytes = path.encode("latin-1")
+    except UnicodeEncodeError:  # a server that hands decoded text instead: its characters, as UTF-8
+        raw_bytes = path.encode("utf-8", "surrogatepass")  # never raises; bad UTF-8 is a 400 below
+    path = quote(raw_bytes, safe=_SAFE_PATH)
     query = environ.get("QUERY_STRING")
     return f"{path}?{query}" if query else path
 
