@@ -69,7 +69,7 @@ class Stack:
 
 @pytest.fixture(scope="module", params=["granian", "gunicorn"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """deploy/caddy before the gate under each server it runs on: granian (forward auth's default), gunicorn."""
+    """deploy/caddy before the gate under each server it runs on: gunicorn (the default), granian."""
     require(shutil.which("caddy") is not None, "caddy", "apt-get install caddy")
     base = tmp_path_factory.mktemp("caddy-stack")
     root = write_mirror(base / "mirror")
@@ -103,10 +103,21 @@ def test_allowed_download_is_served(stack: Stack) -> None:
     assert r.body == CHAT
     assert r.header("cache-control") == "private"  # no shared cache may replay it to the next client
     assert decision_count(stack.database) == before + 1
-    # Caddy's access log has the download; the decision is in the gate's access log (and the record).
+    # Caddy's access log has the download; the decision is in the gate's record (the count above).
     entry = json.loads(next(line for line in wait_for_text(stack.access_log, "allow-check").splitlines()
                             if "allow-check" in line))
     assert entry["status"] == 200
+
+
+def test_a_client_asking_to_upgrade_is_decided_and_served(stack: Stack) -> None:
+    # curl --http2 on http:// (Upgrade: h2c): forward_auth would pass the client's Upgrade on to the gate.
+    upgrade = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"}
+    before = decision_count(stack.database)
+    r = stack.get("/files/chat-1.tar.gz", client=IR_CLIENT, headers=upgrade)
+    assert r.status == 200 and r.body == CHAT
+    blocked = stack.get("/files/crypto-1.tar.gz", client=IR_CLIENT, headers=upgrade)
+    assert blocked.status == 451 and CRYPTO not in blocked.body
+    assert decision_count(stack.database) == before + 2
 
 
 def test_unknown_location_is_flagged_and_served(stack: Stack) -> None:

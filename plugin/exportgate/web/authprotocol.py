@@ -18,12 +18,14 @@ HTTP/1.1 as front ends use it: keep-alive, pipelining (answers in request order)
 (answered, then closed); an HTTP/1.0 request is answered and its connection closed, a request line without a version
 (HTTP/0.9 to llhttp) is refused. A request is answered from its head alone: nothing here reads a body. A request that
 announces one (``Content-Length`` above 0, ``Transfer-Encoding``, which front ends do not send on ``/auth``) is
-answered and its connection closed after the answer, so no byte after a head is ever read as another request.
+answered and its connection closed after the answer, so no byte after a head is ever read as another request; so is
+a request asking for an ``Upgrade``, which is not taken (RFC 9110, 7.8: a server may ignore it): Caddy's
+``forward_auth`` passes on a client's ``Upgrade: h2c`` (``curl --http2``, Java's HttpClient on ``http://``).
 Limits: a head over 64 KiB is a 431, a head not complete within 30 s or a connection idle longer than the
 keep-alive timeout is closed (aborted, if answers written to it are still unread); a connection with 64 answers
 waiting (for their commits, or for the client to read them) is not parsed or read further until half of them are
-written (pipelined requests already received wait, unparsed and undecided). Upgrades, ``CONNECT`` and a repeated
-``Host`` are refused (400).
+written (pipelined requests already received wait, unparsed and undecided). ``CONNECT`` and a repeated ``Host``
+are refused (400).
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ class AuthConnection(asyncio.Protocol):
         self._parsing = False
         self._url = b""
         self._head_size = 0
-        self._body = False
+        self._last = False  # a body or another protocol may follow the head: the connection's last request
         self._refusal: tuple[str, str] | None = None
         self._refused_head = False  # the refused request was a HEAD: its answer has no body
         self._environ: dict[str, Any] = {}
@@ -271,7 +273,7 @@ class AuthConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._head_size = 0
-        self._body = False
+        self._last = False
         self._url = b""
         self._environ = {"REMOTE_ADDR": self.peer}
         self._headers = []
@@ -288,11 +290,10 @@ class AuthConnection(asyncio.Protocol):
         if key is None:  # most headers: nothing to do until a page needs them
             return
         if key is _BODY:
-            self._body = self._body or name.lower() == b"transfer-encoding" or value != b"0"
+            self._last = self._last or name.lower() == b"transfer-encoding" or value != b"0"
             return
-        if key is _UPGRADE:
-            if self._refusal is None:
-                self._refusal = ("400 Bad Request", "upgrades are not served here")
+        if key is _UPGRADE:  # not taken: answered in HTTP/1.1, and nothing after the head is read (docstring)
+            self._last = True
             return
         environ = self._environ
         text = value.decode("latin-1")
@@ -331,7 +332,7 @@ class AuthConnection(asyncio.Protocol):
         head = method == "HEAD"
         # An HTTP/1.0 connection is closed after its answer, keep-alive asked for or not (as gunicorn does): the
         # answer would have to say "Connection: keep-alive", and front ends ask in HTTP/1.1 anyway.
-        close = (self._body or version == "1.0" or not self.parser.should_keep_alive() or self.server.stopping
+        close = (self._last or version == "1.0" or not self.parser.should_keep_alive() or self.server.stopping
                  or self.server.no_keepalive)
         try:
             self._handle(slot, method, head=head, close=close)
