@@ -418,21 +418,23 @@ def test_an_allowed_download_is_kept_from_shared_caches(gate: tuple[Client, Path
     assert {"private", "no-store"} & {d.strip() for d in cache_control.split(",")}, outcome.answer_headers
 
 
-def test_exempt_routes_drop_a_clients_decision_headers() -> None:
-    """Index pages and metadata are not gated; a client's X-Exportgate-* there would reach the origin and the
-    access log looking like the gate's decision."""
+def test_a_clients_decision_headers_are_dropped() -> None:
+    """A client's X-Exportgate-* would reach the origin and the access log looking like the gate's decision: on
+    index pages and metadata (not gated), and on a gated download the gate blocked or could not decide."""
     dynamic = yaml.safe_load((DEPLOY / "traefik" / "exportgate.yml").read_text(encoding="utf-8"))["http"]
     for name, router in dynamic["routers"].items():
         if router["service"] == "mirror":
             removed = {h.lower() for m in router.get("middlewares", []) for h, v in
                        dynamic["middlewares"][m].get("headers", {}).get("customRequestHeaders", {}).items() if v == ""}
             assert {"x-exportgate-decision", "x-exportgate-decision-id", "x-exportgate-rule"} <= removed, name
-    hcm = envoy_settings()["hcm"]
-    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
-        disabled = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz", {}).get("disabled")
-        if disabled:
-            assert {"x-exportgate-decision", "x-exportgate-decision-id", "x-exportgate-rule"} <= set(
-                route.get("request_headers_to_remove", [])), route["match"]
+    # Envoy: removed from every request before ext_authz (a route's request_headers_to_remove would act after it,
+    # leaving a client's values in the access log of a block or a gate error on the gated route).
+    filters = [f["name"] for f in envoy_settings()["hcm"]["http_filters"]]
+    assert filters.index("envoy.filters.http.header_mutation") < filters.index("envoy.filters.http.ext_authz")
+    mutation = next(f["typed_config"] for f in envoy_settings()["hcm"]["http_filters"]
+                    if f["name"] == "envoy.filters.http.header_mutation")
+    removed = {m["remove"] for m in mutation["mutations"]["request_mutations"] if "remove" in m}
+    assert {"x-exportgate-decision", "x-exportgate-decision-id", "x-exportgate-rule"} <= removed
 
 
 # ------------------------------------------------------------------------------------- other deploy files
