@@ -79,7 +79,7 @@ def _request_path(cfg: GateConfig, path: str) -> str:
                        "the path as asked, not for the file the gate would serve (a symlink's target, an "
                        "index.html)", err=True)
         elif cfg.serve.mode == "static":
-            from .web.static import served_file, served_uri
+            from .web.mirrorfiles import served_file, served_uri
 
             named = normalise_path(path.encode("utf-8")).path
             served = served_file(os.path.realpath(cfg.serve.root), named)[2]

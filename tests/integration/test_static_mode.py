@@ -23,7 +23,7 @@ from werkzeug.test import Client
 
 from conftest import IR_CLIENT, US_CLIENT
 from exportgate.web.app import create_app
-from exportgate.web.static import served_file
+from exportgate.web.mirrorfiles import served_file
 
 UNKNOWN_CLIENT = "10.0.0.1"
 CHAT = bytes(range(256)) * 400

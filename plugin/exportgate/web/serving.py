@@ -15,7 +15,7 @@ from ..errors import ConfigError, ConfigErrors
 from .clientaddr import Networks, TrustedProxies
 from .middleware import compile_gated
 from .proxy import checked_upstream
-from .static import checked_root
+from .mirrorfiles import checked_root
 
 
 MODE_SETTINGS: dict[str, tuple[str, ...]] = {

@@ -38,54 +38,17 @@ from werkzeug.http import parse_date, parse_range_header
 from werkzeug.wrappers import Response
 from werkzeug.wsgi import FileWrapper, wrap_file
 
-from ..errors import ConfigError
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
 from .page import Operator, decision_headers
+from .mirrorfiles import checked_root, served_file, served_uri
 from .paths import NormalisedPath, PathRejected, normalise_path
 
-INDEX = "index.html"
 _SAFE_PATH = "/:@!$&'()*+,;=-._~"
 _ENCODED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
                   "compress": "application/x-compress", "br": "application/x-brotli"}
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _PROC_FD = "/proc/self/fd"
-
-
-def checked_root(root: str) -> str:
-    """The real path of ``root``, once it is a directory to serve; ConfigError otherwise."""
-    real = os.path.realpath(root)
-    if not os.path.isdir(real):
-        raise ConfigError(f"static root {root!r} is not a directory")
-    return real
-
-
-def served_file(root: str, path: str) -> tuple[str, str | None, str]:
-    """What static mode serves for the normalised request ``path`` under the real directory ``root``:
-    ``(target, real, decide_on)``. ``target`` is the file named (``…/index.html`` for a path ending in ``/``),
-    ``real`` its real path with symlinks resolved (``None``: missing, or outside root), ``decide_on`` the path
-    under root of the file that will be served, which is what the gate decides on (``target`` if it is missing).
-    ``exportgate explain`` and ``classify`` ask this too, so they answer for what static mode serves. Only names
-    are looked at (lstat); nothing is opened."""
-    target = path + INDEX if path.endswith("/") else path
-    try:
-        real: str | None = os.path.realpath(os.path.join(root, target.lstrip("/")), strict=True)
-    except (OSError, ValueError):
-        real = None
-    if real is not None and not _inside(root, real):
-        real = None
-    served = (real[len(root):] or "/") if real is not None and root != os.sep else real
-    return target, real, served or target
-
-
-def served_uri(path: str) -> str:
-    """``path`` (from :func:`served_file`) as a request target. fsencode: a link target that is not UTF-8 stays
-    its bytes, and normalise_path then refuses it."""
-    return quote(os.fsencode(path), safe=_SAFE_PATH)
-
-
-def _inside(root: str, real: str) -> bool:
-    return real == root or real.startswith(root + os.sep) or (root == os.sep and real.startswith(os.sep))
 
 
 class StaticApp:

@@ -1,0 +1,61 @@
+"""Which file a mirror directory serves for a request path: a directory's ``index.html``, a symlink's target.
+
+Static mode serves that file and decides on it; forward-auth mode with ``serve.root`` (the directory the front end
+serves, on the gate's host) decides on it too, since the front end will open the link's target; ``exportgate
+explain``/``classify`` answer for it. Only names are looked at (``lstat``, ``realpath``); nothing is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import quote
+
+from ..errors import ConfigError
+
+INDEX = "index.html"
+_SAFE_PATH = "/:@!$&'()*+,;=-._~"
+
+
+def checked_root(root: str) -> str:
+    """The real path of ``root``, once it is a directory to serve; ConfigError otherwise."""
+    real = os.path.realpath(root)
+    if not os.path.isdir(real):
+        raise ConfigError(f"serve.root {root!r} is not a directory")
+    return real
+
+
+def served_file(root: str, path: str) -> tuple[str, str | None, str]:
+    """What static mode serves for the normalised request ``path`` under the real directory ``root``:
+    ``(target, real, decide_on)``. ``target`` is the file named (``…/index.html`` for a path ending in ``/``),
+    ``real`` its real path with symlinks resolved (``None``: missing, or outside root), ``decide_on`` the path
+    under root of the file that will be served, which is what the gate decides on (``target`` if it is missing).
+    ``exportgate explain`` and ``classify`` ask this too, so they answer for what static mode serves. Only names
+    are looked at (lstat); nothing is opened."""
+    target = path + INDEX if path.endswith("/") else path
+    try:
+        real: str | None = os.path.realpath(os.path.join(root, target.lstrip("/")), strict=True)
+    except (OSError, ValueError):
+        real = None
+    if real is not None and not _inside(root, real):
+        real = None
+    served = (real[len(root):] or "/") if real is not None and root != os.sep else real
+    return target, real, served or target
+
+
+def served_uri(path: str) -> str:
+    """``path`` (from :func:`served_file`) as a request target. fsencode: a link target that is not UTF-8 stays
+    its bytes, and normalise_path then refuses it."""
+    return quote(os.fsencode(path), safe=_SAFE_PATH)
+
+
+def _inside(root: str, real: str) -> bool:
+    return real == root or real.startswith(root + os.sep) or (root == os.sep and real.startswith(os.sep))
+
+
+def leaves_root(root: str, target: str, real: str | None) -> bool:
+    """Whether ``target`` (with ``real``, from :func:`served_file`) names something under ``root`` that resolves to
+    nothing inside it: a symlink, or a path through one, out of the root or to nothing. A front end follows it."""
+    return real is None and os.path.lexists(os.path.join(root, target.lstrip("/")))
+
+
+__all__ = ["INDEX", "checked_root", "leaves_root", "served_file", "served_uri"]
