@@ -281,3 +281,33 @@ def test_behind_a_load_balancer_the_gate_trusts_it_too(tmp_path: Path) -> None:
         record = decision_record(tmp_path / "records.db", r.header("x-exportgate-decision-id") or "")
         assert record is not None and record["request"]["client"] == IR_CLIENT  # type: ignore[index]
         assert record["request"]["address_chain"] == [IR_CLIENT, balancer, "127.0.0.1"]  # type: ignore[index]
+
+
+def test_with_the_mirrors_root_the_gate_decides_on_a_symlinks_target(tmp_path: Path) -> None:
+    """Caddy's file_server opens a link's target and has no switch to refuse links (nginx's disable_symlinks): the
+    gate, given the root Caddy serves (serve.root, same host), decides on the file Caddy will open."""
+    require(shutil.which("caddy") is not None, "caddy", "apt-get install caddy")
+    root = write_mirror(tmp_path / "mirror")
+    (root / "files" / "chat-latest.tar.gz").symlink_to("crypto-1.tar.gz")
+    (root / "files" / "chat-2.tar.gz").symlink_to(tmp_path / "outside.tar.gz")
+    (tmp_path / "outside.tar.gz").write_bytes(CRYPTO)
+    iran = {"network": f"{UNTRUSTED_PEER}/32", "country": "IR"}
+    config = write_config(tmp_path, serve={"root": str(root)}, geo={"overrides": [*TEST_OVERRIDES, iran]})
+    gate = GateProcess(workdir=tmp_path / "gate", config=config)
+    port = free_port()
+    caddyfile = render(DEPLOY / "caddy" / "Caddyfile", {
+        "\nmirror.example.org {": f"\nhttp://127.0.0.1:{port} {{",
+        "root * /srv/mirror": f"root * {root}",
+        "/var/log/caddy/exportgate-access.log": str(tmp_path / "caddy" / "access.log"),
+        "reverse_proxy 127.0.0.1:8451": f"reverse_proxy 127.0.0.1:{gate.port}",
+        "forward_auth 127.0.0.1:8451": f"forward_auth 127.0.0.1:{gate.port}",
+    })
+    caddy = CaddyProcess(workdir=tmp_path / "caddy", caddyfile=caddyfile, port=port)
+    with gate, caddy:
+        r = request(port, "/files/chat-latest.tar.gz", source=UNTRUSTED_PEER)  # located in Iran
+        assert r.status == 451 and CRYPTO not in r.body
+        record = decision_record(tmp_path / "records.db", r.header("x-exportgate-decision-id") or "")
+        assert record is not None and record["request"]["path"] == "/files/crypto-1.tar.gz"  # type: ignore[index]
+        out = request(port, "/files/chat-2.tar.gz", source=UNTRUSTED_PEER)
+        assert out.status == 403 and CRYPTO not in out.body
+        assert request(port, "/files/chat-1.tar.gz", source=UNTRUSTED_PEER).body == CHAT

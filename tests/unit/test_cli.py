@@ -567,7 +567,7 @@ def test_serve_refuses_a_bind_gunicorn_would_read_as_another_address(run, config
     pytest.param(["--mode", "static", "--root", ".", "--upstream", "http://127.0.0.1:9"],
                  "--upstream is for proxy mode, and this gate would run in static mode", id="upstream in static"),
     pytest.param(["--mode", "proxy", "--upstream", "http://127.0.0.1:9", "--root", "."],
-                 "--root is for static mode, and this gate would run in proxy mode", id="root in proxy"),
+                 "--root is for static and forward-auth mode, and this gate would run in proxy mode", id="root in proxy"),
     pytest.param(["--upstream", "http://127.0.0.1:9"], "would run in forward-auth mode", id="mode left out"),
     pytest.param(["--threads", "8"], "--threads is for proxy and static mode", id="threads in forward auth"),
 ])
@@ -637,6 +637,19 @@ def test_explain_in_static_mode_says_when_it_cannot_see_the_root(run, tmp_path):
     config = write_config(tmp_path, serve={"mode": "static", "root": str(tmp_path / "elsewhere")})
     result = run("explain", "--ip", IR_CLIENT, "--path", "/files/chat-2.tar.gz", config=config)
     assert result.exit_code == 0 and "is no directory here: answering for the path as asked" in result.output
+
+
+def test_explain_in_forward_auth_mode_with_the_front_ends_root_answers_for_a_links_target(run, tmp_path):
+    root = tmp_path / "mirror"
+    (root / "files").mkdir(parents=True)
+    (root / "files" / "crypto-1.tar.gz").write_bytes(b"crypto")
+    (root / "files" / "chat-latest.tar.gz").symlink_to("crypto-1.tar.gz")
+    config = write_config(tmp_path, serve={"mode": "forward-auth", "root": str(root)})
+    result = run("explain", "--ip", IR_CLIENT, "--path", "/files/chat-latest.tar.gz", "--json", config=config)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["path"] == "/files/crypto-1.tar.gz" and answer["action"] == "block"
+    assert run("check", config=write_config(tmp_path, serve={"root": str(tmp_path / "gone")})).exit_code == 1
 
 
 def test_classification_values_the_manifest_left_out_read_as_unknown(run, tmp_path):

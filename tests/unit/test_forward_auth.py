@@ -742,3 +742,58 @@ def test_a_front_end_missing_from_trust_proxy_is_named_in_the_log_once(make_app:
         ask(client, headers={"X-Original-URI": CRYPTO}, peer="10.88.0.6")  # no forwarding header: nothing to say
     said = [r.getMessage() for r in caplog.records if "not in serve.trust_proxy" in r.getMessage()]
     assert len(said) == 1 and "10.88.0.5" in said[0] and "X-Forwarded-For" in said[0]
+
+
+@pytest.fixture
+def mirror_root(tmp_path: Path) -> Path:
+    """The directory a front end serves, with the links a mirror keeps: a release link, a link out of the root."""
+    root = tmp_path / "mirror"
+    (root / "files" / "release-1").mkdir(parents=True)
+    (root / "files" / "chat-1.tar.gz").write_bytes(b"chat")
+    (root / "files" / "crypto-1.tar.gz").write_bytes(b"crypto")
+    (root / "files" / "release-1" / "crypto-1.tar.gz").write_bytes(b"crypto")
+    (root / "files" / "chat-latest.tar.gz").symlink_to("crypto-1.tar.gz")  # named like chat, is the 5D002 file
+    (root / "files" / "current").symlink_to("release-1", target_is_directory=True)
+    (root / "files" / "chat-2.tar.gz").symlink_to(tmp_path / "outside.tar.gz")
+    (tmp_path / "outside.tar.gz").write_bytes(b"outside")
+    (root / "files" / "chat-3.tar.gz").symlink_to("nowhere.tar.gz")
+    (root / "files" / "chat-4.tar.gz").symlink_to("chat-1.tar.gz")
+    return root
+
+
+@pytest.mark.parametrize("headers", [nginx, forwarded], ids=["nginx", "forwarded"])
+def test_with_the_front_ends_root_a_symlink_is_decided_as_its_target(make_app: AppFactory, mirror_root: Path,
+                                                                     headers: Any) -> None:
+    # The front end opens the link's target: chat-latest.tar.gz -> crypto-1.tar.gz is the 5D002 file, for Iran.
+    _, client, database = make_app(root=str(mirror_root))
+    r = ask(client, headers=headers("/files/chat-latest.tar.gz"))
+    assert r.status_code in (403, 451) and r.headers["X-Exportgate-Decision"] == "block"
+    request = decision_record(database, r.headers["X-Exportgate-Decision-Id"])["request"]  # type: ignore[index]
+    assert request["path"] == CRYPTO and request["requested_path"] == "/files/chat-latest.tar.gz"
+    # Through a linked directory, and a link to an allowed file: decided as what is served.
+    r = ask(client, headers=headers("/files/current/crypto-1.tar.gz"))
+    assert r.headers["X-Exportgate-Decision"] == "block"
+    assert decision_record(database, r.headers["X-Exportgate-Decision-Id"])["request"]["path"] == (  # type: ignore[index]
+        "/files/release-1/crypto-1.tar.gz")
+    r = ask(client, headers=headers("/files/chat-4.tar.gz"))
+    assert r.status_code == 200 and r.headers["X-Exportgate-Decision"] == "allow"
+    # Files themselves, and names the front end will answer 404 for, are decided as asked.
+    assert ask(client, headers=headers(CHAT)).status_code == 200
+    assert ask(client, headers=headers("/files/chat-9.tar.gz")).headers["X-Exportgate-Decision"] == "allow"
+
+
+@pytest.mark.parametrize("link", ["/files/chat-2.tar.gz", "/files/chat-3.tar.gz", "/files/current/../chat-2.tar.gz"],
+                         ids=["out of the root", "to nothing", "through dot-segments"])
+def test_with_the_front_ends_root_a_link_out_of_it_is_refused_undecided(make_app: AppFactory, mirror_root: Path,
+                                                                        link: str) -> None:
+    _, client, database = make_app(root=str(mirror_root))
+    before = decision_count(database)
+    r = ask(client, headers=forwarded(link, client_ip=US_CLIENT))
+    assert r.status_code == 403 and "leaves the mirror" in r.get_data(as_text=True)
+    assert decision_count(database) == before
+
+
+def test_without_the_front_ends_root_a_link_is_decided_by_its_name(make_app: AppFactory, mirror_root: Path) -> None:
+    # What deploy/README rule 4 warns of (nginx refuses links itself; other front ends need serve.root).
+    _, client, _ = make_app()
+    assert ask(client, headers=forwarded("/files/chat-latest.tar.gz")).headers["X-Exportgate-Decision"] == "allow"

@@ -237,7 +237,8 @@ def _create_app(config: GateConfig, runtime: GateRuntime) -> GateApp:
             # A front end on a unix socket has no address: untrusted, it is a client with no location.
             log.warning("forward-auth mode bound to a unix socket without 'unix' in serve.trust_proxy: the front "
                         "end's client headers are not believed, and every request is an unknown location")
-        auth = ForwardAuth(admission, operator=operator, block_status=config.serve.block_status)
+        auth = ForwardAuth(admission, operator=operator, block_status=config.serve.block_status,
+                           mirror_root=config.serve.root)
 
         def forward_auth_only(environ: dict[str, Any], start_response: StartResponse) -> Any:
             path = environ.get("PATH_INFO", "")

@@ -18,6 +18,12 @@ all, is a 400: the gate will not guess which artifact it is deciding on. So is o
 by someone else, and the two joined could name a third artifact. The event-loop and RSGI servers see each line;
 under a generic WSGI server the lines arrive already joined with ``,``, which cannot be told from a comma in a path.
 
+The file decided on: the path as the front end will resolve it (:mod:`exportgate.web.paths`), by name. A symlink
+in the mirror would have the front end open its target; with ``serve.root`` (the directory the front end serves,
+on the gate's host) the gate decides on that target, as static mode does (the record keeps the name asked for as
+``requested_path``), and refuses a link out of the root or to nothing (403, undecided). Without it, keep links out
+of the tree (deploy/nginx refuses them itself).
+
 Security caveat: these headers and ``X-Forwarded-For`` are trusted because only the front end can reach this
 endpoint. Bind the gate to loopback or a private network and list the front end in ``trust_proxy``.
 """
@@ -25,6 +31,7 @@ endpoint. Bind the gate to loopback or a private network and list the front end 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -33,6 +40,7 @@ from ..decision import RequestFacts
 from ..errors import ExportGateError, RecordStoreError
 from ..records.chain import canonical_text
 from .clientaddr import PEER, ClientOrigin, TrustedProxies
+from .mirrorfiles import checked_root, leaves_root, served_file, served_uri
 from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers, send_blocked
 from .paths import NormalisedPath, PathRejected, fold_path, normalise_path, origin_form
 
@@ -224,12 +232,18 @@ class Admission:
 class ForwardAuth:
     """WSGI app answering ``/auth`` and ``/auth/<original path>`` for a front end."""
 
-    def __init__(self, admission: Admission, *, operator: Operator, block_status: str = "auto") -> None:
+    def __init__(self, admission: Admission, *, operator: Operator, block_status: str = "auto",
+                 mirror_root: str | None = None) -> None:
+        """``mirror_root``: the directory the front end serves, when it is on this host (``serve.root``): each
+        request is decided on the file the front end will open (a symlink's target), as static mode does."""
         if block_status not in ("auto", "451", "403"):
             raise ValueError("block_status must be auto, 451 or 403")
         self.admission = admission
         self.operator = operator
         self.block_status = block_status
+        self.mirror_root = mirror_root
+        if mirror_root is not None:
+            checked_root(mirror_root)
         self._told_untrusted: set[str] = set()
 
     def original_request(self, environ: dict[str, Any]) -> tuple[str | None, str, str, str | None]:
@@ -274,15 +288,39 @@ class ForwardAuth:
             return None, "400 Bad Request", problem or "bad request"
         admission = self.admission
         host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST")
-        facts, status, text = admission.facts(admission.proxies.resolve_environ(environ), method, uri, host)
+        origin = admission.proxies.resolve_environ(environ)
+        facts, status, text = admission.facts(origin, method, uri, host)
         if facts is None:
             return None, status, text
+        if self.mirror_root is not None:
+            facts, status, text = self._file_served(facts, uri, origin, method, host)
+            if facts is None:
+                return None, status, text
         refusal = admission.no_client_named(environ)
         if refusal is not None:
             return None, "400 Bad Request", refusal
         if facts.client_source == PEER and len(self._told_untrusted) < _TELL_UNTRUSTED_PEERS:
             self._say_untrusted(environ)
         return facts, style, ""
+
+    def _file_served(self, facts: RequestFacts, uri: str, origin: ClientOrigin, method: str,
+                     host: str | None) -> tuple[RequestFacts | None, str, str]:
+        """``facts`` for the file the front end will open under :attr:`mirror_root`: a symlink's target (with the
+        path asked for as ``requested_path``); a refusal for a link out of the root or to nothing, which the front
+        end would follow where the gate cannot look. The root is resolved now: a switched ``current`` link counts."""
+        root = os.path.realpath(self.mirror_root or "")
+        asked = normalise_path(uri).path  # as the file system spells it (facts.path may be case-folded)
+        target, real, served = served_file(root, asked)
+        if leaves_root(root, target, real):
+            if self.admission.metrics is not None:
+                self.admission.metrics.reject("path")
+            return None, "403 Forbidden", "a symlink that leaves the mirror's root, or leads nowhere: not decided"
+        if served == asked or target != asked:  # a plain file (or none); a directory's index is the front end's
+            return facts, "", ""
+        facts_served, status, text = self.admission.facts(origin, method, served_uri(served), host)
+        if facts_served is None:
+            return None, status, text
+        return replace(facts_served, requested_path=facts.path), "", ""
 
     def _say_untrusted(self, environ: dict[str, Any]) -> None:
         """Log, once per peer, a front end the gate does not trust: its every request is decided for its own

@@ -20,7 +20,7 @@ from .mirrorfiles import checked_root
 
 MODE_SETTINGS: dict[str, tuple[str, ...]] = {
     "upstream": ("proxy",),
-    "root": ("static",),
+    "root": ("static", "forward-auth"),
     "threads": ("proxy", "static"),
     "block_status": ("forward-auth",),
 }
@@ -64,6 +64,8 @@ def check_serving(config: GateConfig) -> None:
             collect(checked_root, serve.root)
         else:
             errors.append(ConfigError("static mode needs --root DIR (or serve.root in the config)", file=config.file))
+    elif serve.root:  # forward auth: the front end's root, to decide on the files it opens
+        collect(checked_root, serve.root)
     if errors:
         raise ConfigErrors(errors)
 
