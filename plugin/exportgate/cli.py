@@ -70,12 +70,12 @@ def _request_path(cfg: GateConfig, path: str) -> str:
     so a rule written for one spelling never seems to cover another. A path the gate refuses is an error.
     In static mode the path is that of the file served, as the gate decides on it: a directory's ``index.html``,
     a symlink's target under ``serve.root`` (on a machine without that directory, the name asked for); so in
-    forward-auth mode with a ``serve.root``, for a symlink's target."""
+    forward-auth and proxy modes with a ``serve.root``, for a symlink's target."""
     from .web.paths import normalise_path
 
     folded = cfg.case_insensitive_paths
     try:
-        follows_links = cfg.serve.mode == "static" or (cfg.serve.mode == "forward-auth" and cfg.serve.root)
+        follows_links = cfg.serve.mode == "static" or bool(cfg.serve.root)  # forward auth and proxy: optional
         if follows_links and not (cfg.serve.root and os.path.isdir(cfg.serve.root)):
             click.echo(f"warning: {cfg.serve.mode} mode, but serve.root {cfg.serve.root!r} is no directory here: "
                        "answering for the path as asked, not for the file the gate would decide on (a symlink's "
@@ -85,7 +85,7 @@ def _request_path(cfg: GateConfig, path: str) -> str:
 
             named = normalise_path(path.encode("utf-8")).path
             target, _, served = served_file(os.path.realpath(cfg.serve.root), named)
-            # Forward auth leaves a directory's index.html to the front end (docstring of ForwardAuth).
+            # Forward auth and proxy leave a directory's index.html to the front end or upstream.
             if served != named and (cfg.serve.mode == "static" or target == named):
                 return normalise_path(served_uri(served).encode("ascii"), case_insensitive=folded).path
         return normalise_path(path.encode("utf-8"), case_insensitive=folded).path
@@ -608,8 +608,8 @@ def audit_verify(ctx: click.Context, heads_file: str | None, save_heads: str | N
               "of the mirror.")
 @click.option("--upstream", help="Proxy mode: the mirror to forward allowed downloads to.")
 @click.option("--root", type=click.Path(file_okay=False),
-              help="Static mode: the directory to serve. Forward-auth mode (optional): the directory the front end "
-                   "serves, on this host: decisions follow its symlinks to the files the front end opens.")
+              help="Static mode: the directory to serve. Forward-auth and proxy modes (optional): the directory the "
+                   "front end or upstream serves, on this host: decisions follow its symlinks to the files opened.")
 @click.option("--trust-proxy", "trust_proxy", multiple=True, help="CIDR of a proxy whose X-Forwarded-For is "
               "believed (repeatable). Default: none, only the TCP peer counts.")
 @click.option("--admin-from", "admin_from", multiple=True, help="CIDR (or 'unix') of the clients that may read "

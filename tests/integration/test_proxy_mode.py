@@ -256,6 +256,39 @@ def test_allowed_download_is_streamed_with_decision_headers(make_gate: Any, upst
     assert app.runtime.store.get(response.headers["X-Exportgate-Decision-Id"]) is not None
 
 
+@contextmanager
+def links(made: dict[Path, Path | str]) -> Iterator[None]:
+    """Symlinks (``link: target``) in the upstream's tree for one test."""
+    try:
+        for link, target in made.items():
+            link.symlink_to(target)
+        yield
+    finally:
+        for link in made:
+            link.unlink(missing_ok=True)
+
+
+def test_with_the_upstreams_root_a_symlink_is_decided_as_its_target(make_gate: Any, upstream: Upstream,
+                                                                    tmp_path: Path) -> None:
+    # The upstream follows the link: chat-latest.tar.gz -> crypto-1.tar.gz is the 5D002 file, for Iran.
+    (tmp_path / "outside.tar.gz").write_bytes(CRYPTO)
+    files = upstream.root / "files"
+    with links({files / "chat-latest.tar.gz": "crypto-1.tar.gz", files / "chat-4.tar.gz": "chat-1.tar.gz",
+                files / "chat-2.tar.gz": tmp_path / "outside.tar.gz"}):
+        app = make_gate(root=str(upstream.root))
+        seen = len(upstream.targets())
+        blocked = fetch(app, "/files/chat-latest.tar.gz")
+        assert blocked.status_code == 451 and CRYPTO not in blocked.data
+        record = app.runtime.store.get(blocked.headers["X-Exportgate-Decision-Id"])
+        assert record.body["request"]["path"] == "/files/crypto-1.tar.gz"
+        assert record.body["request"]["requested_path"] == "/files/chat-latest.tar.gz"
+        allowed = fetch(app, "/files/chat-4.tar.gz")  # decided as chat-1, and chat-1 is what is asked upstream
+        assert allowed.status_code == 200 and allowed.data == CHAT
+        assert upstream.targets()[seen:] == ["/files/chat-1.tar.gz"]
+        out = fetch(app, "/files/chat-2.tar.gz", client=US_CLIENT)  # a link out of the tree: refused, undecided
+        assert out.status_code == 403 and CRYPTO not in out.data and len(upstream.targets()) == seen + 1
+
+
 def test_unknown_location_is_flagged_and_served(make_gate: Any) -> None:
     response = fetch(make_gate(), "/files/crypto-1.tar.gz", client=UNKNOWN_CLIENT)
     assert response.status_code == 200

@@ -566,8 +566,6 @@ def test_serve_refuses_a_bind_gunicorn_would_read_as_another_address(run, config
 @pytest.mark.parametrize(("args", "message"), [
     pytest.param(["--mode", "static", "--root", ".", "--upstream", "http://127.0.0.1:9"],
                  "--upstream is for proxy mode, and this gate would run in static mode", id="upstream in static"),
-    pytest.param(["--mode", "proxy", "--upstream", "http://127.0.0.1:9", "--root", "."],
-                 "--root is for static and forward-auth mode, and this gate would run in proxy mode", id="root in proxy"),
     pytest.param(["--upstream", "http://127.0.0.1:9"], "would run in forward-auth mode", id="mode left out"),
     pytest.param(["--threads", "8"], "--threads is for proxy and static mode", id="threads in forward auth"),
 ])

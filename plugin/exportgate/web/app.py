@@ -253,7 +253,8 @@ def _create_app(config: GateConfig, runtime: GateRuntime) -> GateApp:
         if not config.serve.upstream:
             raise ExportGateError("proxy mode needs an upstream (--upstream URL or serve.upstream)")
         mode_app = ProxyApp(admission, upstream=config.serve.upstream, operator=operator,
-                            gated=config.serve.gated, timeout=config.serve.upstream_timeout, metrics=metrics)
+                            gated=config.serve.gated, timeout=config.serve.upstream_timeout, metrics=metrics,
+                            mirror_root=config.serve.root)
     elif mode == "static":
         from .static import StaticApp
 

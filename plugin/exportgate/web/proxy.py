@@ -9,7 +9,11 @@ upstream's), the body bytes are not decoded (``Content-Length`` and ``Content-En
 headers are dropped both ways, and gated answers carry the decision headers and ``Cache-Control: no-store`` (and
 lose the caching headers CDNs and nginx obey ahead of it: ``CDN-Cache-Control``, ``Surrogate-Control``,
 ``X-Accel-Expires``).
-Paths outside ``gated`` (index pages, metadata) are forwarded without a decision.
+Paths outside ``gated`` (index pages, metadata) are forwarded without a decision. Symlinks in the upstream's tree are
+invisible from here: the upstream would serve a link's target under the link's name. With ``serve.root`` (the
+directory the upstream serves, on the gate's host) a link is decided as its target and the target is what is asked
+of the upstream; a link out of the root, or to nothing, is refused undecided (403). Without it, keep links out of
+the tree (nginx: ``disable_symlinks``).
 
 Upstream failures: cannot connect -> 502, no answer within ``timeout`` -> 504, a malformed answer (including a
 ``Content-Length`` that is not one number, or a ``101``: no upgrade is forwarded) -> 502, and a ``Content-Length``
@@ -30,6 +34,7 @@ from __future__ import annotations
 import http
 import http.cookiejar
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -43,6 +48,7 @@ from urllib3.exceptions import NewConnectionError
 from ..errors import ConfigError, ExportGateError
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
+from .mirrorfiles import checked_root, leaves_root, served_file, served_uri
 from .page import Operator, decision_headers, overrides_no_store
 from .paths import PathRejected, normalise_path
 
@@ -101,8 +107,13 @@ class ProxyApp:
     """WSGI app forwarding gated-and-allowed (and ungated) requests to one upstream."""
 
     def __init__(self, admission: Admission, *, upstream: str, operator: Operator, gated: Iterable[str] = (),
-                 timeout: float = 30.0, metrics: Any = None) -> None:
+                 timeout: float = 30.0, metrics: Any = None, mirror_root: str | None = None) -> None:
+        """``mirror_root``: the directory the upstream serves its files from, when it is on this host
+        (``serve.root``): a symlink is decided as its target, and the target is what is asked of the upstream."""
         parts = checked_upstream(upstream, timeout)
+        if mirror_root is not None:
+            checked_root(mirror_root)
+        self.mirror_root = mirror_root
         self.admission = admission
         self.operator = operator
         self.gated = compile_gated(gated, case_insensitive=admission.case_insensitive)
@@ -128,10 +139,24 @@ class ProxyApp:
         except PathRejected as exc:
             return reject_path(start_response, exc, self.metrics)
         path = normalised.path
+        requested = None
+        decided_uri: str = raw_uri
+        if self.mirror_root is not None:
+            root = os.path.realpath(self.mirror_root)  # now: a switched `current` link counts
+            target, real, served = served_file(root, path)
+            if leaves_root(root, target, real):  # the upstream would follow it where the gate cannot look
+                if self.metrics is not None:
+                    self.metrics.reject("path")
+                return plain(start_response, "403 Forbidden", "a symlink that leaves the mirror's root, or leads "
+                             "nowhere: not decided")
+            if served != path and target == path:  # a link: decided as, and asked of the upstream as, its target
+                query = raw_uri.partition("#")[0].partition("?")[2]
+                requested, path, normalised = path, served, None
+                decided_uri = served_uri(served) + (f"?{query}" if query else "")
         decision = None
-        if self.gated is None or self.gated.match(path):
-            decision, refusal = self.admission.admit_download(environ, start_response, raw_uri, normalised,
-                                                              self.operator)
+        if self.gated is None or self.gated.match(path) or (requested is not None and self.gated.match(requested)):
+            decision, refusal = self.admission.admit_download(environ, start_response, decided_uri, normalised,
+                                                              self.operator, requested=requested)
             if refusal is not None:
                 return refusal
         return self.forward(environ, start_response, method, path, raw_uri, decision)

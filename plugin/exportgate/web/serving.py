@@ -20,7 +20,6 @@ from .mirrorfiles import checked_root
 
 MODE_SETTINGS: dict[str, tuple[str, ...]] = {
     "upstream": ("proxy",),
-    "root": ("static", "forward-auth"),
     "threads": ("proxy", "static"),
     "block_status": ("forward-auth",),
 }
@@ -54,6 +53,8 @@ def check_serving(config: GateConfig) -> None:
     collect(Networks, serve.admin_from, what="serve.admin_from entry", file=config.file)
     collect(compile_gated, serve.gated)
     if serve.mode == "proxy":
+        if serve.root:  # the upstream's files on this host, to decide on a symlink's target
+            collect(checked_root, serve.root)
         if serve.upstream:
             collect(checked_upstream, serve.upstream, serve.upstream_timeout)
         else:
