@@ -331,6 +331,50 @@ def test_ranges_served_whole(make_gate: Any, value: str) -> None:
     assert response.status_code == 200 and response.data == CHAT
 
 
+def test_preconditions_come_before_the_range(make_gate: Any, tree: Path) -> None:
+    """RFC 9110 13.2.2. A client resuming with the old version's ETag after the file was replaced got a 206 of the
+    new version's bytes: a download spliced from two files."""
+    app = make_gate()
+    file = tree / "files" / "chat-1.tar.gz"
+    old = fetch(app, "/files/chat-1.tar.gz", headers={"Range": "bytes=0-99"})
+    etag, modified = old.headers["ETag"], old.headers["Last-Modified"]
+    assert fetch(app, "/files/chat-1.tar.gz", headers={"If-Match": "*"}).data == CHAT  # the file exists
+    same = fetch(app, "/files/chat-1.tar.gz", headers={"If-None-Match": etag, "Range": "bytes=0-9"})
+    assert same.status_code == 304 and same.data == b"" and same.headers["ETag"] == etag
+    weak = fetch(app, "/files/chat-1.tar.gz", headers={"If-Range": f"W/{etag}", "Range": "bytes=0-9"})
+    assert weak.status_code == 200 and weak.data == CHAT  # a weak tag never matches If-Range
+    dated = fetch(app, "/files/chat-1.tar.gz", headers={"If-Range": modified, "Range": "bytes=0-9"})
+    assert dated.status_code == 206 and dated.data == CHAT[:10]
+    file.write_bytes(CHAT[::-1])  # replaced: another inode, size and time
+    os.utime(file, (1, 1))
+    resumed = fetch(app, "/files/chat-1.tar.gz", headers={"If-Match": etag, "Range": "bytes=100-"})
+    assert resumed.status_code == 412 and resumed.data == b""
+    restarted = fetch(app, "/files/chat-1.tar.gz", headers={"If-Range": etag, "Range": "bytes=100-"})
+    assert restarted.status_code == 200 and restarted.data == CHAT[::-1]
+
+
+@pytest.mark.parametrize(("value", "status", "body"), [
+    pytest.param(f"bytes=-{len(CHAT) * 2}", 206, CHAT, id="a suffix longer than the file: all of it"),
+    pytest.param("bytes=0-5,3-9", 200, CHAT, id="overlapping ranges: whole"),
+    pytest.param("bytes=10-19,0-9", 200, CHAT, id="ranges out of order: whole"),
+    pytest.param("bytes=9-5", 200, CHAT, id="last before first: ignored"),
+    pytest.param("bytes=oops", 200, CHAT, id="malformed: ignored"),
+    pytest.param(f"bytes=10-{len(CHAT) * 2}", 206, CHAT[10:], id="a last byte past the end: to the end"),
+    pytest.param("bytes=-0", 416, b"", id="an empty suffix"),
+])
+def test_range_edge_cases(make_gate: Any, value: str, status: int, body: bytes) -> None:
+    response = fetch(make_gate(), "/files/chat-1.tar.gz", headers={"Range": value})
+    assert response.status_code == status and response.data == body
+    if status == 206:
+        assert response.headers["Content-Range"] == f"bytes {len(CHAT) - len(body)}-{len(CHAT) - 1}/{len(CHAT)}"
+
+
+def test_head_ignores_the_range(make_gate: Any) -> None:
+    response = fetch(make_gate(), "/files/chat-1.tar.gz", method="HEAD", headers={"Range": "bytes=0-9"})
+    assert response.status_code == 200 and response.data == b"" and response.headers["Content-Length"] == str(
+        len(CHAT))
+
+
 def test_failed_preconditions_are_412_without_the_file(make_gate: Any) -> None:
     app = make_gate()
     etag = fetch(app, "/files/chat-1.tar.gz").headers["ETag"]
@@ -481,3 +525,19 @@ def test_a_root_switched_to_a_new_release_is_served_from_it_at_once(gate_config:
         assert fetch(app, "/files/chat-1.tar.gz").data == b"release b"
     finally:
         app.runtime.close()
+
+
+def test_a_range_of_a_file_cut_short_while_sent_ends_in_an_error(make_gate: Any, tree: Path) -> None:
+    """Not a short body that looks complete: the server aborts the connection (a client reusing it would read the
+    next answer as the rest of the file)."""
+    (tree / "files" / "chat-9.tar.gz").write_bytes(CHAT)
+    app = make_gate()
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/files/chat-9.tar.gz", "RAW_URI": "/files/chat-9.tar.gz",
+               "REMOTE_ADDR": US_CLIENT, "HTTP_RANGE": "bytes=100-", "SERVER_NAME": "m", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "QUERY_STRING": "", "SCRIPT_NAME": ""}
+    statuses: list[str] = []
+    body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    os.truncate(tree / "files" / "chat-9.tar.gz", 200)
+    with pytest.raises(OSError, match="shorter than when it was opened"):
+        b"".join(body)
+    assert statuses == ["206 PARTIAL CONTENT"]

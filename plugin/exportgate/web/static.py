@@ -3,10 +3,12 @@
 ``StaticApp(admission, root="/srv/mirror", operator=…)`` decides every gated request first (451 page on a block),
 and only then opens the file at ``root`` + the normalised path: what was decided is exactly what is served.
 ``Range`` (206, 416), ``If-None-Match``/``If-Modified-Since`` (304), ``If-Match`` (412), ``If-Range`` and ``HEAD``
-are answered by werkzeug's ``Response.make_conditional``, with what it leaves out added here: ``If-Unmodified-Since``
-(412), a 412 without the file as its body, a range in a unit other than bytes ignored and several ranges served as
-the whole file (RFC 9110, 13 and 14); gated answers carry the decision headers and ``Cache-Control: no-store`` (a
-cache must not replay one client's allowed download to a blocked one).
+are answered in the order RFC 9110 evaluates them (:mod:`exportgate.web.preconditions`): preconditions before
+``Range``, a 412 without the file as its body, a range in a unit other than bytes, several ranges or a malformed one
+served as the whole file; gated answers carry the decision headers and ``Cache-Control: no-store`` (a cache must not
+replay one client's allowed download to a blocked one). A whole file goes out through the server's ``sendfile``: a
+file truncated in place while it is sent arrives short (its Content-Length says more); mirror syncs that write a new
+file and rename it over the old one (rsync without ``--inplace``) never do that.
 
 The decision is about the file that will be served: a path ending in ``/`` serves that directory's
 ``index.html`` and is decided as ``…/index.html``; a symlink inside root (``latest.tar.gz -> crypto-2.0.tar.gz``)
@@ -29,22 +31,22 @@ from __future__ import annotations
 import mimetypes
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
-from werkzeug.exceptions import RequestedRangeNotSatisfiable
-from werkzeug.http import parse_date, parse_range_header
 from werkzeug.wrappers import Response
-from werkzeug.wsgi import FileWrapper, wrap_file
+from werkzeug.wsgi import wrap_file
 
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
 from .page import Operator, decision_headers
 from .mirrorfiles import checked_root, served_file, served_uri
 from .paths import NormalisedPath, PathRejected, normalise_path
+from .preconditions import FileValidators, evaluate
 
 _SAFE_PATH = "/:@!$&'()*+,;=-._~"
+_CHUNK = 64 * 1024
 _ENCODED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
                   "compress": "application/x-compress", "br": "application/x-brotli"}
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -141,54 +143,59 @@ class StaticApp:
     def send(self, environ: dict[str, Any], start_response: StartResponse, file: Any, target: str,
              extra: list[tuple[str, str]]) -> Iterable[bytes]:
         info = os.fstat(file.fileno())
-        environ = _ranges_served(environ)
-        if _unmodified_since_failed(environ, info.st_mtime):
-            file.close()
-            response = Response(status=412)
-            response.headers.extend(extra)
-            return response(environ, start_response)
-        # A range is served by seeking to it: werkzeug seeks only a wrapper that says it can, and a server's own
-        # (gunicorn's, for sendfile) cannot, so werkzeug would read and drop every byte before the range.
-        body = FileWrapper(file) if environ.get("HTTP_RANGE") else wrap_file(environ, file)
-        response = Response(body, mimetype=content_type(target), direct_passthrough=True)
-        response.content_length = info.st_size
-        response.last_modified = info.st_mtime  # type: ignore[assignment]
-        response.set_etag(f"{info.st_mtime_ns:x}-{info.st_size:x}-{info.st_ino:x}")
-        response.cache_control.no_cache = True
-        try:
-            response.make_conditional(environ, accept_ranges=True, complete_length=info.st_size)
-        except RequestedRangeNotSatisfiable as exc:
-            file.close()
-            response = exc.get_response(environ)
-            response.headers["Content-Range"] = f"bytes */{info.st_size}"
-        if response.status_code == 412:  # If-Match failed: werkzeug keeps the file as the body
+        validators = FileValidators(etag=f"{info.st_mtime_ns:x}-{info.st_size:x}-{info.st_ino:x}",
+                                    mtime=int(info.st_mtime), size=info.st_size)
+        method = environ.get("REQUEST_METHOD", "GET")
+        headers = {name: environ[key] for name, key in _CONDITIONAL.items() if key in environ}
+        answer = evaluate(headers, method, validators)
+        response = Response(status=answer.status)
+        if answer.status == 200:
+            response.response = wrap_file(environ, file)  # the server's sendfile where it has one
+            response.content_length = info.st_size
+        elif answer.status == 206:
+            response.response = _part(file, answer.start, answer.length)
+            response.content_length = answer.length
+            last = answer.start + answer.length - 1
+            response.headers["Content-Range"] = f"bytes {answer.start}-{last}/{info.st_size}"
+        else:
             file.close()
             response.response = []
-            response.content_length = 0
+            if answer.status == 416:
+                response.headers["Content-Range"] = f"bytes */{info.st_size}"
+        response.direct_passthrough = True
+        if answer.status in (200, 206, 304):
+            response.headers["Content-Type"] = content_type(target)
+            response.headers["Accept-Ranges"] = "bytes"
+            response.last_modified = info.st_mtime  # type: ignore[assignment]
+            response.set_etag(validators.etag)
+            response.cache_control.no_cache = True  # ungated files: cacheable, revalidated (gated: no-store below)
+        if answer.status == 304:
+            response.headers.pop("Content-Type")
+            response.headers.pop("Content-Length", None)
         for name, value in extra:
-            response.headers[name] = value  # replaces Cache-Control: no-cache with no-store
+            response.headers[name] = value  # Cache-Control: no-store, the decision headers
         return response(environ, start_response)
 
 
-def _ranges_served(environ: dict[str, Any]) -> dict[str, Any]:
-    """``environ`` without a ``Range`` the file is better served whole for (RFC 9110, 14.2): one in a unit other
-    than bytes (which must be ignored), or several ranges (werkzeug would refuse them with 416)."""
-    value = environ.get("HTTP_RANGE")
-    if value is None:
-        return environ
-    parsed = parse_range_header(value)
-    if parsed is None or (parsed.units == "bytes" and len(parsed.ranges) == 1):
-        return environ  # one byte range, or a malformed one (werkzeug answers 416)
-    return {k: v for k, v in environ.items() if k != "HTTP_RANGE"}
+_CONDITIONAL = {name: "HTTP_" + name.upper().replace("-", "_") for name in (
+    "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range", "range")}
 
 
-def _unmodified_since_failed(environ: dict[str, Any], mtime: float) -> bool:
-    """``If-Unmodified-Since`` failed (RFC 9110, 13.1.4: only without ``If-Match``; an invalid date is ignored),
-    which werkzeug does not check."""
-    if environ.get("HTTP_IF_MATCH") is not None:
-        return False
-    since = parse_date(environ.get("HTTP_IF_UNMODIFIED_SINCE"))
-    return since is not None and int(mtime) > since.timestamp()
+def _part(file: Any, start: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of ``file`` from ``start``, read by seeking (a large file's last bytes cost only those); a
+    file cut shorter since it was opened ends the response early with an error, so the server aborts the
+    connection instead of leaving the client waiting for the rest."""
+    try:
+        file.seek(start)
+        left = length
+        while left:
+            chunk = file.read(min(left, _CHUNK))
+            if not chunk:
+                raise OSError(f"file shorter than when it was opened: {left} of {length} bytes not sent")
+            left -= len(chunk)
+            yield chunk
+    finally:
+        file.close()
 
 
 def content_type(path: str) -> str:
