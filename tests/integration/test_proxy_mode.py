@@ -606,6 +606,9 @@ def test_a_redirect_to_another_port_is_left_alone(make_gate: Any) -> None:
     ("http://[::1]:8080", "http://[0:0::1]:8080/a", None),  # not the same text: left as it is, never wrong
     ("http://[::1]:8080", "http://[::1]:8080//evil.example/a", "/evil.example/a"),
     ("http://mirror.example", "/relative", None),
+    ("http://mirror.example/files", "/files/sub/?a=1", "/sub/?a=1"),  # a path alone, under the base
+    ("http://mirror.example/files", "/elsewhere/", None),
+    ("http://mirror.example/files", "sub/", None),  # relative: the client resolves it against the gate's path
     ("http://mirror.example:8080/base", "//Mirror.Example:8080/base/x", "/x"),  # scheme-relative
     ("http://mirror.example:8080/base", "//mirror.example/base/x", None),  # another port: another server
 ])

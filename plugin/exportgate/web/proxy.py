@@ -194,8 +194,11 @@ class ProxyApp:
         except (requests.RequestException, Urllib3Error, ValueError) as exc:
             return self.failed(start_response, BAD_RESPONSE, "502 Bad Gateway", target, exc, decision)
         try:
-            if response.status_code < 200:  # http.client skips 100 Continue; 101 would switch to no protocol
-                raise BadUpstreamAnswer(f"{response.status_code}: the gate forwards no protocol switch")
+            if response.status_code == 101:  # it would switch the connection to no protocol
+                raise BadUpstreamAnswer("101: the gate forwards no protocol switch")
+            if response.status_code < 200:  # http.client reads past 100 Continue only
+                raise BadUpstreamAnswer(f"{response.status_code}: an informational answer (103 Early Hints?) the "
+                                        "gate cannot read past; turn it off for the gate's requests")
             status, out = self.response_headers(response, decision)
         except BadUpstreamAnswer as exc:
             response.close()
@@ -279,7 +282,9 @@ class ProxyApp:
 
     def relative_location(self, location: str) -> str:
         """A redirect to the upstream itself becomes a path on the gate (so it is decided again): the same
-        scheme, host and port however written (``HTTP://``, a host in capitals, ``:80`` or no port, ``//host``)."""
+        scheme, host and port however written (``HTTP://``, a host in capitals, ``:80`` or no port, ``//host``),
+        or a path alone under the upstream's base path (``/files/sub/`` from ``http://mirror/files``: the client
+        would take it as a path on the gate, which adds the base again)."""
         try:
             parts = urlsplit(location)
             if parts.netloc and not parts.scheme:  # '//host/x': the scheme of the request, the upstream's
@@ -288,7 +293,8 @@ class ProxyApp:
         except ValueError:  # a port that is no number: not the upstream's
             return location
         base = self.base_path
-        if origin != self.origin or not (parts.path == base or parts.path.startswith(base + "/")):
+        path_alone = not parts.scheme and not parts.netloc and parts.path.startswith("/") and bool(base)
+        if (origin != self.origin and not path_alone) or not (parts.path == base or parts.path.startswith(base + "/")):
             return location
         # One leading slash: '//host/x' is a path on the upstream but another host to the client.
         rest = "/" + parts.path[len(base):].lstrip("/")
