@@ -929,3 +929,17 @@ def test_bad_upstream_is_a_config_error(gate_config: Any, upstream_url: str) -> 
     config = gate_config(serve={"mode": "proxy", "upstream": upstream_url})
     with pytest.raises(ConfigError, match="upstream"):
         create_app(config)
+
+
+def test_readiness_says_when_the_upstream_takes_no_connection(gate_config: Any, make_gate: Any) -> None:
+    """Ready while every download was a 502: a load balancer kept sending clients to a gate that cannot serve."""
+    up = fetch(make_gate(), "/readyz", client="127.0.0.1")
+    assert up.status_code == 200 and up.get_json()["checks"]["origin"]["ok"] is True
+    app = create_app(gate_config(serve={"mode": "proxy", "upstream": f"http://127.0.0.1:{free_port()}"}))
+    try:
+        down = fetch(app, "/readyz", client="127.0.0.1")
+        origin = down.get_json()["checks"]["origin"]
+        assert down.status_code == 503 and origin["ok"] is False and "cannot connect" in origin["error"]
+    finally:
+        app.mode_app.close()
+        app.runtime.close()

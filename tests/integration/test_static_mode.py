@@ -541,3 +541,16 @@ def test_a_range_of_a_file_cut_short_while_sent_ends_in_an_error(make_gate: Any,
     with pytest.raises(OSError, match="shorter than when it was opened"):
         b"".join(body)
     assert statuses == ["206 PARTIAL CONTENT"]
+
+
+def test_readiness_says_when_the_root_is_gone(make_gate: Any, tree: Path) -> None:
+    """Ready while every download was a 404 (a mirror volume unmounted, the directory moved away)."""
+    app = make_gate()
+    assert fetch(app, "/readyz", client="127.0.0.1").get_json()["checks"]["origin"]["ok"] is True
+    app._origin_probed = None  # asked again at once, not after PROBE_EVERY seconds
+    tree.rename(tree.with_name("moved"))
+    try:
+        gone = fetch(app, "/readyz", client="127.0.0.1")
+        assert gone.status_code == 503 and gone.get_json()["checks"]["origin"]["error"] == "not a directory now"
+    finally:
+        tree.with_name("moved").rename(tree)

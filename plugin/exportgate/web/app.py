@@ -1,7 +1,7 @@
 """The WSGI application ``exportgate serve`` runs: the mode's handler plus the gate's own pages.
 
 Routes on every mode: ``/healthz`` (alive), ``/readyz`` (geolocation loaded, a pack in force, record store
-writable) and ``/metrics`` (Prometheus), both for clients in ``serve.admin_from`` only (:class:`AdminAccess`),
+writable, and the origin: proxy mode's upstream takes a connection, static mode's root is a directory) and ``/metrics`` (Prometheus), both for clients in ``serve.admin_from`` only (:class:`AdminAccess`),
 ``/exportgate/blocked/<decision id>`` (the 451 page of a recorded block, for nginx's ``error_page``),
 ``/exportgate/policy`` (who blocks and under which packs: the default ``blocked-by`` link). Everything else goes
 to the mode: ``/auth`` in forward-auth mode, the mirror in proxy and static modes.
@@ -71,6 +71,7 @@ class GateApp:
         self.forward_auth = forward_auth
         """forward-auth mode: the ``/auth`` endpoint (the event-loop servers call it directly)."""
         self._probed: tuple[float, bool, str | None] | None = None  # (when, writable, error) of the last probe
+        self._origin_probed: tuple[float, dict[str, Any]] | None = None  # (when, answer) of the last origin check
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -132,8 +133,21 @@ class GateApp:
                 self._probed = (now, healthy, None if healthy else last_error)
         checks["records"] = {"ok": healthy, "store": _redact(self.runtime.config.records), "last_error": last_error}
         ok = ok and healthy
+        # What the mode serves from: proxy mode's upstream, static mode's root. Ready with every download failing
+        # (502, 404) would keep the gate in a load balancer that has others to send them to.
+        origin_check = getattr(self.mode_app, "origin_check", None)
+        if origin_check is not None:
+            checks["origin"] = self._origin_checked(origin_check)
+            ok = ok and checks["origin"]["ok"]
         self.metrics.observe_health(checks["geo"], healthy)
         return ok, checks
+
+    def _origin_checked(self, origin_check: Any) -> dict[str, Any]:
+        """``origin_check()``'s answer, asked at most every PROBE_EVERY seconds (it may connect to the upstream)."""
+        now = time.monotonic()
+        if self._origin_probed is None or now - self._origin_probed[0] >= PROBE_EVERY:
+            self._origin_probed = (now, origin_check())
+        return self._origin_probed[1]
 
     def readyz(self, start_response: StartResponse) -> list[bytes]:
         ok, checks = self.readiness()

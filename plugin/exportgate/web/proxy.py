@@ -36,6 +36,7 @@ import http.cookiejar
 import logging
 import os
 import re
+import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit
@@ -56,6 +57,9 @@ log = logging.getLogger("exportgate.web")
 
 CHUNK = 64 * 1024
 """Bytes read from the upstream and handed to the server at a time: memory use per download is about this."""
+
+ORIGIN_CHECK_TIMEOUT = 2.0
+"""Seconds ``/readyz`` waits for a TCP connection to the upstream."""
 
 POOL_SIZE = 64
 """Kept-alive upstream connections per worker; more concurrent requests open extra, unpooled ones."""
@@ -128,6 +132,15 @@ class ProxyApp:
 
     def close(self) -> None:
         self.session.close()
+
+    def origin_check(self) -> dict[str, Any]:
+        """For ``/readyz``: whether the upstream takes a TCP connection now (nothing is asked of it)."""
+        _, host, port = self.origin
+        try:
+            socket.create_connection((host, port or 80), timeout=ORIGIN_CHECK_TIMEOUT).close()
+        except OSError as exc:
+            return {"ok": False, "upstream": self.public_base, "error": f"cannot connect: {exc}"}
+        return {"ok": True, "upstream": self.public_base}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")

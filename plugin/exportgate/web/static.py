@@ -71,6 +71,13 @@ class StaticApp:
         A root that is gone resolves to a path that does not exist, and every file in it is a 404."""
         return os.path.realpath(self.configured_root)
 
+    def origin_check(self) -> dict[str, Any]:
+        """For ``/readyz``: whether the root is a directory now (a mirror volume unmounted or moved away makes
+        every download a 404)."""
+        if os.path.isdir(self.root):
+            return {"ok": True, "root": self.configured_root}
+        return {"ok": False, "root": self.configured_root, "error": "not a directory now"}
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in ("GET", "HEAD"):
