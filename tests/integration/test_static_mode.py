@@ -554,3 +554,34 @@ def test_readiness_says_when_the_root_is_gone(make_gate: Any, tree: Path) -> Non
         assert gone.status_code == 503 and gone.get_json()["checks"]["origin"]["error"] == "not a directory now"
     finally:
         tree.with_name("moved").rename(tree)
+
+
+def test_an_unreadable_file_is_a_404_the_log_names(make_gate: Any, tree: Path, caplog: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    app = make_gate()
+    with caplog.at_level(logging.WARNING, logger="exportgate.web"):
+        missing = fetch(app, "/files/chat-404.tar.gz", client=US_CLIENT)
+    assert missing.status_code == 404 and not caplog.records  # gone is gone: nothing to mend
+    assert missing.headers.getlist("Cache-Control") == ["no-store"]  # once, beside the decision headers
+    (tree / "files" / "chat-5.tar.gz").mkdir()
+    (tree / "files" / "chat-5.tar.gz" / "x").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="exportgate.web"):
+        # A directory where a file was asked for, through a file name: ENOTDIR is not logged either.
+        assert fetch(app, "/files/chat-1.tar.gz/x", client=US_CLIENT).status_code == 404
+    assert not caplog.records
+    # A file the gate's user may not read (the tests may run as root, who reads everything: the refusal is the
+    # kernel's answer, EACCES, given here).
+    (tree / "files" / "chat-6.tar.gz").write_bytes(CHAT)
+    real_open = os.open
+
+    def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith("chat-6.tar.gz"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with caplog.at_level(logging.WARNING, logger="exportgate.web"):
+        assert fetch(app, "/files/chat-6.tar.gz", client=US_CLIENT).status_code == 404
+    assert any("chat-6.tar.gz cannot be read" in r.getMessage() for r in caplog.records)

@@ -1,7 +1,8 @@
 """The WSGI application ``exportgate serve`` runs: the mode's handler plus the gate's own pages.
 
 Routes on every mode: ``/healthz`` (alive), ``/readyz`` (geolocation loaded, a pack in force, record store
-writable, and the origin: proxy mode's upstream takes a connection, static mode's root is a directory) and ``/metrics`` (Prometheus), both for clients in ``serve.admin_from`` only (:class:`AdminAccess`),
+writable, and the origin: proxy mode's upstream takes a connection, static mode's root is a directory) and
+``/metrics`` (Prometheus), both for clients in ``serve.admin_from`` only (:class:`AdminAccess`),
 ``/exportgate/blocked/<decision id>`` (the 451 page of a recorded block, for nginx's ``error_page``),
 ``/exportgate/policy`` (who blocks and under which packs: the default ``blocked-by`` link). Everything else goes
 to the mode: ``/auth`` in forward-auth mode, the mirror in proxy and static modes.

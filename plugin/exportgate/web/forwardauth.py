@@ -77,8 +77,10 @@ def environ_key(header: str) -> str:
 def plain(start_response: StartResponse, status: str, text: str,
           extra: Iterable[tuple[str, str]] = ()) -> list[bytes]:
     body = (text + "\n").encode()
+    extra = list(extra)
+    cache = [] if any(name.lower() == "cache-control" for name, _ in extra) else [NO_STORE]  # said once
     start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
-                            NO_STORE, *extra])
+                            *cache, *extra])
     return [body]
 
 

@@ -28,6 +28,8 @@ Caveat: ``Content-Type`` comes from the file name (``mimetypes``); compressed ar
 
 from __future__ import annotations
 
+import errno
+import logging
 import mimetypes
 import os
 import stat
@@ -47,6 +49,7 @@ from .preconditions import FileValidators, evaluate
 
 _SAFE_PATH = "/:@!$&'()*+,;=-._~"
 _CHUNK = 64 * 1024
+log = logging.getLogger("exportgate.web")
 _ENCODED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
                   "compress": "application/x-compress", "br": "application/x-brotli"}
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -123,7 +126,8 @@ class StaticApp:
         """The regular file at ``real`` opened, ``"directory"``, or ``None`` (not a file, or swapped since)."""
         try:
             info = os.stat(real)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            _say_unreadable(real, exc)
             return None
         if stat.S_ISDIR(info.st_mode):
             return "directory" if directory_ok else None
@@ -131,7 +135,8 @@ class StaticApp:
             return None  # FIFOs would block, devices never end
         try:
             fd = os.open(real, _OPEN_FLAGS)
-        except OSError:
+        except OSError as exc:
+            _say_unreadable(real, exc)
             return None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -182,6 +187,13 @@ class StaticApp:
         for name, value in extra:
             response.headers[name] = value  # Cache-Control: no-store, the decision headers
         return response(environ, start_response)
+
+
+def _say_unreadable(path: str, exc: BaseException) -> None:
+    """A file that is there but cannot be read (permissions, I/O) is a 404 to the client, and the operator's to
+    mend: logged. Files that are simply gone (or changed since the decision) are not."""
+    if not (isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)):
+        log.warning("static root: %s cannot be read (%s): answered 404", path, exc)
 
 
 _CONDITIONAL = {name: "HTTP_" + name.upper().replace("-", "_") for name in (
