@@ -67,6 +67,21 @@ class Stack:
         return request(self.port, target, method=method, headers=sent, source=source)
 
 
+def caddyfile_for(port: int, root: Path, access_log: Path, gate_port: int, *, trusted: str | None = None) -> str:
+    """deploy/caddy/Caddyfile with its site address, root, log and gate address replaced, and its commented
+    ``trusted_proxies`` line switched on for ``trusted`` (a CIDR) if given; nothing else changes."""
+    replacements = {
+        "\nmirror.example.org {": f"\nhttp://127.0.0.1:{port} {{",
+        "root * /srv/mirror": f"root * {root}",
+        "/var/log/caddy/exportgate-access.log": str(access_log),
+        "reverse_proxy 127.0.0.1:8451": f"reverse_proxy 127.0.0.1:{gate_port}",
+        "forward_auth 127.0.0.1:8451": f"forward_auth 127.0.0.1:{gate_port}",
+    }
+    if trusted is not None:
+        replacements["#trusted_proxies 10.0.0.0/8"] = f"trusted_proxies {trusted}"
+    return render(DEPLOY / "caddy" / "Caddyfile", replacements)
+
+
 @pytest.fixture(scope="module", params=["granian", "gunicorn"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """deploy/caddy before the gate under each server it runs on: gunicorn (the default), granian."""
@@ -78,14 +93,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     gate = GateProcess(workdir=base / "gate", config=config, server=request.param)
     port = free_port()
     access_log = base / "caddy" / "access.log"
-    caddyfile = render(DEPLOY / "caddy" / "Caddyfile", {
-        "\nmirror.example.org {": f"\nhttp://127.0.0.1:{port} {{",
-        "root * /srv/mirror": f"root * {root}",
-        "/var/log/caddy/exportgate-access.log": str(access_log),
-        "reverse_proxy 127.0.0.1:8451": f"reverse_proxy 127.0.0.1:{gate.port}",
-        "forward_auth 127.0.0.1:8451": f"forward_auth 127.0.0.1:{gate.port}",
-        "#trusted_proxies 10.0.0.0/8": "trusted_proxies 127.0.0.1/32",
-    })
+    caddyfile = caddyfile_for(port, root, access_log, gate.port, trusted="127.0.0.1/32")
     caddy = CaddyProcess(workdir=base / "caddy", caddyfile=caddyfile, port=port)
     gate.start()
     try:
@@ -266,14 +274,7 @@ def test_behind_a_load_balancer_the_gate_trusts_it_too(tmp_path: Path) -> None:
     gate = GateProcess(workdir=tmp_path / "gate", config=write_config(tmp_path), trust_proxy=(
         "127.0.0.1/32", f"{balancer}/32"))
     port = free_port()
-    caddyfile = render(DEPLOY / "caddy" / "Caddyfile", {
-        "\nmirror.example.org {": f"\nhttp://127.0.0.1:{port} {{",
-        "root * /srv/mirror": f"root * {root}",
-        "/var/log/caddy/exportgate-access.log": str(tmp_path / "caddy" / "access.log"),
-        "reverse_proxy 127.0.0.1:8451": f"reverse_proxy 127.0.0.1:{gate.port}",
-        "forward_auth 127.0.0.1:8451": f"forward_auth 127.0.0.1:{gate.port}",
-        "#trusted_proxies 10.0.0.0/8": f"trusted_proxies {balancer}/32",
-    })
+    caddyfile = caddyfile_for(port, root, tmp_path / "caddy" / "access.log", gate.port, trusted=f"{balancer}/32")
     caddy = CaddyProcess(workdir=tmp_path / "caddy", caddyfile=caddyfile, port=port)
     with gate, caddy:
         r = request(port, "/files/crypto-1.tar.gz", headers={"X-Forwarded-For": IR_CLIENT}, source=balancer)
@@ -295,13 +296,7 @@ def test_with_the_mirrors_root_the_gate_decides_on_a_symlinks_target(tmp_path: P
     config = write_config(tmp_path, serve={"root": str(root)}, geo={"overrides": [*TEST_OVERRIDES, iran]})
     gate = GateProcess(workdir=tmp_path / "gate", config=config)
     port = free_port()
-    caddyfile = render(DEPLOY / "caddy" / "Caddyfile", {
-        "\nmirror.example.org {": f"\nhttp://127.0.0.1:{port} {{",
-        "root * /srv/mirror": f"root * {root}",
-        "/var/log/caddy/exportgate-access.log": str(tmp_path / "caddy" / "access.log"),
-        "reverse_proxy 127.0.0.1:8451": f"reverse_proxy 127.0.0.1:{gate.port}",
-        "forward_auth 127.0.0.1:8451": f"forward_auth 127.0.0.1:{gate.port}",
-    })
+    caddyfile = caddyfile_for(port, root, tmp_path / "caddy" / "access.log", gate.port)
     caddy = CaddyProcess(workdir=tmp_path / "caddy", caddyfile=caddyfile, port=port)
     with gate, caddy:
         r = request(port, "/files/chat-latest.tar.gz", source=UNTRUSTED_PEER)  # located in Iran
