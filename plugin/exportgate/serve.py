@@ -49,7 +49,9 @@ from .runtime import DecisionFiles, record_log_problem
 
 log = logging.getLogger("exportgate.serve")
 
-ACCESS_LOG_FORMAT = ('%(h)s "%(r)s" %(s)s %(B)s decision=%({x-exportgate-decision}o)s '
+# %(B)s counts what went through write(): a whole static file goes out by sendfile, which gunicorn does not count
+# (0), so the announced length is logged beside it.
+ACCESS_LOG_FORMAT = ('%(h)s "%(r)s" %(s)s %(B)s length=%({content-length}o)s decision=%({x-exportgate-decision}o)s '
                      'rule=%({x-exportgate-rule}o)s id=%({x-exportgate-decision-id}o)s %(M)sms')
 
 

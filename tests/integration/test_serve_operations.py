@@ -37,7 +37,9 @@ from serverproc import (
     decision_count,
     decision_record,
     free_port,
+    request,
     wait_for_text,
+    write_mirror,
 )
 
 CRYPTO = "/files/crypto-1.tar.gz"
@@ -517,3 +519,18 @@ def test_a_unix_socket_is_made_under_the_gates_umask_and_serves(tmp_path: Path) 
         assert answer.startswith(b"HTTP/1.1 403"), answer[:200]  # the trusted unix peer's client: Iran, blocked
     finally:
         process.stop()
+
+
+def test_the_access_log_gives_a_static_files_length(tmp_path: Path) -> None:
+    """A whole file goes out by sendfile, which gunicorn's byte count misses (0 for every download)."""
+    root = write_mirror(tmp_path / "mirror")
+    gate = GateProcess(workdir=tmp_path, config=write_config(tmp_path), extra_args=["--mode", "static", "--root",
+                                                                                    str(root)])
+    with gate:
+        answer = request(gate.port, CHAT, headers={"X-Forwarded-For": IR_CLIENT})
+        assert answer.status == 200
+        deadline = time.monotonic() + 10
+        while CHAT not in gate.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    [line] = [line for line in gate.log_text().splitlines() if f"GET {CHAT}" in line]
+    assert f"length={len(answer.body)} decision=allow" in line, line
