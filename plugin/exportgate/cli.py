@@ -81,12 +81,16 @@ def _request_path(cfg: GateConfig, path: str) -> str:
                        "answering for the path as asked, not for the file the gate would decide on (a symlink's "
                        "target, an index.html)", err=True)
         elif follows_links:
-            from .web.mirrorfiles import served_file, served_uri
+            from .web.mirrorfiles import served_file, served_uri, unseen
 
             named = normalise_path(path.encode("utf-8")).path
-            target, _, served = served_file(os.path.realpath(cfg.serve.root), named)
-            # Forward auth and proxy leave a directory's index.html to the front end or upstream.
-            if served != named and (cfg.serve.mode == "static" or target == named):
+            root = os.path.realpath(cfg.serve.root)
+            target, real, served = served_file(root, named)
+            why = unseen(root, target, real) if cfg.serve.mode != "static" else None
+            if why is not None:
+                raise ExportGateError(f"{named}: {why}: the gate refuses it (403) without a decision")
+            # Static mode decides on a directory's index.html; forward auth and proxy on what a link leads to.
+            if served != named and (cfg.serve.mode == "static" or served != target):
                 return normalise_path(served_uri(served).encode("ascii"), case_insensitive=folded).path
         return normalise_path(path.encode("utf-8"), case_insensitive=folded).path
     except ValueError as exc:  # PathRejected

@@ -943,3 +943,39 @@ def test_readiness_says_when_the_upstream_takes_no_connection(gate_config: Any, 
     finally:
         app.mode_app.close()
         app.runtime.close()
+
+
+def test_with_the_upstreams_root_a_directorys_index_that_is_a_link_is_decided_as_its_target(
+        make_gate: Any, upstream: Upstream) -> None:
+    # The upstream serves /files/sub/ as sub/index.html, a link to the 5D002 file: decided as that file, not as the
+    # name asked for (and not passed undecided because the glob names only artifacts).
+    sub = upstream.root / "files" / "sub"
+    sub.mkdir()
+    try:
+        with links({sub / "index.html": "../crypto-1.tar.gz"}):
+            app = make_gate(root=str(upstream.root), gated=["/files/*.tar.gz"])
+            response = fetch(app, "/files/sub/")
+            assert response.status_code == 451 and CRYPTO not in response.data
+            record = app.runtime.store.get(response.headers["X-Exportgate-Decision-Id"])
+            assert record.body["request"]["path"] == "/files/crypto-1.tar.gz"
+            assert record.body["request"]["requested_path"] == "/files/sub/"
+    finally:
+        sub.rmdir()
+
+
+def test_with_the_upstreams_root_a_link_to_a_name_that_is_not_utf8_is_400(make_gate: Any, upstream: Upstream,
+                                                                          ) -> None:
+    import os
+
+    meta = upstream.root / "meta"
+    meta.mkdir()
+    try:
+        with open(os.fsencode(meta) + b"/\xff.json", "wb") as target:
+            target.write(b"{}")
+        os.symlink(b"\xff.json", os.fsencode(meta / "notes.json"))
+        app = make_gate(root=str(upstream.root), gated=["/files/**"])
+        assert fetch(app, "/meta/notes.json", client=US_CLIENT).status_code == 400
+    finally:
+        for name in os.listdir(os.fsencode(meta)):
+            os.unlink(os.fsencode(meta) + b"/" + name)
+        meta.rmdir()

@@ -647,7 +647,12 @@ def test_explain_in_forward_auth_mode_with_the_front_ends_root_answers_for_a_lin
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output)
     assert answer["path"] == "/files/crypto-1.tar.gz" and answer["action"] == "block"
-    assert run("check", config=write_config(tmp_path, serve={"root": str(tmp_path / "gone")})).exit_code == 1
+    (tmp_path / "other").mkdir()
+    assert run("check", config=write_config(tmp_path / "other", serve={"root": str(tmp_path / "gone")})).exit_code == 1
+    (root / "files" / "chat-2.tar.gz").symlink_to(tmp_path / "outside.tar.gz")
+    (tmp_path / "outside.tar.gz").write_bytes(b"x")
+    refused = run("explain", "--ip", IR_CLIENT, "--path", "/files/chat-2.tar.gz", config=config)
+    assert refused.exit_code == 1 and "a symlink out of the mirror's root: the gate refuses it (403)" in refused.output
 
 
 def test_classification_values_the_manifest_left_out_read_as_unknown(run, tmp_path):

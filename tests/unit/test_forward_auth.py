@@ -789,7 +789,7 @@ def test_with_the_front_ends_root_a_link_out_of_it_is_refused_undecided(make_app
     _, client, database = make_app(root=str(mirror_root))
     before = decision_count(database)
     r = ask(client, headers=forwarded(link, client_ip=US_CLIENT))
-    assert r.status_code == 403 and "leaves the mirror" in r.get_data(as_text=True)
+    assert r.status_code == 403 and "not decided" in r.get_data(as_text=True)
     assert decision_count(database) == before
 
 
@@ -797,3 +797,30 @@ def test_without_the_front_ends_root_a_link_is_decided_by_its_name(make_app: App
     # What deploy/README rule 4 warns of (nginx refuses links itself; other front ends need serve.root).
     _, client, _ = make_app()
     assert ask(client, headers=forwarded("/files/chat-latest.tar.gz")).headers["X-Exportgate-Decision"] == "allow"
+
+
+def test_with_the_front_ends_root_a_directory_the_gate_may_not_read_is_refused(
+        make_app: AppFactory, mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The front end runs as another user (the shipped unit's DynamicUser): a link in a directory only it may read
+    was decided by its name (allowed) and served as its target. The tests may run as root, who reads everything:
+    the kernel's answer to another user, EACCES, is given here for that directory."""
+    import os
+
+    private = mirror_root / "files" / "private"
+    private.mkdir()
+    (private / "chat-7.tar.gz").symlink_to("../crypto-1.tar.gz")
+    _, client, database = make_app(root=str(mirror_root))
+    before = decision_count(database)
+
+    def refusing(call: Any) -> Any:
+        def refused(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if "/private/" in str(path):
+                raise PermissionError(13, "Permission denied", str(path))
+            return call(path, *args, **kwargs)
+        return refused
+
+    monkeypatch.setattr(os, "stat", refusing(os.stat))
+    monkeypatch.setattr(os.path, "realpath", refusing(os.path.realpath))
+    r = ask(client, headers=forwarded("/files/private/chat-7.tar.gz"))
+    assert r.status_code == 403 and "cannot read" in r.get_data(as_text=True)
+    assert decision_count(database) == before

@@ -21,8 +21,9 @@ under a generic WSGI server the lines arrive already joined with ``,``, which ca
 The file decided on: the path as the front end will resolve it (:mod:`exportgate.web.paths`), by name. A symlink
 in the mirror would have the front end open its target; with ``serve.root`` (the directory the front end serves,
 on the gate's host) the gate decides on that target, as static mode does (the record keeps the name asked for as
-``requested_path``), and refuses a link out of the root or to nothing (403, undecided). Without it, keep links out
-of the tree (deploy/nginx refuses them itself).
+``requested_path``), and refuses a link out of the root, to nothing, or in a directory it may not read (403,
+undecided). That covers what the gate is asked about: names the front end exempts (index pages, metadata) must
+not be links. Without it, keep links out of the tree (deploy/nginx refuses them itself).
 
 Security caveat: these headers and ``X-Forwarded-For`` are trusted because only the front end can reach this
 endpoint. Bind the gate to loopback or a private network and list the front end in ``trust_proxy``.
@@ -40,7 +41,7 @@ from ..decision import RequestFacts
 from ..errors import ExportGateError, RecordStoreError
 from ..records.chain import canonical_text
 from .clientaddr import PEER, ClientOrigin, TrustedProxies
-from .mirrorfiles import checked_root, leaves_root, served_file, served_uri
+from .mirrorfiles import checked_root, served_file, served_uri, unseen
 from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers, send_blocked
 from .paths import NormalisedPath, PathRejected, fold_path, normalise_path, origin_form
 
@@ -307,17 +308,20 @@ class ForwardAuth:
 
     def _file_served(self, facts: RequestFacts, uri: str, origin: ClientOrigin, method: str,
                      host: str | None) -> tuple[RequestFacts | None, str, str]:
-        """``facts`` for the file the front end will open under :attr:`mirror_root`: a symlink's target (with the
-        path asked for as ``requested_path``); a refusal for a link out of the root or to nothing, which the front
-        end would follow where the gate cannot look. The root is resolved now: a switched ``current`` link counts."""
+        """``facts`` for the file the front end will open under :attr:`mirror_root`: a symlink's target, also a
+        directory's ``index.html`` that is one (with the path asked for as ``requested_path``); a refusal for what
+        the gate cannot see (:func:`~exportgate.web.mirrorfiles.unseen`: a link out of the root or to nothing, a
+        directory it may not read), which the front end would follow. The root is resolved now: a switched
+        ``current`` link counts."""
         root = os.path.realpath(self.mirror_root or "")
         asked = normalise_path(uri).path  # as the file system spells it (facts.path may be case-folded)
         target, real, served = served_file(root, asked)
-        if leaves_root(root, target, real):
+        why = unseen(root, target, real)
+        if why is not None:
             if self.admission.metrics is not None:
                 self.admission.metrics.reject("path")
-            return None, "403 Forbidden", "a symlink that leaves the mirror's root, or leads nowhere: not decided"
-        if served == asked or target != asked:  # a plain file (or none); a directory's index is the front end's
+            return None, "403 Forbidden", f"{why}: not decided"
+        if served == target:  # no link on the way: decided as asked
             return facts, "", ""
         facts_served, status, text = self.admission.facts(origin, method, served_uri(served), host)
         if facts_served is None:

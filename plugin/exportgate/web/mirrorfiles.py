@@ -7,6 +7,7 @@ explain``/``classify`` answer for it. Only names are looked at (``lstat``, ``rea
 
 from __future__ import annotations
 
+import errno
 import os
 from urllib.parse import quote
 
@@ -52,10 +53,23 @@ def _inside(root: str, real: str) -> bool:
     return real == root or real.startswith(root + os.sep) or (root == os.sep and real.startswith(os.sep))
 
 
-def leaves_root(root: str, target: str, real: str | None) -> bool:
-    """Whether ``target`` (with ``real``, from :func:`served_file`) names something under ``root`` that resolves to
-    nothing inside it: a symlink, or a path through one, out of the root or to nothing. A front end follows it."""
-    return real is None and os.path.lexists(os.path.join(root, target.lstrip("/")))
+def unseen(root: str, target: str, real: str | None) -> str | None:
+    """Why the gate cannot tell which file ``target`` (with ``real``, from :func:`served_file`) names under
+    ``root``, or ``None`` when it can (``real``), or when nothing is there (the front end answers 404). A front end
+    follows a symlink, or a path through one, out of the root or to nothing; and one running as another user reads
+    a directory the gate may not (EACCES: the name alone would be decided, and the link's target served)."""
+    if real is not None:
+        return None
+    name = os.path.join(root, target.lstrip("/"))
+    try:
+        os.stat(name)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "a symlink to nothing" if os.path.islink(name) else None
+        return f"a path the gate cannot read ({exc.strerror})"
+    except ValueError:  # a NUL: no such file
+        return None
+    return "a symlink out of the mirror's root"
 
 
-__all__ = ["INDEX", "checked_root", "leaves_root", "served_file", "served_uri"]
+__all__ = ["INDEX", "checked_root", "served_file", "served_uri", "unseen"]

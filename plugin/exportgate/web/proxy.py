@@ -49,7 +49,7 @@ from urllib3.exceptions import NewConnectionError
 from ..errors import ConfigError, ExportGateError
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
-from .mirrorfiles import checked_root, leaves_root, served_file, served_uri
+from .mirrorfiles import checked_root, served_file, served_uri, unseen
 from .page import Operator, decision_headers, overrides_no_store
 from .paths import PathRejected, normalise_path
 
@@ -157,17 +157,23 @@ class ProxyApp:
         if self.mirror_root is not None:
             root = os.path.realpath(self.mirror_root)  # now: a switched `current` link counts
             target, real, served = served_file(root, path)
-            if leaves_root(root, target, real):  # the upstream would follow it where the gate cannot look
+            why = unseen(root, target, real)  # the upstream would follow it where the gate cannot look
+            if why is not None:
                 if self.metrics is not None:
                     self.metrics.reject("path")
-                return plain(start_response, "403 Forbidden", "a symlink that leaves the mirror's root, or leads "
-                             "nowhere: not decided")
-            if served != path and target == path:  # a link: decided as, and asked of the upstream as, its target
+                return plain(start_response, "403 Forbidden", f"{why}: not decided")
+            if served != target:  # a link (a directory's index.html too): decided as, and asked of the upstream
+                try:                #   as, its target
+                    served.encode("utf-8")
+                except UnicodeEncodeError:  # a link target's name that is not UTF-8: no path to ask for
+                    problem = PathRejected(path, "not-utf8", "a symlink on the way leads to a name that is not UTF-8")
+                    return reject_path(start_response, problem, self.metrics)
                 query = raw_uri.partition("#")[0].partition("?")[2]
                 requested, path, normalised = path, served, None
                 decided_uri = served_uri(served) + (f"?{query}" if query else "")
         decision = None
-        if self.gated is None or self.gated.match(path) or (requested is not None and self.gated.match(requested)):
+        asked = (path,) if requested is None else (path, requested, target)
+        if self.gated is None or any(self.gated.match(p) for p in asked):
             decision, refusal = self.admission.admit_download(environ, start_response, decided_uri, normalised,
                                                               self.operator, requested=requested)
             if refusal is not None:
