@@ -361,12 +361,20 @@ def test_preconditions_come_before_the_range(make_gate: Any, tree: Path) -> None
     pytest.param("bytes=oops", 200, CHAT, id="malformed: ignored"),
     pytest.param(f"bytes=10-{len(CHAT) * 2}", 206, CHAT[10:], id="a last byte past the end: to the end"),
     pytest.param("bytes=-0", 416, b"", id="an empty suffix"),
+    pytest.param("bytes=" + "1" * 5000 + "-", 200, CHAT, id="a position of 5000 digits: ignored"),
+    pytest.param("bytes=0-" + "9" * 5000, 200, CHAT, id="a last position of 5000 digits: ignored"),
 ])
 def test_range_edge_cases(make_gate: Any, value: str, status: int, body: bytes) -> None:
     response = fetch(make_gate(), "/files/chat-1.tar.gz", headers={"Range": value})
     assert response.status_code == status and response.data == body
     if status == 206:
         assert response.headers["Content-Range"] == f"bytes {len(CHAT) - len(body)}-{len(CHAT) - 1}/{len(CHAT)}"
+
+
+def test_an_empty_files_suffix_range_is_the_whole_empty_file(make_gate: Any, tree: Path) -> None:
+    (tree / "files" / "chat-0.tar.gz").write_bytes(b"")
+    response = fetch(make_gate(), "/files/chat-0.tar.gz", headers={"Range": "bytes=-5"})
+    assert response.status_code == 200 and response.data == b""
 
 
 def test_head_ignores_the_range(make_gate: Any) -> None:

@@ -9,8 +9,9 @@ onto the old ones (werkzeug's ``make_conditional`` answers the range first).
   ignored) -> ``412``;
 * ``If-None-Match``: weak comparison -> ``304``; else, ``If-Modified-Since`` -> ``304``;
 * ``Range`` (``GET`` only, section 14.2): one ``bytes`` range is served (a suffix longer than the file is the whole
-  file, section 14.1.3); several ranges, another unit or a malformed value are served as the whole file (a server
-  may ignore ``Range``); a first byte past the end is ``416``. ``If-Range`` must match the ETag strongly (a weak
+  file, section 14.1.3, as is an empty file's suffix); several ranges, another unit or a malformed value (a position
+  past 19 digits too) are served as the whole file (a server may ignore ``Range``); a first byte past the end is
+  ``416``. ``If-Range`` must match the ETag strongly (a weak
   tag never does) or equal ``Last-Modified``, else the whole file is served.
 
 Pure: no I/O, no web framework.
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 
 from werkzeug.http import parse_date, parse_etags
 
-_RANGE = re.compile(r"\s*bytes\s*=\s*(?:(\d+)\s*-\s*(\d*)|-\s*(\d+))\s*", re.IGNORECASE)
+# Positions of at most 19 digits (beyond any file's size); a longer one is no range this server reads: the whole file.
+_RANGE = re.compile(r"\s*bytes\s*=\s*(?:(\d{1,19})\s*-\s*(\d{0,19})|-\s*(\d{1,19}))\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,8 @@ def evaluate(headers: dict[str, str], method: str, file: FileValidators) -> Answ
         return whole
     first, last, suffix = match.groups()
     if suffix is not None:
+        if file.size == 0 and int(suffix) > 0:
+            return whole  # the one range an empty file satisfies: all of it (RFC 9110, 14.1.1)
         length = min(int(suffix), file.size)
         if length == 0:
             return Answer(416)
