@@ -146,17 +146,23 @@ def _pypi_file(filename: str, directories: list[str], found: list[tuple[str, str
         return
     if suffix in (".tar.gz", ".zip"):
         try:  # a PEP 625 sdist (packaging reads the suffix in lower case only)
-            _add(found, PYPI, parse_sdist_filename(filename[: -len(suffix)] + suffix)[0])
-            return
+            sdist = parse_sdist_filename(filename[: -len(suffix)] + suffix)[0]
         except ValueError:  # InvalidSdistFilename, InvalidVersion: read as below
             pass
+        else:
+            _add(found, PYPI, sdist)
+            if not filename.endswith(suffix):  # .TAR.GZ: also the generic download it was read as before
+                _add(found, GENERIC, sdist)
+            return
     # What an index still serves under a project beside PEP 625 sdists: an egg (name-1.0-py3.11.egg), bdist_dumb
     # and bdist_wininst builds (name-1.0.linux-x86_64.tar.gz, name-1.0.win32.exe), other compressions, a version
     # outside PEP 440 (name-0.7-beta.tar.gz). The name is read up to the version, as a generic download's is:
-    # only where one place could start the version.
+    # only where one place could start the version. It stays a generic download too (an installer in a directory
+    # that happens to be called packages), as it was read before.
     name = _generic_name(filename)
     if name is not None:
         _add(found, PYPI, name)
+        _add(found, GENERIC, name)
 
 
 def _pypi_pages(segments: list[str], found: list[tuple[str, str]]) -> None:
