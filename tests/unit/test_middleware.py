@@ -418,6 +418,18 @@ def test_a_server_without_a_raw_target_is_decided_not_crashed(make: Any, path_in
     assert int(statuses[0].split()[0]) == status and mirror.calls == []
 
 
+@pytest.mark.parametrize("script_name", ["/m\u00efrror\u20ac", "/m\u00c3\u00afrror"],
+                         ids=["decoded text past latin-1 (not PEP 3333)", "UTF-8 bytes as latin-1 text"])
+def test_a_mount_point_outside_ascii_is_read_not_crashed(make: Any, script_name: str) -> None:
+    app, mirror, _, _ = make(gated=("/packages/**",))
+    environ = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": script_name, "PATH_INFO": "/packages/cryptopkg-1.0.tar.gz",
+               "QUERY_STRING": "", "REMOTE_ADDR": IR_CLIENT, "SERVER_NAME": "mirror", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http"}
+    statuses: list[str] = []
+    b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses[0].startswith("451") and mirror.calls == []
+
+
 def test_a_mount_the_request_target_lacks_is_404_and_said_once(make: Any, caplog: Any) -> None:
     # werkzeug's ProxyFix(x_prefix=1) outside the gate: SCRIPT_NAME from X-Forwarded-Prefix, not in the target.
     app, mirror, _, _ = make()

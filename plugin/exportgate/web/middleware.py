@@ -141,7 +141,7 @@ class GateMiddleware:
             self._say_mount_left_out(script, in_app)
         operator = self.operator
         if self._own_policy and script:  # the blocked-by link leads to this app's policy page, under its mount
-            script_text = script.encode("latin-1").decode("utf-8", "replace").rstrip("/")
+            script_text = _wsgi_text(script).rstrip("/")
             operator = replace(operator, policy_url=quote(script_text.encode("utf-8"), safe=_SAFE_PATH) + POLICY_PATH)
         decision, refusal = self.admission.admit_download(environ, start_response, raw_uri, normalised, operator)
         if refusal is not None:
@@ -185,7 +185,7 @@ def _use_normalised(environ: dict[str, Any], path: str, raw_uri: str) -> str | N
         environ["PATH_INFO"] = path
         return path
     if script:
-        script_text = script.encode("latin-1").decode("utf-8", "replace")
+        script_text = _wsgi_text(script)
         if path != script_text and not path.startswith(script_text.rstrip("/") + "/"):
             return None
         path_info = path[len(script_text.rstrip("/")):]
@@ -198,6 +198,15 @@ def _use_normalised(environ: dict[str, Any], path: str, raw_uri: str) -> str | N
         if key in environ:
             environ[key] = uri
     return path_info or "/"
+
+
+def _wsgi_text(value: str) -> str:
+    """A WSGI string (PEP 3333: one character per byte) as the UTF-8 text it holds; a server that hands decoded
+    text past latin-1 instead has it read as it is."""
+    try:
+        return value.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return value
 
 
 def _raw_uri(environ: dict[str, Any]) -> str:
