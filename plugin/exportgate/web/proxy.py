@@ -12,8 +12,9 @@ lose the caching headers CDNs and nginx obey ahead of it: ``CDN-Cache-Control``,
 Paths outside ``gated`` (index pages, metadata) are forwarded without a decision. Symlinks in the upstream's tree are
 invisible from here: the upstream would serve a link's target under the link's name. With ``serve.root`` (the
 directory the upstream serves, on the gate's host) a link is decided as its target and the target is what is asked
-of the upstream; a link out of the root, or to nothing, is refused undecided (403). Without it, keep links out of
-the tree (nginx: ``disable_symlinks``).
+of the upstream (a directory's ``index.html`` too); a link out of the root or to nothing, or a path in a directory
+the gate may not read, is refused undecided (403). Without it, keep links out of the tree (nginx:
+``disable_symlinks``).
 
 Upstream failures: cannot connect -> 502, no answer within ``timeout`` -> 504, a malformed answer (including a
 ``Content-Length`` that is not one number, or a ``101``: no upgrade is forwarded) -> 502, and a ``Content-Length``
