@@ -91,6 +91,11 @@ def _request_path(cfg: GateConfig, path: str) -> str:
                 raise ExportGateError(f"{named}: {why}: the gate refuses it (403) without a decision")
             # Static mode decides on a directory's index.html; forward auth and proxy on what a link leads to.
             if served != named and (cfg.serve.mode == "static" or served != target):
+                if cfg.serve.mode == "forward-auth":
+                    click.echo(f"note: {named} is a symlink (or a path through one) to {served}: the gate decides "
+                               "on the target when the front end asks it; the deploy/ examples serve index pages "
+                               "and metadata without asking, so such a name as a link is served undecided "
+                               "(deploy/README, rule 4)", err=True)
                 return normalise_path(served_uri(served).encode("ascii"), case_insensitive=folded).path
         return normalise_path(path.encode("utf-8"), case_insensitive=folded).path
     except ValueError as exc:  # PathRejected

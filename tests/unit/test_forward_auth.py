@@ -758,6 +758,9 @@ def mirror_root(tmp_path: Path) -> Path:
     (tmp_path / "outside.tar.gz").write_bytes(b"outside")
     (root / "files" / "chat-3.tar.gz").symlink_to("nowhere.tar.gz")
     (root / "files" / "chat-4.tar.gz").symlink_to("chat-1.tar.gz")
+    # The front end's own working directory, not the gate's: another process follows it somewhere else (so does a
+    # link into a PrivateTmp or another mount namespace).
+    (root / "files" / "elsewhere").symlink_to("/proc/self/cwd", target_is_directory=True)
     return root
 
 
@@ -782,8 +785,10 @@ def test_with_the_front_ends_root_a_symlink_is_decided_as_its_target(make_app: A
     assert ask(client, headers=headers("/files/chat-9.tar.gz")).headers["X-Exportgate-Decision"] == "allow"
 
 
-@pytest.mark.parametrize("link", ["/files/chat-2.tar.gz", "/files/chat-3.tar.gz", "/files/current/../chat-2.tar.gz"],
-                         ids=["out of the root", "to nothing", "through dot-segments"])
+@pytest.mark.parametrize("link", ["/files/chat-2.tar.gz", "/files/chat-3.tar.gz", "/files/current/../chat-2.tar.gz",
+                                  "/files/elsewhere/chatpkg-1.0-py3-none-any.whl"],
+                         ids=["out of the root", "to nothing", "through dot-segments",
+                              "through a directory link to what the gate does not see"])
 def test_with_the_front_ends_root_a_link_out_of_it_is_refused_undecided(make_app: AppFactory, mirror_root: Path,
                                                                         link: str) -> None:
     _, client, database = make_app(root=str(mirror_root))

@@ -202,7 +202,8 @@ def _use_normalised(environ: dict[str, Any], path: str, raw_uri: str) -> str | N
 
 def _wsgi_text(value: str) -> str:
     """A WSGI string (PEP 3333: one character per byte) as the UTF-8 text it holds; a server that hands decoded
-    text past latin-1 instead has it read as it is."""
+    text past latin-1 instead has it read as it is. (Decoded text whose characters all fit latin-1, ``/mïrror``,
+    cannot be told from PEP 3333 bytes: it is read as bytes, and a request under it is a 404, never another path.)"""
     try:
         return value.encode("latin-1").decode("utf-8", "replace")
     except UnicodeEncodeError:

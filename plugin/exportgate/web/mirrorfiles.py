@@ -64,9 +64,13 @@ def unseen(root: str, target: str, real: str | None) -> str | None:
     try:
         os.stat(name)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            return "a symlink to nothing" if os.path.islink(name) else None
-        return f"a path the gate cannot read ({exc.strerror})"
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return f"a path the gate cannot read ({exc.strerror})"
+        # Nothing there for the gate; but a link anywhere on the way (a directory link to /proc/self/cwd, into a
+        # PrivateTmp, into another mount namespace) may lead the front end, another process, to a file.
+        if os.path.realpath(name) != os.path.normpath(name):
+            return "a symlink to nothing"
+        return None
     except ValueError:  # a NUL: no such file
         return None
     return "a symlink out of the mirror's root"
