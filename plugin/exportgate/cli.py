@@ -81,16 +81,18 @@ def _request_path(cfg: GateConfig, path: str) -> str:
                        "answering for the path as asked, not for the file the gate would decide on (a symlink's "
                        "target, an index.html)", err=True)
         elif follows_links:
-            from .web.mirrorfiles import served_file, served_uri, unseen
+            from .web.mirrorfiles import linked_file, served_file, served_uri
 
             named = normalise_path(path.encode("utf-8")).path
             root = os.path.realpath(cfg.serve.root)
-            target, real, served = served_file(root, named)
-            why = unseen(root, target, real) if cfg.serve.mode != "static" else None
-            if why is not None:
-                raise ExportGateError(f"{named}: {why}: the gate refuses it (403) without a decision")
-            # Static mode decides on a directory's index.html; forward auth and proxy on what a link leads to.
-            if served != named and (cfg.serve.mode == "static" or served != target):
+            if cfg.serve.mode == "static":  # decides on the file it serves (a directory's index.html too)
+                served: str | None = served_file(root, named)[2]
+            else:  # forward auth and proxy: on what a link leads to, as the gate does
+                linked = linked_file(root, named)
+                if linked.refused is not None:
+                    raise ExportGateError(f"{named}: {linked.refused}: the gate refuses it (403) without a decision")
+                served = linked.decide_on
+            if served is not None and served != named:
                 if cfg.serve.mode == "forward-auth":
                     click.echo(f"note: {named} is a symlink (or a path through one) to {served}: the gate decides "
                                "on the target when the front end asks it; the deploy/ examples serve index pages "

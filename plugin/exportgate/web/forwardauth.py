@@ -41,7 +41,7 @@ from ..decision import RequestFacts
 from ..errors import ExportGateError, RecordStoreError
 from ..records.chain import canonical_text
 from .clientaddr import PEER, ClientOrigin, TrustedProxies
-from .mirrorfiles import checked_root, served_file, served_uri, unseen
+from .mirrorfiles import checked_root, linked_file, served_uri
 from .page import NO_STORE, Operator, blocked_body, blocked_headers, decision_headers, send_blocked
 from .paths import NormalisedPath, PathRejected, fold_path, normalise_path, origin_form
 
@@ -313,17 +313,15 @@ class ForwardAuth:
         the gate cannot see (:func:`~exportgate.web.mirrorfiles.unseen`: a link out of the root or to nothing, a
         directory it may not read), which the front end would follow. The root is resolved now: a switched
         ``current`` link counts."""
-        root = os.path.realpath(self.mirror_root or "")
         asked = normalise_path(uri).path  # as the file system spells it (facts.path may be case-folded)
-        target, real, served = served_file(root, asked)
-        why = unseen(root, target, real)
-        if why is not None:
+        linked = linked_file(os.path.realpath(self.mirror_root or ""), asked)
+        if linked.refused is not None:
             if self.admission.metrics is not None:
                 self.admission.metrics.reject("path")
-            return None, "403 Forbidden", f"{why}: not decided"
-        if served == target:  # no link on the way: decided as asked
+            return None, "403 Forbidden", f"{linked.refused}: not decided"
+        if linked.decide_on is None:  # no link on the way: decided as asked
             return facts, "", ""
-        facts_served, status, text = self.admission.facts(origin, method, served_uri(served), host)
+        facts_served, status, text = self.admission.facts(origin, method, served_uri(linked.decide_on), host)
         if facts_served is None:
             return None, status, text
         return replace(facts_served, requested_path=facts.path), "", ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from ..errors import ConfigError
@@ -76,4 +77,27 @@ def unseen(root: str, target: str, real: str | None) -> str | None:
     return "a symlink out of the mirror's root"
 
 
-__all__ = ["INDEX", "checked_root", "served_file", "served_uri", "unseen"]
+@dataclass(frozen=True, slots=True)
+class LinkedFile:
+    """What a front end or upstream serving ``root`` opens for a request path (forward-auth and proxy modes with
+    ``serve.root``; static mode serves the file itself: :func:`served_file`)."""
+
+    named: str
+    """The file the path names (``…/index.html`` for a directory)."""
+    decide_on: str | None
+    """The file under root a symlink on the way leads to, which the gate decides on; ``None``: no link on the way
+    (the path is decided as asked)."""
+    refused: str | None
+    """Why the gate cannot tell where the path leads (:func:`unseen`): refused, undecided."""
+
+
+def linked_file(root: str, path: str) -> LinkedFile:
+    """:class:`LinkedFile` for the normalised ``path`` under the real directory ``root``."""
+    named, real, served = served_file(root, path)
+    refused = unseen(root, named, real)
+    if refused is not None:
+        return LinkedFile(named, None, refused)
+    return LinkedFile(named, served if served != named else None, None)
+
+
+__all__ = ["INDEX", "LinkedFile", "checked_root", "linked_file", "served_file", "served_uri", "unseen"]

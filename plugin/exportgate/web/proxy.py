@@ -50,7 +50,7 @@ from urllib3.exceptions import NewConnectionError
 from ..errors import ConfigError, ExportGateError
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
-from .mirrorfiles import checked_root, served_file, served_uri, unseen
+from .mirrorfiles import checked_root, linked_file, served_uri
 from .page import Operator, decision_headers, overrides_no_store
 from .paths import PathRejected, normalise_path
 
@@ -156,15 +156,15 @@ class ProxyApp:
         requested = None
         decided_uri: str = raw_uri
         if self.mirror_root is not None:
-            root = os.path.realpath(self.mirror_root)  # now: a switched `current` link counts
-            target, real, served = served_file(root, path)
-            why = unseen(root, target, real)  # the upstream would follow it where the gate cannot look
-            if why is not None:
+            # The root as it is now: a switched `current` link counts.
+            linked = linked_file(os.path.realpath(self.mirror_root), path)
+            if linked.refused is not None:  # the upstream would follow it where the gate cannot look
                 if self.metrics is not None:
                     self.metrics.reject("path")
-                return plain(start_response, "403 Forbidden", f"{why}: not decided")
-            if served != target:  # a link (a directory's index.html too): decided as, and asked of the upstream
-                try:                #   as, its target
+                return plain(start_response, "403 Forbidden", f"{linked.refused}: not decided")
+            served = linked.decide_on
+            if served is not None:  # a link (a directory's index.html too): decided as, and asked of the
+                try:                  # upstream as, its target
                     served.encode("utf-8")
                 except UnicodeEncodeError:  # a link target's name that is not UTF-8: no path to ask for
                     problem = PathRejected(path, "not-utf8", "a symlink on the way leads to a name that is not UTF-8")
@@ -173,7 +173,7 @@ class ProxyApp:
                 requested, path, normalised = path, served, None
                 decided_uri = served_uri(served) + (f"?{query}" if query else "")
         decision = None
-        asked = (path,) if requested is None else (path, requested, target)
+        asked = (path,) if requested is None else (path, requested, linked.named)
         if self.gated is None or any(self.gated.match(p) for p in asked):
             decision, refusal = self.admission.admit_download(environ, start_response, decided_uri, normalised,
                                                               self.operator, requested=requested)

@@ -52,21 +52,16 @@ def check_serving(config: GateConfig) -> None:
     collect(TrustedProxies, serve.trust_proxy, header=serve.forwarded_header, file=config.file)
     collect(Networks, serve.admin_from, what="serve.admin_from entry", file=config.file)
     collect(compile_gated, serve.gated)
+    if serve.root:  # static mode's files; in the other modes, the front end's or upstream's (symlinks followed)
+        collect(checked_root, serve.root)
     if serve.mode == "proxy":
-        if serve.root:  # the upstream's files on this host, to decide on a symlink's target
-            collect(checked_root, serve.root)
         if serve.upstream:
             collect(checked_upstream, serve.upstream, serve.upstream_timeout)
         else:
             errors.append(ConfigError("proxy mode needs --upstream URL (or serve.upstream in the config)",
                                       file=config.file))
-    elif serve.mode == "static":
-        if serve.root:
-            collect(checked_root, serve.root)
-        else:
-            errors.append(ConfigError("static mode needs --root DIR (or serve.root in the config)", file=config.file))
-    elif serve.root:  # forward auth: the front end's root, to decide on the files it opens
-        collect(checked_root, serve.root)
+    elif serve.mode == "static" and not serve.root:
+        errors.append(ConfigError("static mode needs --root DIR (or serve.root in the config)", file=config.file))
     if errors:
         raise ConfigErrors(errors)
 
