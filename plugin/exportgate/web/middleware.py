@@ -41,7 +41,7 @@ from ..globs import compile_glob
 from ..yamlfile import item_line
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .page import NO_STORE, POLICY_PATH, Operator, decision_headers, overrides_no_store, policy_document
-from .paths import PathRejected, normalise_path, origin_form
+from .paths import PATH_SAFE, PathRejected, normalise_path, origin_form
 from .perprocess import PerProcess
 
 log = logging.getLogger("exportgate.web")
@@ -49,7 +49,6 @@ log = logging.getLogger("exportgate.web")
 DECISION_KEY = "exportgate.decision"
 ORIGINAL_URI_KEY = "exportgate.original_uri"
 """The request target as the client sent it, before the middleware pointed PATH_INFO at the normalised path."""
-_SAFE_PATH = "/:@!$&'()*+,;=-._~"
 
 
 def compile_gated(globs: Iterable[str], *, case_insensitive: bool = False) -> GatedPaths | None:
@@ -142,7 +141,7 @@ class GateMiddleware:
         operator = self.operator
         if self._own_policy and script:  # the blocked-by link leads to this app's policy page, under its mount
             script_text = _wsgi_text(script).rstrip("/")
-            operator = replace(operator, policy_url=quote(script_text.encode("utf-8"), safe=_SAFE_PATH) + POLICY_PATH)
+            operator = replace(operator, policy_url=quote(script_text.encode("utf-8"), safe=PATH_SAFE) + POLICY_PATH)
         decision, refusal = self.admission.admit_download(environ, start_response, raw_uri, normalised, operator)
         if refusal is not None:
             return refusal
@@ -193,7 +192,7 @@ def _use_normalised(environ: dict[str, Any], path: str, raw_uri: str) -> str | N
         path_info = path
     environ["PATH_INFO"] = path_info.encode("utf-8").decode("latin-1")  # WSGI text: one character per byte
     query = environ.get("QUERY_STRING")
-    uri = quote(path.encode("utf-8"), safe=_SAFE_PATH) + (f"?{query}" if query else "")
+    uri = quote(path.encode("utf-8"), safe=PATH_SAFE) + (f"?{query}" if query else "")
     for key in ("RAW_URI", "REQUEST_URI"):
         if key in environ:
             environ[key] = uri
@@ -224,7 +223,7 @@ def _raw_uri(environ: dict[str, Any]) -> str:
         raw_bytes = path.encode("latin-1")
     except UnicodeEncodeError:  # a server that hands decoded text instead: its characters, as UTF-8
         raw_bytes = path.encode("utf-8", "surrogatepass")  # never raises; bad UTF-8 is a 400 below
-    path = quote(raw_bytes, safe=_SAFE_PATH)
+    path = quote(raw_bytes, safe=PATH_SAFE)
     query = environ.get("QUERY_STRING")
     return f"{path}?{query}" if query else path
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from ..errors import ConfigError
+from .paths import PATH_SAFE
 
 INDEX = "index.html"
-_SAFE_PATH = "/:@!$&'()*+,;=-._~"
 
 
 def checked_root(root: str) -> str:
@@ -47,7 +47,7 @@ def served_file(root: str, path: str) -> tuple[str, str | None, str]:
 def served_uri(path: str) -> str:
     """``path`` (from :func:`served_file`) as a request target. fsencode: a link target that is not UTF-8 stays
     its bytes, and normalise_path then refuses it."""
-    return quote(os.fsencode(path), safe=_SAFE_PATH)
+    return quote(os.fsencode(path), safe=PATH_SAFE)
 
 
 def _inside(root: str, real: str) -> bool:

@@ -41,6 +41,10 @@ from urllib.parse import unquote_to_bytes
 from ..casefolding import fold_case
 from ..errors import ExportGateError
 
+PATH_SAFE = "/:@!$&'()*+,;=-._~"
+"""Characters a decided path keeps unescaped when it is written as a request target again (RFC 3986 pchar and
+``/``): the proxy's upstream request, the middleware's rewritten target, redirects, a link target decided on."""
+
 MAX_PATH_BYTES = 4096
 """Longest path accepted, counted before decoding and without the query string (nginx's own limit is the
 request line buffer, 8 KiB by default; no mirror has artifact paths anywhere near this)."""

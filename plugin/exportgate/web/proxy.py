@@ -52,7 +52,7 @@ from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
 from .mirrorfiles import checked_root, linked_file, served_uri
 from .page import Operator, decision_headers, overrides_no_store
-from .paths import PathRejected, normalise_path
+from .paths import PATH_SAFE, PathRejected, normalise_path
 
 log = logging.getLogger("exportgate.web")
 
@@ -75,8 +75,7 @@ CONNECT, TIMEOUT, BAD_RESPONSE, CUT = "connect", "timeout", "bad-response", "cut
 # Request headers the gate sets itself for the upstream (a client must not choose them).
 _OWN_REQUEST_HEADERS = frozenset({"host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded",
                                   "x-real-ip", "expect", "content-length"})
-_SAFE_PATH = "/:@!$&'()*+,;=-._~"
-_SAFE_QUERY = _SAFE_PATH + "?%"
+_SAFE_QUERY = PATH_SAFE + "?%"
 _STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -183,7 +182,7 @@ class ProxyApp:
 
     def forward(self, environ: dict[str, Any], start_response: StartResponse, method: str, path: str,
                 raw_uri: str, decision: Any) -> Iterable[bytes]:
-        quoted = quote(path.encode("utf-8"), safe=_SAFE_PATH)
+        quoted = quote(path.encode("utf-8"), safe=PATH_SAFE)
         target = self.public_base + quoted  # for logs: no credentials, no query (it may hold tokens)
         query = raw_uri.partition("#")[0].partition("?")[2]
         if query:

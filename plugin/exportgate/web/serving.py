@@ -14,9 +14,8 @@ from ..config import GateConfig, ServeConfig
 from ..errors import ConfigError, ConfigErrors
 from .clientaddr import Networks, TrustedProxies
 from .middleware import compile_gated
-from .proxy import checked_upstream
 from .mirrorfiles import checked_root
-
+from .proxy import checked_upstream
 
 MODE_SETTINGS: dict[str, tuple[str, ...]] = {
     "upstream": ("proxy",),

@@ -42,12 +42,11 @@ from werkzeug.wsgi import wrap_file
 
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
-from .page import Operator, decision_headers
 from .mirrorfiles import checked_root, served_file, served_uri
-from .paths import NormalisedPath, PathRejected, normalise_path
+from .page import Operator, decision_headers
+from .paths import PATH_SAFE, NormalisedPath, PathRejected, normalise_path
 from .preconditions import FileValidators, evaluate
 
-_SAFE_PATH = "/:@!$&'()*+,;=-._~"
 _CHUNK = 64 * 1024
 log = logging.getLogger("exportgate.web")
 _ENCODED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
@@ -117,7 +116,7 @@ class StaticApp:
         if found is None:
             return plain(start_response, "404 Not Found", "not found", extra)
         if found == "directory":
-            location = quote((path + "/").encode("utf-8"), safe=_SAFE_PATH) + (f"?{query}" if query else "")
+            location = quote((path + "/").encode("utf-8"), safe=PATH_SAFE) + (f"?{query}" if query else "")
             return plain(start_response, "301 Moved Permanently", "a directory", [("Location", location), *extra])
         return self.send(environ, start_response, found, decide_on, extra)
 
@@ -175,15 +174,13 @@ class StaticApp:
             if answer.status == 416:
                 response.headers["Content-Range"] = f"bytes */{info.st_size}"
         response.direct_passthrough = True
-        if answer.status in (200, 206, 304):
+        if answer.status in (200, 206):
             response.headers["Content-Type"] = content_type(target)
             response.headers["Accept-Ranges"] = "bytes"
+        if answer.status in (200, 206, 304):  # a 304 names the version the client has, without a body's headers
             response.last_modified = info.st_mtime  # type: ignore[assignment]
             response.set_etag(validators.etag)
             response.cache_control.no_cache = True  # ungated files: cacheable, revalidated (gated: no-store below)
-        if answer.status == 304:
-            response.headers.pop("Content-Type")
-            response.headers.pop("Content-Length", None)
         for name, value in extra:
             response.headers[name] = value  # Cache-Control: no-store, the decision headers
         return response(environ, start_response)
