@@ -41,7 +41,7 @@ from ..globs import compile_glob
 from ..yamlfile import item_line
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .page import NO_STORE, POLICY_PATH, Operator, decision_headers, overrides_no_store, policy_document
-from .paths import PATH_SAFE, PathRejected, normalise_path, origin_form
+from .paths import PATH_SAFE, PathRejected, normalise_path, origin_form, wsgi_text
 from .perprocess import PerProcess
 
 log = logging.getLogger("exportgate.web")
@@ -140,7 +140,7 @@ class GateMiddleware:
             self._say_mount_left_out(script, in_app)
         operator = self.operator
         if self._own_policy and script:  # the blocked-by link leads to this app's policy page, under its mount
-            script_text = _wsgi_text(script).rstrip("/")
+            script_text = wsgi_text(script).rstrip("/")
             operator = replace(operator, policy_url=quote(script_text.encode("utf-8"), safe=PATH_SAFE) + POLICY_PATH)
         decision, refusal = self.admission.admit_download(environ, start_response, raw_uri, normalised, operator)
         if refusal is not None:
@@ -184,7 +184,7 @@ def _use_normalised(environ: dict[str, Any], path: str, raw_uri: str) -> str | N
         environ["PATH_INFO"] = path
         return path
     if script:
-        script_text = _wsgi_text(script)
+        script_text = wsgi_text(script)
         if path != script_text and not path.startswith(script_text.rstrip("/") + "/"):
             return None
         path_info = path[len(script_text.rstrip("/")):]
@@ -197,16 +197,6 @@ def _use_normalised(environ: dict[str, Any], path: str, raw_uri: str) -> str | N
         if key in environ:
             environ[key] = uri
     return path_info or "/"
-
-
-def _wsgi_text(value: str) -> str:
-    """A WSGI string (PEP 3333: one character per byte) as the UTF-8 text it holds; a server that hands decoded
-    text past latin-1 instead has it read as it is. (Decoded text whose characters all fit latin-1, ``/mïrror``,
-    cannot be told from PEP 3333 bytes: it is read as bytes, and a request under it is a 404, never another path.)"""
-    try:
-        return value.encode("latin-1").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return value
 
 
 def _raw_uri(environ: dict[str, Any]) -> str:

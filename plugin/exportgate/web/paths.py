@@ -46,6 +46,16 @@ PATH_SAFE = "/:@!$&'()*+,;=-._~"
 ``/``): the proxy's upstream request, the middleware's rewritten target, redirects, a link target decided on."""
 
 MAX_PATH_BYTES = 4096
+
+
+def wsgi_text(value: str, *, errors: str = "replace") -> str:
+    """A WSGI string (PEP 3333: one character per byte) as the UTF-8 text it holds (bytes that are no UTF-8 as
+    ``errors`` says); a server that hands decoded text past latin-1 instead has it read as it is. (Decoded text whose
+    characters all fit latin-1, ``/mïrror``, cannot be told from PEP 3333 bytes: it is read as bytes.)"""
+    try:
+        return value.encode("latin-1").decode("utf-8", errors)
+    except UnicodeEncodeError:
+        return value
 """Longest path accepted, counted before decoding and without the query string (nginx's own limit is the
 request line buffer, 8 KiB by default; no mirror has artifact paths anywhere near this)."""
 
@@ -79,10 +89,7 @@ class PathRejected(ExportGateError, ValueError):
         self.reason = reason
         """One of :data:`REASONS`."""
         self.detail = detail
-        try:  # the path's bytes are held as latin-1 (PEP 3333): shown as the UTF-8 they are, not as mojibake
-            readable = path.encode("latin-1").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:  # text already
-            readable = path
+        readable = wsgi_text(path, errors="backslashreplace")  # shown as the UTF-8 it is, not as mojibake
         shown = readable if len(readable) <= 80 else readable[:77] + "..."
         super().__init__(f"rejected path {shown!r}: {detail}")
 
