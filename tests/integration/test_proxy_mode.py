@@ -746,6 +746,106 @@ def raw_upstream(answer: bytes) -> Iterator[str]:
         listener.close()
 
 
+@contextmanager
+def closing_kept_alive_upstream(body: bytes) -> Iterator[tuple[str, list[str]]]:
+    """An upstream that answers a connection's first request (keep-alive) and closes the connection on reading its
+    second, unanswered: an idle keep-alive connection timed out by the upstream just as the gate reused it. Yields
+    its base URL and, per request read, "answered" or "closed"."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+    seen: list[str] = []
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    def one(connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(5)
+            try:
+                for turn in range(2):
+                    request = b""
+                    while b"\r\n\r\n" not in request:
+                        data = connection.recv(65536)
+                        if not data:
+                            return
+                        request += data
+                    if turn == 1:
+                        seen.append("closed")
+                        connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    seen.append("answered")
+                    connection.sendall(answer)
+            except OSError:
+                pass
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=one, args=(connection,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_kept_alive_connection_the_upstream_closed_is_tried_again_on_a_new_one(gate_config: Any,
+                                                                                 method: str) -> None:
+    """The race every keep-alive proxy meets (nginx asks again on another connection, as here): an idle upstream
+    connection closed by the upstream just as the gate sends on it gets no answer. A GET or HEAD, which the upstream
+    has not answered, is sent once more on a new connection instead of answering 502."""
+    with closing_kept_alive_upstream(b"ok") as (base, seen):
+        app = create_app(gate_config(serve={"mode": "proxy", "upstream": base, "upstream_timeout": TIMEOUT}))
+        try:
+            first = fetch(app, "/files/chat-1.tar.gz", method=method)
+            second = fetch(app, "/files/chat-1.tar.gz", method=method)
+            assert (first.status_code, second.status_code) == (200, 200), second.data
+            assert second.data == (b"ok" if method == "GET" else b"")
+            assert seen == ["answered", "closed", "answered"]
+            assert upstream_errors(app, "bad-response") == 0
+            # One decision, one record, for the request sent twice.
+            assert app.runtime.store.get(second.headers["X-Exportgate-Decision-Id"]) is not None
+        finally:
+            app.mode_app.close()
+            app.runtime.close()
+
+
+def test_a_request_with_a_body_is_not_sent_again(gate_config: Any) -> None:
+    # The upstream may have acted on it: a POST is answered 502 rather than sent twice.
+    with closing_kept_alive_upstream(b"ok") as (base, seen):
+        app = create_app(gate_config(serve={"mode": "proxy", "upstream": base, "upstream_timeout": TIMEOUT}))
+        try:
+            assert fetch(app, "/echo/a", client=US_CLIENT).status_code == 200
+            response = Client(app).post("/echo/b", data=b"payload", environ_overrides={
+                "REMOTE_ADDR": US_CLIENT, "RAW_URI": "/echo/b", "REQUEST_URI": "/echo/b"})
+            assert response.status_code == 502
+            assert seen == ["answered", "closed"]
+            assert upstream_errors(app, "bad-response") == 1
+        finally:
+            app.mode_app.close()
+            app.runtime.close()
+
+
+def test_an_upstream_closing_every_connection_unanswered_is_asked_twice_then_502(gate_config: Any) -> None:
+    with raw_upstream(b"") as base:  # reads the request, closes without a byte
+        app = create_app(gate_config(serve={"mode": "proxy", "upstream": base, "upstream_timeout": TIMEOUT}))
+        try:
+            response = fetch(app, "/files/chat-1.tar.gz")
+            assert response.status_code == 502
+            assert response.headers["X-Exportgate-Decision"] == "allow"
+            assert upstream_errors(app, "bad-response") == 1
+        finally:
+            app.mode_app.close()
+            app.runtime.close()
+
+
 def test_upstream_length_beside_transfer_encoding_is_dropped(gate_config: Any) -> None:
     """The body arrives de-chunked, so the upstream's Content-Length is not its length (RFC 9112, 6.3): passed on,
     the client would stop after 10 of 100 bytes and take the file for complete."""

@@ -16,9 +16,11 @@ of the upstream (a directory's ``index.html`` too); a link out of the root or to
 the gate may not read, is refused undecided (403). Without it, keep links out of the tree (nginx:
 ``disable_symlinks``).
 
-Upstream failures: cannot connect -> 502, no answer within ``timeout`` -> 504, a malformed answer (including a
-``Content-Length`` that is not one number, or a ``101``: no upgrade is forwarded) -> 502, and a ``Content-Length``
-beside ``Transfer-Encoding`` is dropped (the body arrives de-chunked: RFC 9112, section 6.3); the upstream closing
+Upstream failures: a GET or HEAD whose kept-alive connection the upstream closed before answering (its idle
+timeout met the gate's request) is sent once more on a new connection, as nginx does; otherwise cannot connect ->
+502, no answer within ``timeout`` -> 504, a malformed answer (including a ``Content-Length`` that is not one
+number, or a ``101``: no upgrade is forwarded) -> 502, and a ``Content-Length`` beside ``Transfer-Encoding`` is
+dropped (the body arrives de-chunked: RFC 9112, section 6.3); the upstream closing
 (or stalling past ``timeout``) in the middle of a body raises :class:`UpstreamCutOff` out of the response iterator,
 so the WSGI server aborts the connection and the client sees a short body, never a response that looks complete.
 Each is logged and counted in ``exportgate_upstream_errors{kind}``.
@@ -33,6 +35,7 @@ trusted proxy is replaced, not extended: the upstream sees only what the gate ca
 from __future__ import annotations
 
 import http
+import http.client
 import http.cookiejar
 import logging
 import os
@@ -45,7 +48,7 @@ from urllib.parse import SplitResult, quote, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import NewConnectionError, ProtocolError
 
 from ..errors import ConfigError, ExportGateError
 from .forwardauth import Admission, StartResponse, plain, reject_path
@@ -196,12 +199,22 @@ class ProxyApp:
         url = self.base + quoted + (f"?{query}" if query else "")
         headers = self.request_headers(environ, decision)
         body = _request_body(environ)
+        # A request without a body that the upstream did not begin to answer may be sent once more (below).
+        again = body is None and method in ("GET", "HEAD")
         try:
             prepared = self.session.prepare_request(requests.Request(method, url, headers=headers, data=body))
-            # The adapter, not Session.send: with allow_redirects=False a session still reads the whole body of a
-            # redirect (to offer Response.next), and the client then got a 500 for nginx's every directory redirect.
-            response = self.session.get_adapter(url).send(prepared, stream=True, timeout=(self.timeout, self.timeout),
-                                                          verify=True, cert=None, proxies={})
+            while True:
+                try:
+                    response = self.send(url, prepared)
+                    break
+                except requests.ConnectionError as exc:
+                    if not (again and _closed_unanswered(exc)):
+                        raise
+                    # A kept-alive connection the upstream closed as the gate sent on it (its idle timeout), or
+                    # one holding stray bytes of an earlier answer: nothing was answered, so nginx's rule for its
+                    # kept-alive upstream connections holds here too: ask once more, on a new connection.
+                    again = False
+                    log.info("upstream %s closed a connection without answering; asking again: %s", target, exc)
         except requests.Timeout as exc:
             return self.failed(start_response, TIMEOUT, "504 Gateway Timeout", target, exc, decision)
         except requests.ConnectionError as exc:
@@ -227,9 +240,15 @@ class ProxyApp:
             raise
         start_response(status, out)
         if method == "HEAD" or response.status_code in (204, 304):
-            response.close()
+            _release(response)
             return []
         return _Streamed(response, target, self)
+
+    def send(self, url: str, prepared: requests.PreparedRequest) -> requests.Response:
+        # The adapter, not Session.send: with allow_redirects=False a session still reads the whole body of a
+        # redirect (to offer Response.next), and the client then got a 500 for nginx's every directory redirect.
+        return self.session.get_adapter(url).send(prepared, stream=True, timeout=(self.timeout, self.timeout),
+                                                  verify=True, cert=None, proxies={})
 
     def request_headers(self, environ: dict[str, Any], decision: Any) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -337,6 +356,25 @@ def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
     """Scheme, host and port of a URL, compared as HTTP does: case-insensitive, the default port made explicit."""
     scheme = parts.scheme.lower()
     return scheme, (parts.hostname or "").rstrip("."), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+def _closed_unanswered(exc: requests.ConnectionError) -> bool:
+    """Whether the upstream closed the connection (or sent what is no status line) before answering."""
+    cause = exc.args[0] if exc.args else None
+    if not isinstance(cause, ProtocolError):  # MaxRetryError: no connection was made
+        return False
+    inner = cause.args[1] if len(cause.args) > 1 else None
+    return isinstance(inner, (http.client.BadStatusLine, ConnectionResetError, BrokenPipeError))
+
+
+def _release(response: requests.Response) -> None:
+    """Hand the connection of an answer without a body (HEAD, 204, 304) back to the pool: reading its empty body
+    does (closing the response would close the connection)."""
+    try:
+        response.raw.read(decode_content=False)
+    except (Urllib3Error, OSError):
+        pass
+    response.close()
 
 
 class BadUpstreamAnswer(ValueError):
