@@ -177,13 +177,29 @@ def log_to_server_log(arbiter: Any) -> None:
     fail_open decision, a geo database switched or refused, authorizations reloaded) go to gunicorn's error log, with
     its time, process and level, from INFO up, in the master and every worker it forks. Unconfigured, Python printed
     only WARNING and up, bare. The handlers are gunicorn's own, so ``SIGUSR1`` reopens their files too. Left
-    alone where logging is configured already (a handler on ``exportgate`` or on the root logger)."""
+    alone where logging is configured already (a handler on ``exportgate`` or on the root logger).
+
+    Also drops gunicorn's "Error handling request" and its traceback for a download the gate cut short on purpose
+    (proxy mode: the upstream stopped mid-body, which the gate has logged in one line already)."""
+    error_log = arbiter.log.error_log
+    if not any(isinstance(f, _CutShortOnPurpose) for f in error_log.filters):
+        error_log.addFilter(_CutShortOnPurpose())
     gate = logging.getLogger("exportgate")
     if gate.handlers or logging.getLogger().handlers:
         return  # the operator's own logging config (gunicorn's logconfig_dict or --log-config) decides
     gate.handlers = list(arbiter.log.error_log.handlers)
     gate.setLevel(logging.INFO)
     gate.propagate = False
+
+
+class _CutShortOnPurpose(logging.Filter):
+    """Raising out of a response's iterator is how a WSGI app has the server abort a connection (proxy mode, when
+    the upstream stops mid-body): the gate says why itself, so gunicorn's traceback of that is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .web.proxy import UpstreamCutOff
+
+        return not (record.exc_info and isinstance(record.exc_info[1], UpstreamCutOff))
 
 
 def say_unused_settings(config: GateConfig) -> None:

@@ -534,3 +534,36 @@ def test_the_access_log_gives_a_static_files_length(tmp_path: Path) -> None:
             time.sleep(0.05)
     [line] = [line for line in gate.log_text().splitlines() if f"GET {CHAT}" in line]
     assert f"length={len(answer.body)} decision=allow" in line, line
+
+
+def test_an_upstream_cut_mid_body_is_one_log_line_not_a_traceback(tmp_path: Path) -> None:
+    """Proxy mode aborts the client's connection when the upstream stops mid-body, and says so in one line; gunicorn
+    added its own "Error handling request" with a traceback of the gate's internals to every such download."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def cut_short() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+
+    thread = threading.Thread(target=cut_short, daemon=True)
+    thread.start()
+    upstream = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    gate = GateProcess(workdir=tmp_path, config=write_config(tmp_path),
+                       extra_args=["--mode", "proxy", "--upstream", upstream])
+    try:
+        with gate:
+            with pytest.raises(http.client.IncompleteRead):
+                request(gate.port, CHAT, headers={"X-Forwarded-For": IR_CLIENT})
+            deadline = time.monotonic() + 10
+            while "stopped after 10 of 1000 bytes" not in gate.log_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            log = gate.log_text()
+    finally:
+        listener.close()
+        thread.join(5)
+    assert "stopped after 10 of 1000 bytes" in log, log
+    assert "Traceback" not in log and "Error handling request" not in log, log

@@ -50,7 +50,9 @@ def test_the_gates_log_lines_join_gunicorns_log_only_where_nothing_else_is_confi
     root = logging.getLogger()
     ours = logging.StreamHandler()
     gunicorns = logging.StreamHandler()
-    arbiter = SimpleNamespace(log=SimpleNamespace(error_log=SimpleNamespace(handlers=[gunicorns])))
+    error_log = logging.getLogger("test.gunicorn.error")  # gunicorn's error_log is a plain logger
+    error_log.handlers = [gunicorns]
+    arbiter = SimpleNamespace(log=SimpleNamespace(error_log=error_log))
     saved = (gate.handlers[:], gate.propagate, gate.level, root.handlers[:])
     try:
         root.handlers = [ours]
