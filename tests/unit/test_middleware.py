@@ -537,3 +537,46 @@ def test_a_gated_app_built_before_a_fork_serves_in_the_child(tmp_path: Path) -> 
     assert answer == "[200, 451]"
     with sqlite3.connect(tmp_path / "records.db") as db:  # both decided in the child, recorded
         assert db.execute("SELECT count(*) FROM records WHERE kind = 'decision'").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("script_name", ["", "/mirror"])
+def test_the_gates_state_is_served_under_the_apps_mount_to_admins_only(tmp_path: Path, script_name: str) -> None:
+    """An index wrapped by the middleware had no /readyz or /metrics at all: ops could neither drain a replica whose
+    store failed nor see its decisions. They are served under /exportgate/ (beside the policy page), to clients in
+    serve.admin_from; anyone else gets the app's own answer for the path."""
+    mirror = Mirror()
+    db = tmp_path / "records.db"
+    config = write_config(tmp_path, records=f"sqlite://{db}?busy_timeout_ms=50",
+                          serve={"gated": [f"{script_name}/files/**"]})
+    gate = PerProcessGate(mirror, load_config(config, env={}))
+    try:
+        assert fetch(gate, f"{script_name}/files/chat-1.tar.gz", client=US_CLIENT,
+                     script_name=script_name).status_code == 200
+        admin = "127.0.0.1"
+        health = fetch(gate, f"{script_name}/exportgate/healthz", client=IR_CLIENT, script_name=script_name)
+        assert health.status_code == 200 and health.data == b"ok\n"
+        ready = fetch(gate, f"{script_name}/exportgate/readyz", client=admin, script_name=script_name)
+        assert ready.status_code == 200, ready.data
+        body = json.loads(ready.data)
+        assert body["ready"] is True and body["checks"]["records"]["ok"] is True
+        assert ready.headers["Cache-Control"] == "no-store"
+        metrics = fetch(gate, f"{script_name}/exportgate/metrics", client=admin, script_name=script_name)
+        assert metrics.status_code == 200
+        assert b'exportgate_decisions_total{action="allow"' in metrics.data
+        calls = len(mirror.calls)
+        for page in ("readyz", "metrics"):  # not an admin: the app answers the path
+            other = fetch(gate, f"{script_name}/exportgate/{page}", client=IR_CLIENT, script_name=script_name)
+            assert other.status_code == 404 and b"exportgate_" not in other.data
+        assert len(mirror.calls) == calls + 2
+        # A store that takes no write (another connection holds SQLite's write lock): not ready, so a load
+        # balancer drains this replica.
+        locker = sqlite3.connect(db, isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            assert fetch(gate, f"{script_name}/files/chat-1.tar.gz", script_name=script_name).status_code == 503
+            down = fetch(gate, f"{script_name}/exportgate/readyz", client=admin, script_name=script_name)
+            assert down.status_code == 503 and json.loads(down.data)["checks"]["records"]["ok"] is False
+        finally:
+            locker.close()
+    finally:
+        gate.close()

@@ -7,7 +7,11 @@ decision in ``environ["exportgate.decision"]`` and the decision headers added to
 ``gate_flask_app(app, config)`` wraps ``app.wsgi_app`` in one line; for any WSGI app, ``PerProcessGate(app, config)``
 builds the gate from a config, again in each process a server forks after importing the app. Unless gate.yaml
 names a ``policy_url``, the middleware also serves the gate's policy page at ``/exportgate/policy`` under the app's
-mount: the 451's ``blocked-by`` link points there.
+mount: the 451's ``blocked-by`` link points there. Built by :class:`PerProcessGate`, it serves the gate's state
+there too, as ``exportgate serve`` does at the root: ``/exportgate/healthz`` to anyone, ``/exportgate/readyz`` and
+``/exportgate/metrics`` to clients in ``serve.admin_from`` (others get the app's own answer for the path). Under a
+server with several processes, set ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode) for
+``/exportgate/metrics`` to count every process's decisions, not only the one that answers.
 
 The path is decided as normalised by :func:`~exportgate.web.paths.normalise_path` (decoded once, dot-segments
 resolved, slashes merged; encoded ``/`` is a 400), and the wrapped app is handed exactly that path: ``PATH_INFO``,
@@ -49,6 +53,8 @@ log = logging.getLogger("exportgate.web")
 DECISION_KEY = "exportgate.decision"
 ORIGINAL_URI_KEY = "exportgate.original_uri"
 """The request target as the client sent it, before the middleware pointed PATH_INFO at the normalised path."""
+STATE_PATHS = {"/exportgate/healthz": "healthz", "/exportgate/readyz": "readyz", "/exportgate/metrics": "metrics"}
+"""The gate's state under the app's mount (module docstring)."""
 
 
 def compile_gated(globs: Iterable[str], *, case_insensitive: bool = False) -> GatedPaths | None:
@@ -96,8 +102,11 @@ class GateMiddleware:
     """Decide before the wrapped WSGI app serves a download."""
 
     def __init__(self, app: Any, admission: Admission, *, operator: Operator | None = None,
-                 gated: Iterable[str] = ()) -> None:
+                 gated: Iterable[str] = (), state: Any = None) -> None:
+        """``state``: what serves the gate's ``/readyz`` and ``/metrics`` and says who may read them (a
+        :class:`~exportgate.web.app.GateApp`, as :class:`PerProcessGate` builds it); None: not served."""
         self.app = app
+        self.state = state
         self.admission = admission
         self.operator = operator or Operator()
         self.gated = compile_gated(gated, case_insensitive=admission.case_insensitive)
@@ -133,6 +142,13 @@ class GateMiddleware:
             return plain(start_response, "404 Not Found", "not found")
         if self._own_policy and in_app == POLICY_PATH:
             return self._policy_page(environ, start_response)
+        if self.state is not None and in_app in STATE_PATHS:
+            page = STATE_PATHS[in_app]
+            if page == "healthz":
+                return plain(start_response, "200 OK", "ok")
+            if self.state.admin.allows(environ):
+                return self.state.readyz(start_response) if page == "readyz" else self.state.metrics_page(
+                    start_response)
         if self.gated is not None and not self.gated.match(path):
             # Gating more is the safe direction: a glob that names the path inside the app's mount gates it too.
             if in_app == path or not self.gated.match(in_app):
@@ -242,12 +258,20 @@ class PerProcessGate:
 
     def _build(self) -> tuple[Any, GateMiddleware]:
         from ..runtime import GateRuntime
-        from .app import build_admission, operator_of
+        from .app import AdminAccess, GateApp, build_admission, operator_of
+        from .clientaddr import Networks
         from .metrics import Metrics
 
-        runtime = GateRuntime(self.config, record=True)
-        return runtime, GateMiddleware(self.app, build_admission(runtime, self.config, Metrics()),
-                                       operator=operator_of(self.config), gated=self.config.serve.gated)
+        config = self.config
+        runtime = GateRuntime(config, record=True)
+        metrics = Metrics()
+        admission = build_admission(runtime, config, metrics)
+        operator = operator_of(config)
+        admin = AdminAccess(Networks(config.serve.admin_from, what="serve.admin_from entry", file=config.file),
+                            admission.proxies)
+        # GateApp's readiness and metrics pages, for /exportgate/readyz and /exportgate/metrics.
+        state = GateApp(runtime, self.app, metrics=metrics, operator=operator, admin=admin)
+        return runtime, GateMiddleware(self.app, admission, operator=operator, gated=config.serve.gated, state=state)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         return self._gate.get()[1](environ, start_response)
