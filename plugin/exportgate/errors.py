@@ -76,3 +76,9 @@ class NoPackInForce(ExportGateError):
 
 class RecordStoreError(ExportGateError):
     """The decision record could not be committed; the download must not be served."""
+
+
+class ResponseCutShort(ExportGateError):
+    """A download whose body cannot be completed (the upstream stopped, the file was cut short): raised out of the
+    response's body so the server aborts the connection, never ending a short body that would look complete. The
+    gate logs why itself."""

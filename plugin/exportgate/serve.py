@@ -43,7 +43,7 @@ from typing import Any
 
 from . import reloading
 from .config import GateConfig, bind_addresses
-from .errors import ConfigError, ExportGateError
+from .errors import ConfigError, ExportGateError, ResponseCutShort
 from .openfiles import raise_open_file_limit
 from .runtime import DecisionFiles, record_log_problem
 
@@ -180,7 +180,7 @@ def log_to_server_log(arbiter: Any) -> None:
     alone where logging is configured already (a handler on ``exportgate`` or on the root logger).
 
     Also drops gunicorn's "Error handling request" and its traceback for a download the gate cut short on purpose
-    (proxy mode: the upstream stopped mid-body, which the gate has logged in one line already)."""
+    (:class:`~exportgate.errors.ResponseCutShort`, which the gate has logged in one line already)."""
     error_log = arbiter.log.error_log
     if not any(isinstance(f, _CutShortOnPurpose) for f in error_log.filters):
         error_log.addFilter(_CutShortOnPurpose())
@@ -193,13 +193,12 @@ def log_to_server_log(arbiter: Any) -> None:
 
 
 class _CutShortOnPurpose(logging.Filter):
-    """Raising out of a response's iterator is how a WSGI app has the server abort a connection (proxy mode, when
-    the upstream stops mid-body): the gate says why itself, so gunicorn's traceback of that is noise."""
+    """Raising out of a response's body is how a WSGI app has the server abort a connection (the upstream stopped
+    mid-body, a file was cut short while sent): the gate says why itself, so gunicorn's traceback of that is
+    noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from .web.proxy import UpstreamCutOff
-
-        return not (record.exc_info and isinstance(record.exc_info[1], UpstreamCutOff))
+        return not (record.exc_info and isinstance(record.exc_info[1], ResponseCutShort))
 
 
 def say_unused_settings(config: GateConfig) -> None:

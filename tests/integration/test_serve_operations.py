@@ -567,3 +567,34 @@ def test_an_upstream_cut_mid_body_is_one_log_line_not_a_traceback(tmp_path: Path
         thread.join(5)
     assert "stopped after 10 of 1000 bytes" in log, log
     assert "Traceback" not in log and "Error handling request" not in log, log
+
+
+def test_a_whole_file_cut_short_while_sent_aborts_the_connection(tmp_path: Path) -> None:
+    """gunicorn sends a whole file with sendfile, which stops quietly at a truncated file's new end: the response
+    then looked finished to the server, and the client, owed the rest of Content-Length, waited on the kept-alive
+    connection until the keep-alive timeout (75 s). The connection is now aborted as soon as the file runs out."""
+    import socket
+
+    root = write_mirror(tmp_path / "mirror")
+    big = root / "files" / "chat-big.tar.gz"
+    size = 64 * 1024 * 1024
+    with big.open("wb") as out:
+        out.truncate(size)
+    gate = GateProcess(workdir=tmp_path, config=write_config(tmp_path, serve={"gated": ["/files/chat-1.tar.gz"]}),
+                       extra_args=["--mode", "static", "--root", str(root)])
+    with gate, socket.create_connection(("127.0.0.1", gate.port), timeout=20) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.sendall(b"GET /files/chat-big.tar.gz HTTP/1.1\r\nHost: mirror\r\n\r\n")
+        received = client.recv(64 * 1024)
+        assert received.startswith(b"HTTP/1.1 200"), received[:200]
+        time.sleep(0.5)  # the server's sendfile blocks on the full socket buffers
+        os.truncate(big, 1024 * 1024)
+        started = time.monotonic()
+        while chunk := client.recv(1024 * 1024):
+            received += chunk
+        waited = time.monotonic() - started
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert f"content-length: {size}".encode() in head.lower()
+    assert len(body) < size and waited < 10, (len(body), waited)
+    log = gate.log_text()
+    assert "chat-big.tar.gz is shorter than when it was opened" in log and "Traceback" not in log, log

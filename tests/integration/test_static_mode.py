@@ -22,6 +22,7 @@ from werkzeug.serving import make_server
 from werkzeug.test import Client
 
 from conftest import IR_CLIENT, US_CLIENT
+from exportgate.errors import ResponseCutShort
 from exportgate.web.app import create_app
 from exportgate.web.mirrorfiles import served_file
 
@@ -546,7 +547,7 @@ def test_a_range_of_a_file_cut_short_while_sent_ends_in_an_error(make_gate: Any,
     statuses: list[str] = []
     body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
     os.truncate(tree / "files" / "chat-9.tar.gz", 200)
-    with pytest.raises(OSError, match="shorter than when it was opened"):
+    with pytest.raises(ResponseCutShort, match="shorter than when it was opened"):
         b"".join(body)
     assert statuses == ["206 PARTIAL CONTENT"]
 

@@ -50,7 +50,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import NewConnectionError, ProtocolError
 
-from ..errors import ConfigError, ExportGateError
+from ..errors import ConfigError, ResponseCutShort
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
 from .mirrorfiles import checked_root, linked_file, served_uri
@@ -82,7 +82,7 @@ _SAFE_QUERY = PATH_SAFE + "?%"
 _STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
-class UpstreamCutOff(ExportGateError):
+class UpstreamCutOff(ResponseCutShort):
     """The upstream stopped sending in the middle of a body: the client's response must be cut short too."""
 
     def __init__(self, url: str, received: int, expected: int | None, reason: str) -> None:

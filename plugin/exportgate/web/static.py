@@ -6,9 +6,10 @@ and only then opens the file at ``root`` + the normalised path: what was decided
 are answered in the order RFC 9110 evaluates them (:mod:`exportgate.web.preconditions`): preconditions before
 ``Range``, a 412 without the file as its body, a range in a unit other than bytes, several ranges or a malformed one
 served as the whole file; gated answers carry the decision headers and ``Cache-Control: no-store`` (a cache must not
-replay one client's allowed download to a blocked one). A whole file goes out through the server's ``sendfile``: a
-file truncated in place while it is sent arrives short (its Content-Length says more); mirror syncs that write a new
-file and rename it over the old one (rsync without ``--inplace``) never do that.
+replay one client's allowed download to a blocked one). A whole file goes out through the server's ``sendfile``; a
+file truncated in place while it is sent (a range too) ends its response with an error, so the server aborts the
+connection: the client sees a body shorter than its Content-Length at once, not after the keep-alive timeout.
+Mirror syncs that write a new file and rename it over the old one (rsync without ``--inplace``) never do that.
 
 The decision is about the file that will be served: a path ending in ``/`` serves that directory's
 ``index.html`` and is decided as ``…/index.html``; a symlink inside root (``latest.tar.gz -> crypto-2.0.tar.gz``)
@@ -40,6 +41,7 @@ from urllib.parse import quote
 from werkzeug.wrappers import Response
 from werkzeug.wsgi import wrap_file
 
+from ..errors import ResponseCutShort
 from .forwardauth import Admission, StartResponse, plain, reject_path
 from .middleware import _raw_uri, compile_gated
 from .mirrorfiles import checked_root, served_file, served_uri
@@ -161,7 +163,8 @@ class StaticApp:
         answer = evaluate(headers, method, validators)
         response = Response(status=answer.status)
         if answer.status == 200:
-            response.response = wrap_file(environ, file)  # the server's sendfile where it has one
+            # The server's sendfile where it has one; checked at the end for a file cut short meanwhile.
+            response.response = wrap_file(environ, _WholeFile(file, info.st_size))
             response.content_length = info.st_size
         elif answer.status == 206:
             response.response = _part(file, answer.start, answer.length)
@@ -207,11 +210,57 @@ def _part(file: Any, start: int, length: int) -> Iterator[bytes]:
         while left:
             chunk = file.read(min(left, _CHUNK))
             if not chunk:
-                raise OSError(f"file shorter than when it was opened: {left} of {length} bytes not sent")
+                raise _cut_short(file, f"{left} of {length} bytes not sent")
             left -= len(chunk)
             yield chunk
     finally:
         file.close()
+
+
+class _WholeFile:
+    """A file sent whole, as the server's ``wsgi.file_wrapper`` takes it, that raises from ``close()`` if the file
+    is shorter than its announced length by then.
+
+    gunicorn sends it with sendfile, which stops quietly at a truncated file's new end: the response looks finished
+    to the server, and the client, owed the rest of ``Content-Length``, waits on a kept-alive connection until the
+    keep-alive timeout. An error out of the response's ``close()`` makes the server abort the connection instead
+    (as :func:`_part` does for a range, which the gate reads itself)."""
+
+    __slots__ = ("_file", "_length")
+
+    def __init__(self, file: Any, length: int) -> None:
+        self._file = file
+        self._length = length
+
+    def fileno(self) -> int:
+        return int(self._file.fileno())
+
+    def read(self, size: int = -1) -> bytes:
+        return bytes(self._file.read(size))
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._file.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._file.tell())
+
+    def close(self) -> None:
+        try:
+            now = os.fstat(self._file.fileno()).st_size
+            if now < self._length:
+                raise _cut_short(self._file, f"{now} of {self._length} bytes left")
+        finally:
+            self._file.close()
+
+
+def _cut_short(file: Any, how: str) -> ResponseCutShort:
+    try:
+        name = os.readlink(f"{_PROC_FD}/{file.fileno()}")
+    except (OSError, ValueError):
+        name = "a file"
+    problem = ResponseCutShort(f"{name} is shorter than when it was opened ({how}): the response is cut short")
+    log.error("static root: %s", problem)
+    return problem
 
 
 def content_type(path: str) -> str:
