@@ -1,11 +1,14 @@
-"""ISO 3166-1 alpha-2 country codes and the shape of ISO 3166-2 subdivision codes.
+"""ISO 3166-1 alpha-2 country codes and ISO 3166-2 subdivision codes.
 
-Used to reject a typo such as ``IRN`` or ``XX`` in a pack, a manifest or an override: a misspelt destination
-would silently never match, and a restriction that never matches is an allow.
+Used to reject a typo such as ``IRN``, ``XX`` or ``UA-34`` (for Crimea's ``UA-43``) in a pack, a manifest, an
+authorization or an override: a misspelt destination would silently never match, and a restriction that never
+matches is an allow. Subdivision codes are checked against the standard's list as ``pycountry`` carries it (from
+Debian's iso-codes), not only for their shape.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Officially assigned ISO 3166-1 alpha-2 codes (249), plus XK (Kosovo, user-assigned but used by MaxMind and
@@ -28,8 +31,14 @@ def is_country(code: str) -> bool:
 
 
 def is_subdivision(code: str) -> bool:
-    match = _SUBDIVISION.match(code)
-    return bool(match) and match.group(1) in COUNTRIES
+    return code in _subdivisions()
+
+
+@functools.cache
+def _subdivisions() -> frozenset[str]:
+    import pycountry  # about 0.1 s to load the list: only where a config names a region
+
+    return frozenset(subdivision.code for subdivision in pycountry.subdivisions)
 
 
 def check_code(code: str) -> str | None:
@@ -38,6 +47,10 @@ def check_code(code: str) -> str | None:
         return f"expected an ISO 3166 code, got {code!r}"
     if is_country(code) or is_subdivision(code):
         return None
+    shape = _SUBDIVISION.match(code)
+    if shape and shape.group(1) in COUNTRIES:
+        return (f"no region {code} in ISO 3166-2: check the code against the standard's list for "
+                f"{shape.group(1)} (a misspelt region never matches a client)")
     if code.upper() != code and (is_country(code.upper()) or is_subdivision(code.upper())):
         return f"unknown code {code!r}: ISO 3166 codes are upper case ({code.upper()!r})"
     if len(code) == 3 and code.isalpha():

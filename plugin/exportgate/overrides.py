@@ -110,9 +110,9 @@ class Overrides:
             raise error(f"country: {problem or f'expected a code like US, got {country!r}'}")
         if subdivision is not None:
             if not isinstance(subdivision, str) or not iso3166.is_subdivision(subdivision):
-                raise error(
-                    f"subdivision must be an ISO 3166-2 code like {country}-43, got {subdivision!r}"
-                )
+                problem = iso3166.check_code(subdivision) if isinstance(subdivision, str) else None
+                raise error(f"subdivision: {problem}" if problem else
+                            f"subdivision must be an ISO 3166-2 code like {country}-43, got {subdivision!r}")
             if not subdivision.startswith(country + "-"):
                 raise error(f"subdivision {subdivision} is not in {country}")
         if network in self.networks:

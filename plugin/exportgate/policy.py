@@ -326,6 +326,8 @@ def parse_pack(data: Any, *, file: str, sha256: str, settings: Mapping[str, str]
     sources = tuple(str(s) for s in top.list("sources"))
     if not sources:
         raise top.error("sources", "sources: cite at least one source")
+    if any(not source.strip() for source in sources):
+        raise top.error("sources", "sources: a source is empty; cite each one, or leave it out")
     disclaimer = top.str("disclaimer")
     if "legal advice" not in disclaimer.lower():
         raise top.error("disclaimer", "disclaimer must say the pack is not legal advice")
@@ -342,12 +344,19 @@ def parse_pack(data: Any, *, file: str, sha256: str, settings: Mapping[str, str]
 
     def rule_from(value: Any, *, what: str, default_id: str | None = None,
                   destinations: bool = True, line: int | None = None) -> Rule:
+        """A rule; ``destinations=False``: a jurisdiction's ``otherwise`` or a default, which is what every artifact
+        no rule matched gets, so it has neither destinations nor conditions of its own."""
         f = yamlfile.Fields(value, file=file, what=what, line=line)
         rule_id = f.str("id") if default_id is None else (f.str("id", required=False) or default_id)
         dests = frozenset()
         if destinations:
             dests = parse_destinations(f.list("destinations"), file=file, line=f.line("destinations"),
                                        what=f"rule {rule_id}")
+        elif f.has("when"):
+            # Ignored, it would have applied the rule to every artifact: `when: {eccn: [EAR99]}` on an allow
+            # allowed 5D002 software too.
+            raise f.error("when", f"{what} cannot have conditions: it is what every artifact no rule matched gets; "
+                                  "write a rule under 'rules:' for the artifacts the conditions name")
         if f.has("when") and f.raw("when") is None:
             # Most likely every condition under it was commented out: read as none at all, it would match
             # everything, unclassified artifacts included.
@@ -355,10 +364,13 @@ def parse_pack(data: Any, *, file: str, sha256: str, settings: Mapping[str, str]
                                   "rule that applies to every artifact")
         when = parse_conditions(f.raw("when"), file=file, line=f.line("when"), what=f"rule {rule_id}")
         action = _action(f, rule_id, known_settings, chosen)
+        citation = f.str("citation")
+        if not citation.strip():
+            raise f.error("citation", f"rule {rule_id}: citation is empty; every rule cites its legal basis")
         rule = Rule(
             id=rule_id,
             action=action,
-            citation=f.str("citation"),
+            citation=citation,
             destinations=dests,
             when=when,
             mode=f.str("mode", required=False, choices=MODES) or mode,
@@ -408,8 +420,6 @@ def parse_pack(data: Any, *, file: str, sha256: str, settings: Mapping[str, str]
                                  f"{name.replace('_', ' ')} gets)")
         defaults[name] = rule_from(df.mapping(name), what=f"defaults.{name}", default_id=name.replace("_", "-"),
                                    destinations=False, line=df.line(name))
-        if not defaults[name].when.empty:
-            raise ConfigError(f"defaults.{name} cannot have conditions", file=file, line=df.line(name))
     df.done()
     top.done()
     return PolicyPack(

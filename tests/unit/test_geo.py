@@ -398,9 +398,14 @@ def test_overrides_as_a_mapping() -> None:
             id="bare subdivision",
         ),
         pytest.param(
-            [{"network": "10.0.0.0/8", "country": "UA", "subdivision": "RU-43"}],
-            "RU-43 is not in UA",
+            [{"network": "10.0.0.0/8", "country": "UA", "subdivision": "RU-MOW"}],
+            "RU-MOW is not in UA",
             id="subdivision of another country",
+        ),
+        pytest.param(
+            [{"network": "10.0.0.0/8", "country": "UA", "subdivision": "UA-34"}],
+            "no region UA-34 in ISO 3166-2",
+            id="no such subdivision",
         ),
         pytest.param(
             [{"network": "10.0.0.0/8", "country": "US", "contry": "US"}], "unknown key", id="typo"

@@ -371,6 +371,25 @@ BAD_PACKS = [
     pytest.param(GOOD.replace("rules:\n", "rules:\n  - [\n"), None, "YAML syntax error", id="syntax error"),
     pytest.param(GOOD.replace("citation: \"c\"\n  - id: tor", "\n  - id: tor"), 16, "missing required key 'citation'",
                  id="rule without citation"),
+    # A jurisdiction's otherwise is what every artifact no rule matched gets: conditions on it were ignored, and
+    # `when: {eccn: [EAR99]}` on an allow allowed 5D002 software to the country.
+    pytest.param(GOOD.replace("otherwise: {id: kp-block, action: block,",
+                              "otherwise: {id: kp-block, when: {eccn: [EAR99]}, action: block,"), 10,
+                 "otherwise cannot have conditions", id="conditions on otherwise"),
+    pytest.param(GOOD.replace("    action: flag\n    citation: \"c\"\n  - id: tor",
+                              "    action: flag\n    citation: \" \"\n  - id: tor"), 20, "citation is empty",
+                 id="blank citation"),
+    pytest.param(GOOD.replace("otherwise: {id: kp-block, action: block, citation: \"c\"}",
+                              "otherwise: {id: kp-block, action: block, citation: \"\"}"), 10, "citation is empty",
+                 id="empty citation on otherwise"),
+    pytest.param(GOOD.replace('sources: ["test"]', 'sources: ["test", ""]'), 4, "source is empty",
+                 id="blank source"),
+    # ISO 3166-2 codes are checked against the standard's list, not only their shape: a misspelt region never
+    # matches a client, and its embargo is an allow.
+    pytest.param(GOOD.replace("  UA-43:\n", "  UA-34:\n"), 11, "no region UA-34 in ISO 3166-2",
+                 id="unknown region as a jurisdiction"),
+    pytest.param(GOOD.replace("destinations: [KP]", "destinations: [KP, UA-99]"), 17, "no region UA-99",
+                 id="unknown region in destinations"),
 ]
 
 
