@@ -167,7 +167,10 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         file = str(path)
         loaded = yamlfile.load(path)
         if loaded is None:
-            loaded = yamlfile.Mapping()
+            # Emptied by a failed deploy, or every line commented out: read as the embedded defaults it would drop
+            # trust_proxy, the manifest and the operator's packs, and a reload would put that in force.
+            raise ConfigError("the config file has no settings (empty, or every line a comment): write them, or "
+                              "give no config file to run on the embedded defaults", file=str(path))
         if not isinstance(loaded, dict):
             raise ConfigError("config must be a mapping of settings", file=file, line=getattr(loaded, "line", 1))
         data = loaded
@@ -231,6 +234,11 @@ def _parse(data: dict[str, Any], *, file: str, base: Path, env: Mapping[str, str
                         anonymous_ip_database=path_of(g.str("anonymous_ip_database", required=False)),
                         overrides=overrides if overrides is not None else (), max_age_days=max_age if max_age is not None else 35)
         g.done()
+    for name, meaning in (("policies", "the shipped packs"), ("catalog", "no manifest")):
+        # Left out, the default; set to nothing (a template's emptied list, an empty environment variable), an
+        # error: an operator's own packs, and the jurisdictions only they restrict, must not vanish silently.
+        if f.has(name) and f.raw(name) in (None, "", []):
+            raise f.error(name, f"config: {name} is empty: name what to read, or leave {name} out for {meaning}")
     policies = f.list("policies", required=False) or []
     for i, p in enumerate(policies):
         if not isinstance(p, str):

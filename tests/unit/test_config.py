@@ -113,5 +113,29 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.yaml", env={})
 
 
-def test_empty_file_is_defaults(tmp_path):
-    assert load_config(write(tmp_path, ""), env={}).catalog is None
+@pytest.mark.parametrize("text", ["", "# instance: mirror-1\n# serve: {trust_proxy: [10.0.0.1/32]}\n", "---\n"])
+def test_a_config_file_with_no_settings_is_an_error_not_the_embedded_defaults(tmp_path, text):
+    """A gate.yaml emptied by a failed deploy (or every line commented out) read as the embedded defaults: no
+    trust_proxy (every client located at the front end: an unknown location, flagged and served), no manifest, the
+    shipped packs, another store; and a reload under deploy/gunicorn.conf.py put that in force."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match="no settings") as info:
+        load_config(path, env={})
+    assert info.value.file == str(path)
+
+
+@pytest.mark.parametrize(("text", "env", "message"), [
+    pytest.param("instance: t\npolicies: []\n", {}, "policies is empty", id="policies []"),
+    pytest.param("instance: t\npolicies:\n", {}, "policies is empty", id="policies with nothing"),
+    pytest.param("instance: t\npolicies: ~\n", {}, "policies is empty", id="policies null"),
+    pytest.param("instance: t\n", {"EXPORTGATE_POLICIES": ""}, "EXPORTGATE_POLICIES", id="policies from env"),
+    pytest.param("instance: t\ncatalog:\n", {}, "catalog is empty", id="catalog with nothing"),
+    pytest.param("instance: t\ncatalog: \"\"\n", {}, "catalog is empty", id="catalog empty text"),
+    pytest.param("instance: t\n", {"EXPORTGATE_CATALOG": ""}, "EXPORTGATE_CATALOG", id="catalog from env"),
+])
+def test_policies_or_catalog_set_to_nothing_is_an_error_not_the_default(tmp_path, text, env, message):
+    """Left out, they mean the shipped packs and no manifest; set to nothing (a list emptied by a template, an
+    empty environment variable), they silently meant the same: an operator's own packs, and the jurisdictions only
+    they restrict, gone."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env=env)
