@@ -22,7 +22,7 @@ from .config import GateConfig, bind_addresses, load_config
 from .decision import RequestFacts
 from .errors import ConfigError, ConfigErrors, ExportGateError
 from .gate import format_time
-from .policy import describe_pack
+from .policy import coverage, describe_pack
 
 
 def _fail(exc: BaseException) -> None:
@@ -179,6 +179,10 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
             summary["catalog"] = getattr(obj, "describe", lambda: {})()
         else:
             summary["packs"] = [describe_pack(p) for p in obj.packs]
+            problem, pack_warnings = coverage(obj.packs, dt.datetime.now(dt.UTC).date())
+            if problem is not None:
+                errors.append(ConfigError(problem, file=cfg.file))
+            summary["pack_warnings"] = pack_warnings
     try:
         from .records.store import store_file
         from .runtime import authorization_book, open_store
@@ -217,7 +221,7 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
         check_serving(cfg)
     except ConfigErrors as exc:
         errors.extend(exc.errors)
-    summary["warnings"] = unused_settings(cfg.serve)
+    summary["warnings"] = unused_settings(cfg.serve) + summary.pop("pack_warnings", [])
     for f in auth_files:
         try:
             summary.setdefault("authorization_files", {})[f] = len(load_authorization_file(f))
@@ -243,7 +247,9 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
         click.echo(f"records: {rec.get('store')} (writable; {rec.get('authorizations')} authorizations on file)")
     for p in summary.get("packs", []):
         until = p["effective"]["until"] or "open"
-        click.echo(f"pack: {p['id']} v{p['version']} {p['effective']['from']} .. {until} ({p['rules']} rules)")
+        dry_run = ", dry-run: blocks are served" if p["mode"] == "dry-run" else ""
+        click.echo(f"pack: {p['id']} v{p['version']} {p['effective']['from']} .. {until} ({p['rules']} rules"
+                   f"{dry_run})")
     for warning in summary["warnings"]:
         click.echo(f"warning: {cfg.file or 'config'}: {warning}")
     click.echo("ok")
@@ -689,6 +695,8 @@ def packs(ctx: click.Context, as_json: bool) -> None:
         until = d["effective"]["until"] or "open"
         click.echo(f"{d['id']} v{d['version']}  {d['effective']['from']} .. {until}  {d['title']}")
         click.echo(f"  {d['file']}")
+        if d["mode"] == "dry-run":
+            click.echo("  mode: dry-run (blocks are recorded and served)")
         for name, s in d["settings"].items():
             click.echo(f"  setting {name}: {s['value']} (of {' | '.join(s['choices'])}; default {s['default']})")
         click.echo(f"  {d['disclaimer']}")

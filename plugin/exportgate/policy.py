@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -559,6 +559,38 @@ def _check_overlaps(packs: list[PolicyPack]) -> list[ConfigError]:
     return errors
 
 
+def coverage(packs: Sequence[PolicyPack], today: dt.date) -> tuple[str | None, list[str]]:
+    """What the packs leave undecided: a problem when none is in force ``today`` (every download would be refused,
+    503), and warnings for the days between packs and after the last one, and for enforcement turned off
+    (``dry-run``: blocks are recorded and served)."""
+    ordered = sorted(packs, key=lambda p: p.effective_from)
+    problem = None
+    if not any(p.in_force(_midnight(today)) for p in ordered):
+        spans = ", ".join(f"{p.id} {p.effective_from} .. {p.effective_until or 'open'}" for p in ordered) or "none"
+        problem = (f"no policy pack is in force today ({today}): every download would be refused (503). The packs: "
+                   f"{spans}")
+    warnings = []
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if a.effective_until is not None and a.effective_until < b.effective_from:
+            warnings.append(f"no pack in force from {a.effective_until} until {b.effective_from} (after {a.id}, "
+                            f"before {b.id}): decisions for those days are refused")
+    if ordered and ordered[-1].effective_until is not None and ordered[-1].effective_until > today:
+        last = ordered[-1]
+        warnings.append(f"no pack in force from {last.effective_until} (after {last.id}): from that day every "
+                        "download is refused until a pack takes over")
+    for pack in ordered:
+        if pack.mode == "dry-run":
+            warnings.append(f"pack {pack.id} is in dry-run mode: its blocks are recorded and served ({pack.file})")
+        else:
+            every = [*pack.rules, *(j.otherwise for j in pack.jurisdictions.values()), pack.unknown_location,
+                     pack.unclassified, pack.other_destinations]
+            for rule in every:
+                if rule.mode == "dry-run" and rule.action == "block":
+                    warnings.append(f"pack {pack.id}, rule {rule.id} is in dry-run mode: its blocks are recorded "
+                                    f"and served ({pack.file}:{rule.line})")
+    return problem, warnings
+
+
 def shipped_pack_paths() -> list[Path]:
     return sorted(SHIPPED_DIR.glob("*.yaml"))
 
@@ -573,6 +605,7 @@ def describe_pack(pack: PolicyPack) -> dict[str, Any]:
                       "until": pack.effective_until.isoformat() if pack.effective_until else None},
         "file": pack.file,
         "rules": len(pack.rules),
+        "mode": pack.mode,
         "jurisdictions": sorted(pack.jurisdictions),
         "disclaimer": pack.disclaimer,
     }
@@ -580,6 +613,6 @@ def describe_pack(pack: PolicyPack) -> dict[str, Any]:
 
 __all__ = [
     "ACTIONS", "Authorization", "AuthorizationBook", "Jurisdiction", "Outcome", "PackRef", "PolicyPack",
-    "PolicySet", "Rule", "Setting", "describe_pack", "load_pack", "load_packs", "parse_pack",
+    "PolicySet", "Rule", "Setting", "coverage", "describe_pack", "load_pack", "load_packs", "parse_pack",
     "shipped_pack_paths",
 ]

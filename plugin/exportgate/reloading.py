@@ -102,10 +102,18 @@ def reload(load_config: Callable[[], GateConfig]) -> str | None:
 
 def _load(config: GateConfig) -> DecisionFiles:
     """The files of ``config``, once everything a worker builds from it would build (errors raise, with file:line)."""
+    import datetime as dt
+
+    from .errors import ConfigError
+    from .policy import coverage
     from .web.serving import check_serving
 
     files = load_decision_files(config)
     check_serving(config)
+    # Served, such a set refuses every download (503): refused here, the running workers keep deciding.
+    problem, _ = coverage(files.packs, dt.datetime.now(dt.UTC).date())
+    if problem is not None:
+        raise ConfigError(problem, file=config.file)
     return files
 
 

@@ -175,6 +175,30 @@ def test_sighup_with_a_broken_file_keeps_the_running_workers(tmp_path: Path, ser
         assert metric(process, "exportgate_config_last_reload_successful") == 1
 
 
+def test_sighup_with_no_pack_in_force_today_keeps_the_running_workers(tmp_path: Path) -> None:
+    """The pack in force given an end date in the past: every file loads, and the reload put in force a set that
+    refuses every download (503). Refused now, like a broken file."""
+    process, files = gate_with_own_files(tmp_path, "gunicorn")
+    current = next(Path(p) for p in yaml_policies(process.config) if "covered-regions" in p)
+    with process:
+        assert nginx_auth(process, CRYPTO).status == 403
+        text = current.read_text(encoding="utf-8")
+        current.write_text(text.replace("  until: null", "  until: 2023-01-01"), encoding="utf-8")
+        assert text != current.read_text(encoding="utf-8")
+        assert process.proc is not None
+        os.kill(process.proc.pid, signal.SIGHUP)
+        log = wait_for_text(process.log, "reload refused", timeout=20)
+        assert "no policy pack is in force today" in log.split("reload refused", 1)[1]
+        assert nginx_auth(process, CHAT).status == 200 and nginx_auth(process, CRYPTO).status == 403
+        assert metric(process, "exportgate_config_last_reload_successful") == 0
+
+
+def yaml_policies(config: Path) -> list[str]:
+    import yaml
+
+    return list(yaml.safe_load(config.read_text(encoding="utf-8"))["policies"])
+
+
 @pytest.mark.parametrize("change", ["retagged", "broken"])
 @pytest.mark.parametrize("server", SERVERS)
 def test_a_worker_started_after_a_file_changed_decides_by_what_the_master_loaded(tmp_path: Path, server: str,

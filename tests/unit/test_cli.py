@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -686,3 +687,44 @@ def test_a_refused_path_is_shown_as_written(run, tmp_path):
     config = write_config(tmp_path, case_insensitive_paths=True)
     result = run("classify", "/downloads/\u017ftuff.exe", config=config)
     assert result.exit_code == 1 and "'/downloads/\u017ftuff.exe'" in result.output, result.output
+
+
+def pack_dir_with(tmp_path: Path, *packs: tuple[str, str, str, str]) -> Path:
+    """A directory of packs, each ``(id, from, until, mode)`` made from the shipped pack in force today."""
+    from exportgate.policy import shipped_pack_paths
+
+    current = [p for p in shipped_pack_paths() if "covered-regions" in p.name][0].read_text(encoding="utf-8")
+    directory = tmp_path / "packs"
+    directory.mkdir(exist_ok=True)
+    for pack_id, start, until, mode in packs:
+        text = re.sub(r"(?m)^pack: .*$", f"pack: {pack_id}", current)
+        text = re.sub(r"(?m)^effective:.*\n(?:  .*\n)*", f"effective: {{from: {start}, until: {until}}}\n", text)
+        text = re.sub(r"(?m)^mode: .*$\n?", "", text) + f"mode: {mode}\n"
+        write(directory / f"{pack_id}.yaml", text)
+    return directory
+
+
+@pytest.mark.parametrize(("packs", "message"), [
+    pytest.param([("ended", "2022-02-21", "2023-01-01", "enforce")], "no policy pack is in force today",
+                 id="the last pack ended"),
+    pytest.param([("future", "2099-01-01", "null", "enforce")], "no policy pack is in force today",
+                 id="only a future pack"),
+])
+def test_check_refuses_packs_with_none_in_force_today(run, tmp_path, packs, message):
+    """Loaded and served, such a set refuses every download (503): check said ok, and a reload put it in force."""
+    config = write_config(tmp_path, policies=[str(pack_dir_with(tmp_path, *packs))])
+    result = run("check", config=config)
+    assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_check_warns_of_gaps_an_end_and_dry_run(run, tmp_path):
+    packs = pack_dir_with(tmp_path, ("early", "2020-01-01", "2021-01-01", "enforce"),
+                          ("now", "2022-01-01", "2099-01-01", "dry-run"))
+    result = run("check", config=write_config(tmp_path, policies=[str(packs)]))
+    assert result.exit_code == 0, result.output
+    assert "no pack in force from 2021-01-01 until 2022-01-01" in result.output
+    assert "no pack in force from 2099-01-01" in result.output
+    assert "pack now is in dry-run mode: its blocks are recorded and served" in result.output
+    assert "(6 rules, dry-run: blocks are served)" in result.output
+    listed = run("packs", config=write_config(tmp_path, policies=[str(packs)]))
+    assert "mode: dry-run (blocks are recorded and served)" in listed.output
