@@ -85,13 +85,9 @@ def read_manifest_file(path: str | Path) -> str:
     """The text of a manifest file; raises :class:`ConfigErrors` naming the file when it cannot be read."""
     file = str(path)
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigErrors([ConfigError("manifest file not found", file=file)]) from None
-    except IsADirectoryError:
-        raise ConfigErrors([ConfigError("is a directory, expected a manifest (YAML)", file=file)]) from None
-    except OSError as exc:
-        raise ConfigErrors([ConfigError(f"cannot read: {exc.strerror}", file=file)]) from None
+        data = yamlfile.read_file(path, what="a manifest (YAML)", missing="manifest file not found")
+    except ConfigError as exc:
+        raise ConfigErrors([exc]) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

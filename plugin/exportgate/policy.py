@@ -289,17 +289,9 @@ def _midnight(day: dt.date) -> dt.datetime:
 def load_pack(path: str | Path, settings: Mapping[str, str] | None = None) -> PolicyPack:
     """Load and validate one pack file; ``settings`` are the operator's choices for the pack's switches."""
     path = Path(path)
-    try:
-        raw_bytes = path.read_bytes()
-    except OSError:
-        return _raise_unreadable(path)
+    raw_bytes = yamlfile.read_file(path, what="a policy pack (YAML)")
     data = yamlfile.loads(_decode(raw_bytes, path), str(path))
     return parse_pack(data, file=str(path), sha256=hashlib.sha256(raw_bytes).hexdigest(), settings=settings or {})
-
-
-def _raise_unreadable(path: Path) -> PolicyPack:
-    yamlfile.load(path)  # raises the precise ConfigError
-    raise ConfigError("cannot read", file=str(path))
 
 
 def _decode(raw: bytes, path: Path) -> str:

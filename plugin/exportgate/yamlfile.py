@@ -9,6 +9,8 @@ into an allow without anyone noticing.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -222,19 +224,51 @@ def _check_aliases(root: yaml.Node, file: str) -> None:
                           line=worst[1].start_mark.line + 1)
 
 
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""The largest config, pack, manifest or authorization file read: a link to /dev/zero (or a runaway generator)
+must be a message, not a process killed for its memory."""
+
+
+def read_file(path: str | Path, *, what: str = "a YAML file", missing: str = "file not found") -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_FILE_BYTES`; anything else is a :class:`ConfigError`
+    naming it. Opened without blocking: a FIFO in a pack directory would hang ``check`` and a reload."""
+    file = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(missing, file=file) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+    too_large = f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB: refused, expected {what}"
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"is a directory, expected {what}", file=file)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"is not a regular file (a device, FIFO or socket), expected {what}", file=file)
+        if info.st_size > MAX_FILE_BYTES:
+            raise ConfigError(too_large, file=file)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1  # the handle closes it
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > MAX_FILE_BYTES:  # grew while read
+        raise ConfigError(too_large, file=file)
+    return data
+
+
 def load(path: str | Path) -> Any:
     """Read and parse a YAML file; an unreadable file is a :class:`ConfigError` naming it."""
-    path = Path(path)
+    data = read_file(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("file not found", file=str(path)) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, expected a YAML file", file=str(path)) from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason})", file=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
     return loads(text, str(path))
 
 

@@ -139,3 +139,39 @@ def test_policies_or_catalog_set_to_nothing_is_an_error_not_the_default(tmp_path
     they restrict, gone."""
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), env=env)
+
+
+@pytest.mark.parametrize("kind", ["pack", "manifest", "config", "authorizations"])
+@pytest.mark.parametrize("special", ["dev-zero", "fifo", "too-large"])
+def test_a_file_that_is_no_regular_file_or_too_large_is_refused_with_its_name(tmp_path, monkeypatch, kind,
+                                                                               special):
+    """A link to /dev/zero in a pack directory was read until the process was killed for its memory; a FIFO hung
+    check and a reload."""
+    import os
+
+    from click.testing import CliRunner
+
+    from conftest import write_config
+    from exportgate import yamlfile
+    from exportgate.cli import main
+
+    target = tmp_path / f"{kind}.yaml"
+    if special == "dev-zero":
+        target.symlink_to("/dev/zero")
+        expected = "not a regular file"
+    elif special == "fifo":
+        os.mkfifo(target)
+        expected = "not a regular file"
+    else:
+        monkeypatch.setattr(yamlfile, "MAX_FILE_BYTES", 1024)
+        target.write_text("# padding\n" * 200, encoding="utf-8")
+        expected = "larger than"
+    settings = {"pack": {"policies": [str(target)]}, "manifest": {"catalog": str(target)}}.get(kind, {})
+    config = target if kind == "config" else write_config(tmp_path, **settings)
+    args = ["--config", str(config), "check"]
+    if kind == "authorizations":
+        args = ["--config", str(config), "authorize", "import", str(target)]
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code != 0, result.output
+    assert str(target) in result.output and expected in result.output, result.output
