@@ -126,7 +126,7 @@ def parse_destinations(values: Any, *, file: str, line: int | None, what: str,
         if allow_any and v == "*":
             result.add("*")
             continue
-        problem = iso3166.check_code(v) if isinstance(v, str) else f"expected an ISO 3166 code, got {v!r}"
+        problem = iso3166.check_code(v)
         if problem:
             raise ConfigError(f"{what}: {problem}", file=file, line=line)
         result.add(v)

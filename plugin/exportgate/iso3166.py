@@ -43,6 +43,8 @@ def _subdivisions() -> frozenset[str]:
 
 def check_code(code: str) -> str | None:
     """``None`` when ``code`` is a country or subdivision code; otherwise what is wrong with it."""
+    if isinstance(code, bool):  # YAML 1.1 reads NO (Norway), and ON, OFF, YES, as true/false
+        return f"expected an ISO 3166 code, got {str(code).lower()}: quote the code ('NO' for Norway)"
     if not isinstance(code, str):
         return f"expected an ISO 3166 code, got {code!r}"
     if is_country(code) or is_subdivision(code):

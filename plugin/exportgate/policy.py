@@ -377,8 +377,8 @@ def parse_pack(data: Any, *, file: str, sha256: str, settings: Mapping[str, str]
     raw_j = top.mapping("jurisdictions")
     for code, value in raw_j.items():
         line = raw_j.line_of(code) if isinstance(raw_j, yamlfile.Mapping) else None
+        parse_destinations([code], file=file, line=line, what="jurisdictions", allow_any=False)
         code_s = str(code)
-        parse_destinations([code_s], file=file, line=line, what="jurisdictions", allow_any=False)
         jf = yamlfile.Fields(value, file=file, what=f"jurisdiction {code_s}", line=line)
         otherwise = rule_from(jf.mapping("otherwise"), what=f"jurisdiction {code_s} otherwise",
                               destinations=False, line=jf.line("otherwise"))

@@ -9,6 +9,7 @@ into an allow without anyone noticing.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 import stat
 from pathlib import Path
@@ -310,6 +311,12 @@ class Fields:
         self.seen.add(key)
         if key not in self.map or self.map[key] is None:
             if required:
+                # A misspelt key ('efective') is the likeliest reason: name it and its line rather than the parent.
+                typo = next(iter(difflib.get_close_matches(key, [k for k in self.map if isinstance(k, str)
+                                                                 and k not in self.seen], n=1, cutoff=0.75)), None)
+                if typo is not None:
+                    raise self.error(typo, f"{self.what}: unknown key {typo!r}: did you mean {key!r}? (a required "
+                                           "key)")
                 raise self.error(None, f"{self.what}: missing required key {key!r}")
             return None
         return self.map[key]

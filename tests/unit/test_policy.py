@@ -390,6 +390,15 @@ BAD_PACKS = [
                  id="unknown region as a jurisdiction"),
     pytest.param(GOOD.replace("destinations: [KP]", "destinations: [KP, UA-99]"), 17, "no region UA-99",
                  id="unknown region in destinations"),
+    # YAML 1.1 reads NO as false: the message said 'False' and nothing of Norway.
+    pytest.param(GOOD.replace("destinations: [KP]", "destinations: [KP, NO]"), 17, r"got false: quote the code",
+                 id="Norway unquoted in destinations"),
+    pytest.param(GOOD.replace("  KP:\n", "  NO:\n"), 7, r"got false: quote the code", id="Norway unquoted as a key"),
+    # A misspelt required key is named, on its own line, not reported as the right key missing at the parent's.
+    pytest.param(GOOD.replace("effective:", "efective:"), 3, r"unknown key 'efective': did you mean 'effective'",
+                 id="misspelt required key"),
+    pytest.param(GOOD.replace("    destinations: [KP]\n", "    destination: [KP]\n"), 17,
+                 r"unknown key 'destination': did you mean 'destinations'", id="misspelt destinations"),
 ]
 
 
