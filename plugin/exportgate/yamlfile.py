@@ -88,11 +88,15 @@ def _loader_for(file: str) -> type[yaml.SafeLoader]:
         pass
 
     def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Mapping:
+        # Keys written in this mapping, apart from those a merge key (<<: *anchor) brings in: a written key
+        # overrides a merged one (YAML's merge semantics); only two written keys are a duplicate.
+        written = {id(key_node) for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge"}
         loader.flatten_mapping(node)
         result = Mapping()
         result.line = node.start_mark.line + 1
         result.file = file
         result.key_lines = {}
+        merged: set[Any] = set()
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
@@ -100,7 +104,11 @@ def _loader_for(file: str) -> type[yaml.SafeLoader]:
                 hash(key)
             except TypeError:
                 raise ConfigError("a mapping key must be a plain value", file=file, line=line) from None
-            if key in result:
+            if id(key_node) not in written:
+                merged.add(key)
+            elif key in merged:
+                merged.discard(key)  # overrides the merged value
+            elif key in result:
                 raise ConfigError(
                     f"duplicate key {key!r} (first at line {result.key_lines[key]})",
                     file=file,

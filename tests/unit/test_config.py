@@ -175,3 +175,17 @@ def test_a_file_that_is_no_regular_file_or_too_large_is_refused_with_its_name(tm
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code != 0, result.output
     assert str(target) in result.output and expected in result.output, result.output
+
+
+def test_a_key_written_beside_a_merge_key_overrides_the_merged_one_and_written_twice_is_a_duplicate():
+    """YAML's merge key: `<<: *base` then `path: /b/**` is a rule that takes everything from base but its path.
+    It was refused as a duplicate key (at the anchor's line)."""
+    from exportgate import yamlfile
+
+    text = ("base: &base {class: personal-communications, eccn: EAR99, path: /a/**}\n"
+            "rules:\n  - <<: *base\n    path: /b/**\n")
+    data = yamlfile.loads(text, "m.yaml")
+    assert dict(data["rules"][0]) == {"class": "personal-communications", "eccn": "EAR99", "path": "/b/**"}
+    with pytest.raises(ConfigError, match="duplicate key 'path'") as info:
+        yamlfile.loads(text + "    path: /c/**\n", "m.yaml")
+    assert info.value.line == 5
