@@ -41,13 +41,15 @@ _monotonic, _sleep = time.monotonic, time.sleep  # module names, for the tests t
 
 _in_force: tuple[GateConfig, DecisionFiles] | None = None
 _reloaded: Any = None  # the master's exportgate_config_last_reload_successful gauge
+_config_read: bytes | None = None  # the config file's bytes when it was last read
 
 
 def start(load_config: Callable[[], GateConfig]) -> None:
     """In the master, before any worker: load what the workers will start from (errors raise, with file:line)."""
-    global _in_force
+    global _in_force, _config_read
     config = load_config()
     _in_force = (config, _load(config))
+    _config_read = _file_bytes(config.file)
 
 
 def count_reloads() -> None:
@@ -87,7 +89,8 @@ def start_worker(build: Callable[[], T]) -> T:
 def reload(load_config: Callable[[], GateConfig]) -> str | None:
     """``SIGHUP``, in the master: load everything again. ``None`` when the new set is in force; otherwise why the
     running workers stay as they are."""
-    global _in_force
+    global _in_force, _config_read
+    previous = _in_force[0] if _in_force is not None else None
     try:
         config = load_config()
         loaded = (config, _load(config))
@@ -95,9 +98,29 @@ def reload(load_config: Callable[[], GateConfig]) -> str | None:
         problem: str | None = str(exc) or type(exc).__name__
     else:
         _in_force, problem = loaded, None
+        now = _file_bytes(config.file)
+        if config is previous and now != _config_read:
+            # exportgate serve keeps the settings it started with (its command-line options sit on top of them):
+            # a changed trust_proxy or policy_settings would otherwise seem applied by the successful reload.
+            log.warning("%s changed since the gate started, and a reload does not read it again (the manifest and "
+                        "packs were reloaded): restart the gate to apply it", config.file)
+        else:
+            _config_read = now
     if _reloaded is not None:
         _reloaded.set(0 if problem else 1)
     return problem
+
+
+def _file_bytes(path: str | None) -> bytes | None:
+    from .errors import ConfigError
+    from .yamlfile import read_file
+
+    if path is None:
+        return None
+    try:
+        return read_file(path)
+    except ConfigError:
+        return None
 
 
 def _load(config: GateConfig) -> DecisionFiles:

@@ -193,6 +193,20 @@ def test_sighup_with_no_pack_in_force_today_keeps_the_running_workers(tmp_path: 
         assert metric(process, "exportgate_config_last_reload_successful") == 0
 
 
+def test_sighup_says_when_gate_yaml_changed_and_is_not_read_again(tmp_path: Path) -> None:
+    """exportgate serve reads gate.yaml at start only: a trust_proxy edited, then a reload that succeeded (the
+    manifest and packs reloaded), looked applied. The log now says to restart."""
+    process, _ = gate_with_own_files(tmp_path, "gunicorn")
+    with process:
+        process.config.write_text(process.config.read_text(encoding="utf-8") + "contact: new@example.org\n",
+                                  encoding="utf-8")
+        assert process.proc is not None
+        os.kill(process.proc.pid, signal.SIGHUP)
+        log = wait_for_text(process.log, "changed since the gate started", timeout=20)
+        assert f"{process.config} changed since the gate started" in log and "restart the gate" in log
+        assert metric(process, "exportgate_config_last_reload_successful") == 1
+
+
 def yaml_policies(config: Path) -> list[str]:
     import yaml
 
