@@ -507,7 +507,9 @@ def load_packs(paths: Iterable[str | Path], settings: Mapping[str, str] | None =
         if p.is_dir():
             # Not hidden files: an editor's lock or backup (emacs' .#pack.yaml, a symlink to nowhere) is no pack,
             # and reading it would refuse every reload while the pack is open in the editor.
-            found = sorted(f for f in [*p.glob("*.yaml"), *p.glob("*.yml")] if not f.name.startswith("."))
+            # Any case of the suffix: a pack saved as .YAML, skipped, took its jurisdictions with it.
+            found = sorted(f for f in p.iterdir()
+                           if f.suffix.lower() in (".yaml", ".yml") and not f.name.startswith("."))
             if not found:
                 errors.append(ConfigError("no policy pack (*.yaml) in this directory", file=str(p)))
             files.extend(found)

@@ -436,6 +436,11 @@ def test_empty_directory_and_missing_file(tmp_path):
         load_packs([tmp_path / "nope.yaml"])
 
 
+def test_a_pack_with_its_suffix_in_capitals_is_read(tmp_path):
+    write(tmp_path, GOOD, "pack.YAML")
+    assert [p.id for p in load_packs([tmp_path]).packs] == ["test-pack"]
+
+
 def test_hidden_files_in_a_pack_directory_are_no_packs(tmp_path):
     """An editor's lock file (emacs: a dangling symlink '.#name.yaml') or hidden backup refused every reload."""
     from exportgate.policy import load_pack, shipped_pack_paths
