@@ -306,3 +306,17 @@ def test_with_the_mirrors_root_the_gate_decides_on_a_symlinks_target(tmp_path: P
         out = request(port, "/files/chat-2.tar.gz", source=UNTRUSTED_PEER)
         assert out.status == 403 and CRYPTO not in out.body
         assert request(port, "/files/chat-1.tar.gz", source=UNTRUSTED_PEER).body == CHAT
+
+
+@pytest.mark.parametrize("name", ["release", "packages", "notes.JSON", "sum.SHA256", "repomd.XML"])
+def test_an_artifact_named_like_metadata_in_another_case_asks_the_gate(stack: Stack, name: str) -> None:
+    """Caddy's `path` matcher ignores case: a download called `release` (an extensionless binary) or `x.JSON`
+    matched the metadata names and was served to Iran without a decision or a record."""
+    mirror = stack.gate.workdir.parent / "mirror"
+    artifact = mirror / "files" / name
+    artifact.write_bytes(CRYPTO)
+    try:
+        r = stack.get(f"/files/{name}", client=IR_CLIENT)
+    finally:
+        artifact.unlink()
+    assert r.status == 451 and CRYPTO not in r.body, (r.status, r.body[:100])
