@@ -525,7 +525,8 @@ def load_packs(paths: Iterable[str | Path], settings: Mapping[str, str] | None =
             errors.extend(exc.errors)
     known = {name for pack in packs for name in pack.settings}
     for name in settings:
-        if packs and name not in known:
+        # Only once every pack loaded: a pack refused for a setting's value does not offer the setting here.
+        if packs and not errors and name not in known:
             errors.append(ConfigError(f"unknown policy setting {name!r}; packs offer: "
                                       f"{', '.join(sorted(known)) or 'none'}"))
     errors.extend(_check_overlaps(packs))

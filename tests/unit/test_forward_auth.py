@@ -829,3 +829,17 @@ def test_with_the_front_ends_root_a_directory_the_gate_may_not_read_is_refused(
     r = ask(client, headers=forwarded("/files/private/chat-7.tar.gz"))
     assert r.status_code == 403 and "cannot read" in r.get_data(as_text=True)
     assert decision_count(database) == before
+
+
+def test_geo_age_is_not_a_number_when_the_data_has_no_build_date() -> None:
+    """The embedded registry data has no build date: the age gauge said 0 (fresh) while /readyz said null, so a
+    staleness alert on it read as "fresh" forever."""
+    import math
+
+    from exportgate.web.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.observe_health({"age_days": None, "stale": False}, True)
+    assert math.isnan(metrics.registry.get_sample_value("exportgate_geo_database_age_days"))
+    metrics.observe_health({"age_days": 3, "stale": False}, True)
+    assert metrics.registry.get_sample_value("exportgate_geo_database_age_days") == 3

@@ -157,8 +157,11 @@ def test_cuba_setting_switches_to_flag():
     pytest.param({"cuba_sofware": "flag"}, "unknown policy setting 'cuba_sofware'", id="misspelt setting"),
 ])
 def test_bad_settings_are_rejected(settings, message):
-    with pytest.raises(ConfigErrors, match=message):
+    with pytest.raises(ConfigErrors, match=message) as info:
         load_packs([SHIPPED_DIR], settings)
+    # A value the setting does not allow is that, not also "unknown setting ... packs offer: none" (the packs
+    # that offer it failed to load for that very value).
+    assert all(message in str(e) or "must be one of" in str(e) for e in info.value.errors), info.value.errors
 
 
 # ---------------------------------------------------------------------------------------- authorizations

@@ -70,8 +70,8 @@ class Metrics:
 
     def observe_health(self, geo: dict[str, Any], recorder_healthy: bool | None) -> None:
         age = geo.get("age_days")
-        if isinstance(age, (int, float)):
-            self.geo_age.set(age)
+        # No build date (the embedded registry data): not a number, never a "fresh" 0.
+        self.geo_age.set(age if isinstance(age, (int, float)) else float("nan"))
         self.geo_stale.set(1 if geo.get("stale") else 0)
         self.geo_reload_failed.set(1 if geo.get("last_reload_error") else 0)
         if recorder_healthy is not None:
