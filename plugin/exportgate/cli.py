@@ -183,6 +183,7 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
             if problem is not None:
                 errors.append(ConfigError(problem, file=cfg.file))
             summary["pack_warnings"] = pack_warnings
+            summary["pack_regions"] = {country for p in obj.packs for country in p.regions}
     try:
         from .records.store import store_file
         from .runtime import authorization_book, open_store
@@ -221,7 +222,7 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
         check_serving(cfg)
     except ConfigErrors as exc:
         errors.extend(exc.errors)
-    summary["warnings"] = unused_settings(cfg.serve) + summary.pop("pack_warnings", [])
+    summary["warnings"] = unused_settings(cfg.serve) + summary.pop("pack_warnings", []) + _region_warnings(summary)
     for f in auth_files:
         try:
             summary.setdefault("authorization_files", {})[f] = len(load_authorization_file(f))
@@ -253,6 +254,19 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
     for warning in summary["warnings"]:
         click.echo(f"warning: {cfg.file or 'config'}: {warning}")
     click.echo("ok")
+
+
+def _region_warnings(summary: dict[str, Any]) -> list[str]:
+    """Packs that restrict regions, and geolocation data that gives none: every client in those countries is an
+    unknown location (policy.PolicyPack.match)."""
+    geo, packs = summary.get("geo"), summary.get("pack_regions")
+    summary.pop("pack_regions", None)
+    kind = str((geo or {}).get("database_type") or "").lower()
+    if not geo or not packs or "city" in kind or "enterprise" in kind:
+        return []
+    return [f"packs restrict regions of {', '.join(sorted(packs))}, and the geolocation data ({geo.get('source')}) "
+            "gives countries only: every client in those countries is decided as an unknown location (the "
+            "shipped packs flag it) until geo.database names a City database"]
 
 
 def _error_dicts(errors: list[ConfigError]) -> list[dict[str, Any]]:

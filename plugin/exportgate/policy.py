@@ -119,16 +119,29 @@ class PolicyPack:
     file: str = ""
     _index: dict[str, tuple[tuple[int, Rule], ...]] = field(default_factory=dict, repr=False, compare=False)
 
+    _regions: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         index: dict[str, list[tuple[int, Rule]]] = {}
         for position, rule in enumerate(self.rules):
             for destination in rule.destinations:
                 index.setdefault(destination, []).append((position, rule))
         self._index.update({k: tuple(v) for k, v in index.items()})
+        # The countries whose regions (ISO 3166-2) the pack restricts on their own, and those regions.
+        regions: dict[str, set[str]] = {}
+        for code in [*self.jurisdictions, *index]:
+            if "-" in code:
+                regions.setdefault(code.partition("-")[0], set()).add(code)
+        self._regions.update({country: tuple(sorted(codes)) for country, codes in regions.items()})
 
     @property
     def id(self) -> str:
         return self.ref.id
+
+    @property
+    def regions(self) -> Mapping[str, tuple[str, ...]]:
+        """Country -> the regions of it (ISO 3166-2) the pack restricts on their own."""
+        return self._regions
 
     def in_force(self, at: dt.datetime) -> bool:
         day = at.astimezone(dt.UTC).date()
@@ -151,7 +164,21 @@ class PolicyPack:
         return None
 
     def match(self, location: Location, classification: Classification) -> tuple[Rule, tuple[str, ...]]:
-        """The rule that decides, and the reasons in words (no authorization lookup yet)."""
+        """The rule that decides, and the reasons in words (no authorization lookup yet).
+
+        A client located in a country whose regions the pack restricts, with no region (country-only geolocation:
+        the embedded registry data, a Country database, a City record without a subdivision), may be in one of
+        them: it gets the pack's rule for unknown locations where that is stricter than what the country gets
+        (never weaker: a country restricted as a whole keeps its own rule)."""
+        rule, reasons = self._match(location, classification)
+        regions = self._regions.get(location.country or "") if location.subdivision is None else None
+        if regions and location.known and _STRICTNESS[self.unknown_location.action] > _STRICTNESS[rule.action]:
+            return self.unknown_location, (
+                f"region unknown: this pack restricts regions of {location.country} ({', '.join(regions)}), and "
+                "the geolocation data gives no region for this address (a City database gives regions)",)
+        return rule, reasons
+
+    def _match(self, location: Location, classification: Classification) -> tuple[Rule, tuple[str, ...]]:
         if not location.known:
             return self.unknown_location, (f"location unknown ({location.unknown_reason})",)
         where = location.subdivision or location.country
@@ -211,6 +238,9 @@ class Setting:
     description: str
     choices: tuple[str, ...]
     default: str
+
+
+_STRICTNESS = {"allow": 0, "flag": 1, "block": 2}
 
 
 def _with_program(rule: Rule, jurisdiction: Jurisdiction) -> Rule:

@@ -584,7 +584,7 @@ def test_check_warns_of_settings_the_mode_ignores(run, tmp_path):
     assert result.exit_code == 0, result.output
     for name in ("upstream", "threads"):
         assert f"warning: {config}: serve.{name} is read in " in result.output, result.output
-    assert json.loads(run("check", "--json", config=config).output)["warnings"] == [
+    assert json.loads(run("check", "--json", config=config).output)["warnings"][:2] == [
         "serve.upstream is read in proxy mode only; this gate runs in forward-auth mode and ignores it",
         "serve.threads is read in proxy and static mode only; this gate runs in forward-auth mode and ignores it"]
     assert "ignores it" not in run("check", config=write_config(tmp_path)).output
@@ -728,3 +728,19 @@ def test_check_warns_of_gaps_an_end_and_dry_run(run, tmp_path):
     assert "(6 rules, dry-run: blocks are served)" in result.output
     listed = run("packs", config=write_config(tmp_path, policies=[str(packs)]))
     assert "mode: dry-run (blocks are recorded and served)" in listed.output
+
+
+def test_check_warns_when_packs_restrict_regions_and_the_geo_data_has_none(run, tmp_path):
+    result = run("check")  # the embedded registry data: countries only; the shipped packs restrict regions of UA
+    assert result.exit_code == 0, result.output
+    assert "packs restrict regions of UA" in result.output and "City database" in result.output
+    data = json.loads(run("check", "--json").output)
+    assert any("regions of UA" in w for w in data["warnings"])
+
+
+def test_explain_says_why_a_client_without_a_region_is_an_unknown_location(run, tmp_path):
+    config = write_config(tmp_path, geo={"overrides": [{"network": "192.0.2.77/32", "country": "UA"}]})
+    result = run("explain", "--ip", "192.0.2.77", "--path", "/files/crypto-2.tar.gz", "--json", config=config)
+    data = json.loads(result.output)
+    assert (data["country"], data["action"], data["rule"]) == ("UA", "flag", "unknown-location")
+    assert any("regions of UA" in reason for reason in data["reasons"])

@@ -116,6 +116,33 @@ def test_regions_of_ukraine(shipped, subdivision, artifact, when, action, rule):
     assert (outcome.action, outcome.rule) == (action, rule)
 
 
+@pytest.mark.parametrize(("artifact", "when", "action", "rule"), [
+    pytest.param(STRONG_CRYPTO, TODAY, "flag", "unknown-location", id="5D002 today: the region may be Crimea"),
+    pytest.param(FREE_EAR99, TODAY, "flag", "unknown-location", id="chat today"),
+    pytest.param(STRONG_CRYPTO, utc("2014-12-18"), "allow", "not-a-sanctioned-destination",
+                 id="before any region of Ukraine was restricted"),
+])
+def test_a_country_whose_regions_the_pack_restricts_without_a_region_is_an_unknown_location(shipped, artifact, when,
+                                                                                            action, rule):
+    """Country-only geolocation (the embedded registry data, a Country database, a City record without a
+    subdivision) located a client in Crimea as "UA": not a destination the pack restricts, so 5D002 software was
+    allowed. Where the pack restricts regions of the country, no region is an unknown location, decided by the
+    pack's rule for those."""
+    outcome = shipped.evaluate(at("UA"), artifact, when)
+    assert (outcome.action, outcome.rule) == (action, rule)
+    if rule == "unknown-location":
+        assert any("regions of UA" in reason for reason in outcome.reasons), outcome.reasons
+
+
+def test_a_region_unknown_never_weakens_what_the_country_gets(tmp_path):
+    # Iran is restricted as a whole and one of its regions has a rule: without a region, Iran's block stands.
+    text = GOOD.replace("  UA-43:\n    name: Crimea", "  IR:\n    name: Iran").replace(
+        "destinations: [KP]", "destinations: [IR-07]")
+    packs = load_packs([write(tmp_path, text)])
+    outcome = packs.evaluate(at("IR"), UNCLASSIFIED, dt.datetime(2030, 6, 1, tzinfo=dt.UTC))
+    assert (outcome.action, outcome.rule) == ("block", "unclassified")
+
+
 def test_pack_changes_at_midnight_utc(shipped):
     assert shipped.pack_at(BEFORE).id == "us-pre-2010-baseline"
     assert shipped.pack_at(AFTER).id == "us-2010-03-08-internet-comms"
