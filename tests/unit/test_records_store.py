@@ -244,7 +244,7 @@ def test_append_is_all_or_nothing(store: SQLiteStore, n: int) -> None:
 
 
 
-@pytest.mark.parametrize("how", ["removed", "replaced", "wal removed", "wal replaced"])
+@pytest.mark.parametrize("how", ["removed", "replaced", "wal removed", "wal replaced", "shm removed", "shm replaced"])
 def test_a_database_file_removed_or_replaced_under_the_store_commits_nothing_more(tmp_path: Path, how: str) -> None:
     """Someone deletes records.db (or puts another file in its place), or only its WAL (a clean-up of "-wal
     files"), while the gate runs: SQLite would go on committing into the unlinked file, which nobody can read and
@@ -254,10 +254,13 @@ def test_a_database_file_removed_or_replaced_under_the_store_commits_nothing_mor
     with SQLiteStore(str(path)) as s:
         records = sealed("c:1", 3)
         s.append(records[:1])
-        for sidecar in tmp_path.glob("records.db-wal" if how.startswith("wal") else "records.db*"):
+        # The -shm too: the gate would go on with the unlinked wal-index while the next process to open the store
+        # (exportgate authorize, audit verify) built another, and the two writers' WAL corrupted the database.
+        pattern = {"wal": "records.db-wal", "shm": "records.db-shm"}.get(how[:3], "records.db*")
+        for sidecar in tmp_path.glob(pattern):
             sidecar.unlink()
-        if how == "wal replaced":
-            (tmp_path / "records.db-wal").write_bytes(b"")
+        if how in ("wal replaced", "shm replaced"):
+            (tmp_path / pattern).write_bytes(b"")
         if how == "replaced":
             with SQLiteStore(str(tmp_path / "other.db")):
                 pass

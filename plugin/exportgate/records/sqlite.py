@@ -22,9 +22,10 @@ under load put a p99 of 150 ms on two workers sharing a file. The wait is bounde
 
 Caveat: triggers refuse UPDATE and DELETE on ``records`` so that mistakes fail loudly, but
 anyone who can write the file can drop them. The hash chain (``verify``) is what shows tampering.
-A reader that iterates for a long time keeps WAL from being checkpointed past its snapshot. A database file
-or WAL removed or replaced while the store has it open fails every later commit (SQLite would go on writing into
-the removed file, whose records vanish with the process): restart the gate.
+A reader that iterates for a long time keeps WAL from being checkpointed past its snapshot. A database file,
+WAL or ``-shm`` removed or replaced while the store has it open fails every later commit (SQLite would go on
+writing into the removed file, whose records vanish with the process, or by a wal-index the next process to open
+the store no longer shares, which corrupts the database): restart the gate.
 """
 
 from __future__ import annotations
@@ -146,11 +147,12 @@ class SQLiteStore:
         # SQLite keeps the WAL beside the file a symbolic link points to.
         self._wal_path = None if self.path is None else os.path.realpath(self.path) + "-wal"
         self._identity = self._file_identity()
-        if self._identity is not None and self._identity[1] is None:
+        if self._identity is not None and None in self._identity[1:]:
             self._writer.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
-            raise StoreOpenError(self.where, f"no write-ahead log ({self._wal_path}) after opening it")
+            raise StoreOpenError(self.where, f"no write-ahead log and wal-index ({self._wal_path}, -shm) after "
+                                             "opening it")
         self._checkpointer: Checkpointer | None = None
         self._wal_pages: WalPages | None = None
         self._finalizer: Any = None
@@ -352,20 +354,22 @@ class SQLiteStore:
                 self._end_turn()
 
     def _file_identity(self) -> tuple[tuple[int, int] | None, ...] | None:
-        """Device and inode of the database file and of its WAL (``None``: in memory; a ``None`` inside: no such
-        file now). The WAL exists from the store's opening to its closing (SQLite removes it only when the last
-        connection closes)."""
+        """Device and inode of the database file, of its WAL and of its wal-index (``-shm``) (``None``: in memory;
+        a ``None`` inside: no such file now). Both exist from the store's opening to its closing (SQLite removes
+        them only when the last connection closes). A new ``-shm`` under the open store would be a second
+        wal-index: the next process to open the store writes the WAL by it, and the two writers corrupt it."""
         if self.path is None:
             return None
-        return (_identity(self.path), _identity(self._wal_path or ""))
+        wal = self._wal_path or ""
+        return (_identity(self.path), _identity(wal), _identity(wal[:-len("-wal")] + "-shm" if wal else ""))
 
     def _check_file(self) -> None:
         """A database file or WAL removed or replaced under the open store: what it commits would go to a file
         nobody can read any more, and vanish when the gate stops (or with a crash, for the WAL). Refuse (the
         download is refused) until a restart."""
         if self.path is not None and self._file_identity() != self._identity:
-            raise RecordStoreError("the database file or its WAL was removed or replaced while the gate had it "
-                                   "open; restart the gate (downloads are refused until then)")
+            raise RecordStoreError("the database file, its WAL or its -shm was removed or replaced while the gate "
+                                   "had it open; restart the gate (downloads are refused until then)")
 
     def _take_turn(self) -> None:
         """Wait for the other writers of this file (module docstring), at most the busy timeout."""
