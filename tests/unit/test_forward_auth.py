@@ -843,3 +843,19 @@ def test_geo_age_is_not_a_number_when_the_data_has_no_build_date() -> None:
     assert math.isnan(metrics.registry.get_sample_value("exportgate_geo_database_age_days"))
     metrics.observe_health({"age_days": 3, "stale": False}, True)
     assert metrics.registry.get_sample_value("exportgate_geo_database_age_days") == 3
+
+
+def test_refusals_while_the_store_fails_are_one_log_line_then_a_count(make_app: AppFactory,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk refused every download with an ERROR line each (39,000 lines in 15 s under load), filling the
+    disk the log shares. One line, then the count when the store commits again; the metric counts each."""
+    _, client, database = make_app()
+    with caplog.at_level("WARNING", logger="exportgate.web"):
+        with StoreFault(database):
+            for _ in range(20):
+                assert ask(client, headers=nginx(CHAT)).status_code == 503
+        assert metric(client, "exportgate_record_failures_total") == 20
+        assert ask(client, headers=nginx(CHAT)).status_code == 200
+    refused = [m for m in caplog.messages if "refusing download" in m]
+    assert len(refused) == 1, refused
+    assert any("19 more download(s) were refused" in m for m in caplog.messages), caplog.messages

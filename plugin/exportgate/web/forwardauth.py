@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -92,6 +93,10 @@ def reject_path(start_response: StartResponse, exc: PathRejected, metrics: Any =
     return plain(start_response, "400 Bad Request", f"rejected path: {exc.reason}")
 
 
+REFUSAL_LOG_EVERY = 10.0
+"""Seconds between log lines about downloads refused because the record store fails."""
+
+
 class Admission:
     """Decide one download request and say what to answer; shared by every HTTP mode.
 
@@ -108,6 +113,8 @@ class Admission:
         # The store-health gauge follows this process's commits as they happen, not only when /metrics or
         # /readyz is asked on this worker (with several workers it is the minimum over all of them).
         self._store_failing = False
+        self._refused_unsaid = 0  # downloads refused for the store since the last line that said so
+        self._refused_said_at = -REFUSAL_LOG_EVERY
 
     def admit(self, environ: dict[str, Any], method: str, raw_uri: str, host: str | None,
               normalised: NormalisedPath | None = None, requested: str | None = None) -> tuple[Any, str, str]:
@@ -197,6 +204,10 @@ class Admission:
         in the metrics itself (the event-loop servers, once per turn of their loop)."""
         if self._store_failing:
             self._store_failing = False
+            if self._refused_unsaid:
+                log.warning("record store committing again; %d more download(s) were refused meanwhile",
+                            self._refused_unsaid)
+            self._refused_unsaid, self._refused_said_at = 0, -REFUSAL_LOG_EVERY
             if self.metrics is not None:
                 self.metrics.store_healthy.set(1)
         if count and self.metrics is not None:
@@ -215,7 +226,15 @@ class Admission:
             self.metrics.store_healthy.set(0)
         self._store_failing = True
         if not self.fail_open:
-            log.error("decision record not committed, refusing download of %s: %s", facts.path, exc)
+            # One line per REFUSAL_LOG_EVERY seconds while the store fails, not one per request: a full disk that
+            # the log shares would fill faster (every refusal is counted in exportgate_record_failures_total).
+            now = time.monotonic()
+            if now - self._refused_said_at >= REFUSAL_LOG_EVERY:
+                more = f" ({self._refused_unsaid} more refused since the last line)" if self._refused_unsaid else ""
+                log.error("decision record not committed, refusing download of %s: %s%s", facts.path, exc, more)
+                self._refused_unsaid, self._refused_said_at = 0, now
+            else:
+                self._refused_unsaid += 1
             return None, "503 Service Unavailable", "decision could not be recorded; download refused"
         try:
             decision = self.gate.decide(facts)
