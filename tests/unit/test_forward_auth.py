@@ -859,3 +859,18 @@ def test_refusals_while_the_store_fails_are_one_log_line_then_a_count(make_app: 
     refused = [m for m in caplog.messages if "refusing download" in m]
     assert len(refused) == 1, refused
     assert any("19 more download(s) were refused" in m for m in caplog.messages), caplog.messages
+
+
+def test_records_that_miss_the_record_log_are_counted(tmp_path: Path) -> None:
+    """record_log failing (a full disk, /dev/full): downloads are served and recorded in the store, the failure is
+    logged once; the log shipper's copy missing records showed nowhere else."""
+    config = load_config(write_config(tmp_path, record_log="/dev/full"), env={})
+    app = create_app(config)
+    try:
+        client = Client(app)
+        for _ in range(3):
+            assert ask(client, headers=nginx(CHAT)).status_code == 200
+        app.runtime.recorder.close()  # the writer thread has run every sink
+        assert metric(client, "exportgate_record_log_failures_total") == 3
+    finally:
+        app.runtime.close()

@@ -229,6 +229,8 @@ class Recorder:
         self._failed_batches = 0
         self._sink_failures = 0
         self._sink_failing = [False] * len(self._sinks)
+        self.on_sink_failure: Callable[[int], None] | None = None
+        """Called on the writer thread with the number of records a sink failed to take (for a metric)."""
         self._thread = threading.Thread(
             target=self._run, name=f"exportgate-recorder {self._chain.chain_id}", daemon=True
         )
@@ -465,6 +467,11 @@ class Recorder:
                 sink.write(records)
             except Exception:
                 self._sink_failures += 1
+                if self.on_sink_failure is not None:
+                    try:
+                        self.on_sink_failure(len(records))
+                    except Exception:  # a metric must not kill the writer thread
+                        log.exception("counting a record sink failure failed")
                 if not self._sink_failing[i]:  # log the first failure of a run, not every batch
                     self._sink_failing[i] = True
                     log.exception("record sink %r failed (the store has the records)", sink)

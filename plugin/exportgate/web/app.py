@@ -208,6 +208,13 @@ def _redact(url: str) -> str:
     return url
 
 
+def count_record_log_failures(runtime: GateRuntime, metrics: Metrics) -> None:
+    """Records that did not reach ``record_log`` counted in ``exportgate_record_log_failures_total``: the log
+    shipper's copy misses them, which the one log line of a failure run does not say."""
+    if runtime.recorder is not None:
+        runtime.recorder.on_sink_failure = metrics.record_log_failures.inc
+
+
 def build_admission(runtime: GateRuntime, config: GateConfig, metrics: Metrics) -> Admission:
     proxies = TrustedProxies(config.serve.trust_proxy, header=config.serve.forwarded_header)
     return Admission(runtime.gate, proxies=proxies, case_insensitive=config.case_insensitive_paths,
@@ -233,6 +240,7 @@ def _create_app(config: GateConfig, runtime: GateRuntime) -> GateApp:
     # Each worker states its own store's health from the start: with several workers the gauge is the minimum over
     # them, and a worker that never set it would count as 0 (unhealthy).
     metrics.store_healthy.set(1 if runtime.recorder is not None and runtime.recorder.healthy else 0)
+    count_record_log_failures(runtime, metrics)
     operator = operator_of(config)
     admission = build_admission(runtime, config, metrics)
     mode = config.serve.mode

@@ -30,6 +30,9 @@ class Metrics:
                                 "data unreadable).", ["reason"], registry=r)
         self.upstream_errors = Counter("exportgate_upstream_errors", "Proxy mode: upstream failures.", ["kind"],
                                        registry=r)
+        self.record_log_failures = Counter("exportgate_record_log_failures",
+                                           "Committed records that did not reach record_log (the JSON lines for log "
+                                           "shippers; the store has them).", registry=r)
         multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.geo_age = Gauge("exportgate_geo_database_age_days", "Age of the geolocation data, in days.",
                              registry=r, multiprocess_mode="livemax" if multiproc else "all")

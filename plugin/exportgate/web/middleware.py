@@ -258,13 +258,14 @@ class PerProcessGate:
 
     def _build(self) -> tuple[Any, GateMiddleware]:
         from ..runtime import GateRuntime
-        from .app import AdminAccess, GateApp, build_admission, operator_of
+        from .app import AdminAccess, GateApp, build_admission, count_record_log_failures, operator_of
         from .clientaddr import Networks
         from .metrics import Metrics
 
         config = self.config
         runtime = GateRuntime(config, record=True)
         metrics = Metrics()
+        count_record_log_failures(runtime, metrics)
         admission = build_admission(runtime, config, metrics)
         operator = operator_of(config)
         admin = AdminAccess(Networks(config.serve.admin_from, what="serve.admin_from entry", file=config.file),
