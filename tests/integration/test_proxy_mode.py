@@ -716,8 +716,9 @@ def test_malformed_upstream_answer_is_502(make_gate: Any, path: str, kind: str) 
 
 
 @contextmanager
-def raw_upstream(answer: bytes) -> Iterator[str]:
-    """An upstream that answers every request with ``answer``, byte for byte (what no WSGI server would send)."""
+def listening(handle: Any) -> Iterator[str]:
+    """A TCP server on 127.0.0.1 calling ``handle(connection)`` on a thread of its own for each connection it
+    accepts; yields its base URL."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.1)
     stop = threading.Event()
@@ -728,13 +729,7 @@ def raw_upstream(answer: bytes) -> Iterator[str]:
                 connection, _ = listener.accept()
             except TimeoutError:
                 continue
-            with connection:
-                connection.settimeout(5)
-                try:
-                    connection.recv(65536)
-                    connection.sendall(answer)
-                except OSError:
-                    pass
+            threading.Thread(target=handle, args=(connection,), daemon=True).start()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -747,13 +742,27 @@ def raw_upstream(answer: bytes) -> Iterator[str]:
 
 
 @contextmanager
+def raw_upstream(answer: bytes) -> Iterator[str]:
+    """An upstream that answers every request with ``answer``, byte for byte (what no WSGI server would send)."""
+
+    def one(connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(5)
+            try:
+                connection.recv(65536)
+                connection.sendall(answer)
+            except OSError:
+                pass
+
+    with listening(one) as base:
+        yield base
+
+
+@contextmanager
 def closing_kept_alive_upstream(body: bytes) -> Iterator[tuple[str, list[str]]]:
     """An upstream that answers a connection's first request (keep-alive) and closes the connection on reading its
     second, unanswered: an idle keep-alive connection timed out by the upstream just as the gate reused it. Yields
     its base URL and, per request read, "answered" or "closed"."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.1)
-    stop = threading.Event()
     seen: list[str] = []
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
 
@@ -777,22 +786,8 @@ def closing_kept_alive_upstream(body: bytes) -> Iterator[tuple[str, list[str]]]:
             except OSError:
                 pass
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=one, args=(connection,), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
+    with listening(one) as base:
+        yield base, seen
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
