@@ -265,8 +265,9 @@ def _region_warnings(summary: dict[str, Any]) -> list[str]:
     if not geo or not packs or "city" in kind or "enterprise" in kind:
         return []
     return [f"packs restrict regions of {', '.join(sorted(packs))}, and the geolocation data ({geo.get('source')}) "
-            "gives countries only: every client in those countries is decided as an unknown location (the "
-            "shipped packs flag it) until geo.database names a City database"]
+            "gives countries only: every client it places in those countries is decided as an unknown location "
+            "(the shipped packs flag it), and a region's network it places in another country is that country's, "
+            "until geo.database names a City database"]
 
 
 def _error_dicts(errors: list[ConfigError]) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import yamlfile
+from . import iso3166, yamlfile
 from .authorization import Authorization, AuthorizationBook
 from .classification import Classification
 from .conditions import Conditions, parse_conditions, parse_destinations
@@ -171,11 +171,19 @@ class PolicyPack:
         them: it gets the pack's rule for unknown locations where that is stricter than what the country gets
         (never weaker: a country restricted as a whole keeps its own rule)."""
         rule, reasons = self._match(location, classification)
-        regions = self._regions.get(location.country or "") if location.subdivision is None else None
-        if regions and location.known and _STRICTNESS[self.unknown_location.action] > _STRICTNESS[rule.action]:
+        regions = self._regions.get(location.country or "")
+        if not regions or not location.known or _STRICTNESS[self.unknown_location.action] <= _STRICTNESS[rule.action]:
+            return rule, reasons
+        if location.subdivision is None:
             return self.unknown_location, (
                 f"region unknown: this pack restricts regions of {location.country} ({', '.join(regions)}), and "
                 "the geolocation data gives no region for this address (a City database gives regions)",)
+        if not iso3166.is_subdivision(location.subdivision):
+            # A database written with other codes (FIPS 10-4's UA-11 for Crimea): it names a region, but no
+            # region this pack could restrict.
+            return self.unknown_location, (
+                f"region unknown: the geolocation data names {location.subdivision}, which is not an ISO 3166-2 "
+                f"code, and this pack restricts regions of {location.country} ({', '.join(regions)})",)
         return rule, reasons
 
     def _match(self, location: Location, classification: Classification) -> tuple[Rule, tuple[str, ...]]:

@@ -134,6 +134,16 @@ def test_a_country_whose_regions_the_pack_restricts_without_a_region_is_an_unkno
         assert any("regions of UA" in reason for reason in outcome.reasons), outcome.reasons
 
 
+@pytest.mark.parametrize("subdivision", ["UA-11", "UA-CR", "UA-4"])
+def test_a_region_code_outside_iso_3166_2_in_a_country_with_restricted_regions_is_an_unknown_location(shipped,
+                                                                                                      subdivision):
+    """A database written with other codes (FIPS 10-4's 11 for Crimea) named a region, so "no region" did not
+    apply, and the region was not one the pack restricts: 5D002 software was allowed."""
+    outcome = shipped.evaluate(at("UA", subdivision), STRONG_CRYPTO, TODAY)
+    assert (outcome.action, outcome.rule) == ("flag", "unknown-location")
+    assert any("not an ISO 3166-2 code" in reason for reason in outcome.reasons), outcome.reasons
+
+
 def test_a_region_unknown_never_weakens_what_the_country_gets(tmp_path):
     # Iran is restricted as a whole and one of its regions has a rule: without a region, Iran's block stands.
     text = GOOD.replace("  UA-43:\n    name: Crimea", "  IR:\n    name: Iran").replace(
