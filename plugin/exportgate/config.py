@@ -78,8 +78,8 @@ class GeoConfig:
     overrides: Any = ()
     """``{network, country, subdivision?}`` entries (or a mapping network -> country) checked before any
     database; passed to :class:`exportgate.geo.Overrides` as written, so its errors keep their file:line."""
-    max_age_days: int = 35
-    """A database older than this is stale (a warning; health checks report it)."""
+    max_age_days: int | None = 35
+    """A database older than this is stale (a warning; health checks report it); ``None`` (``null``): no limit."""
 
 
 SERVE_MODES = ("forward-auth", "proxy", "static")
@@ -230,9 +230,11 @@ def _parse(data: dict[str, Any], *, file: str, base: Path, env: Mapping[str, str
             raise g.error("overrides", "geo: overrides must be a list of {network, country} or a mapping "
                                        "network -> country")
         max_age = g.int("max_age_days", required=False, minimum=1)
+        if max_age is None and not g.has("max_age_days"):
+            max_age = GeoConfig.max_age_days  # left out: the default; written `null`: no limit (geodata/README)
         geo = GeoConfig(database=path_of(g.str("database", required=False)),
                         anonymous_ip_database=path_of(g.str("anonymous_ip_database", required=False)),
-                        overrides=overrides if overrides is not None else (), max_age_days=max_age if max_age is not None else 35)
+                        overrides=overrides if overrides is not None else (), max_age_days=max_age)
         g.done()
     for name, meaning in (("policies", "the shipped packs"), ("catalog", "no manifest")):
         # Left out, the default; set to nothing (a template's emptied list, an empty environment variable), an

@@ -189,3 +189,10 @@ def test_a_key_written_beside_a_merge_key_overrides_the_merged_one_and_written_t
     with pytest.raises(ConfigError, match="duplicate key 'path'") as info:
         yamlfile.loads(text + "    path: /c/**\n", "m.yaml")
     assert info.value.line == 5
+
+
+def test_geo_max_age_days_null_is_no_limit_and_left_out_is_35(tmp_path):
+    """geodata/README says `null` disables the staleness limit; it was read as the default 35."""
+    assert load_config(write(tmp_path, "instance: t\ngeo:\n  max_age_days: null\n"), env={}).geo.max_age_days is None
+    assert load_config(write(tmp_path, "instance: t\ngeo: {}\n"), env={}).geo.max_age_days == 35
+    assert load_config(write(tmp_path, "instance: t\ngeo:\n  max_age_days: 7\n"), env={}).geo.max_age_days == 7
