@@ -109,11 +109,13 @@ def _place(record: object, version: int, value: int, prefix_len: int) -> tuple[s
     unreadable = False
     if country is not None:
         subdivisions = record.get("subdivisions")
-        if isinstance(subdivisions, list) and subdivisions and isinstance(subdivisions[0], dict):
-            code = subdivisions[0].get("iso_code")
-            if code is not None:
-                subdivision = _subdivision(country, code)
-                unreadable = subdivision is None
+        # MaxMind lists regions from the largest down: the first that has a code (a converted database may put an
+        # entry with only a name before it).
+        code = next((entry.get("iso_code") for entry in subdivisions if isinstance(entry, dict)
+                     and entry.get("iso_code") is not None), None) if isinstance(subdivisions, list) else None
+        if code is not None:
+            subdivision = _subdivision(country, code)
+            unreadable = subdivision is None
     if unreadable:
         # Dropped, the country alone would decide: a Crimean network written "Crimea" in a converted database
         # would be plain UA. No location at all, then (the pack's rule for unknown locations).

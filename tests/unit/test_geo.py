@@ -803,6 +803,16 @@ def test_a_subdivision_the_gate_cannot_read_is_no_location_rather_than_the_count
     assert country == (None if reason else "UA")
 
 
+def test_the_first_subdivision_with_a_code_is_read() -> None:
+    """A converted database with a first entry carrying only a name, then the code: the code was never read, and
+    the client was Ukraine with no region."""
+    from exportgate.maxmind import _place
+
+    record = {"country": {"iso_code": "UA"}, "subdivisions": [{"names": {"en": "Crimea"}}, {"iso_code": "43"}]}
+    reason, country, subdivision, *_ = _place(record, 4, int(normalise("176.104.32.1").ip), 19)
+    assert (reason, country, subdivision) == (None, "UA", "UA-43")
+
+
 def test_an_answer_from_a_database_swapped_out_during_its_lookup_is_not_kept(tmp_path: Path) -> None:
     """A lookup in flight on the old database, then stored in the cache the reload had just cleared, answered
     for that address until the next reload (a week, with geoipupdate)."""
