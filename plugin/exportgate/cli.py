@@ -162,6 +162,7 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
             _emit({"ok": False, "errors": _error_dicts(problems)})
         _fail(ConfigErrors(list(problems)))
     summary: dict[str, Any] = {"config": cfg.file or "(embedded defaults)"}
+    pack_regions: set[str] = set()
     for name, opener in (("geo", open_locator), ("catalog", open_catalog), ("policies", open_policies)):
         try:
             obj = opener(cfg)
@@ -183,7 +184,7 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
             if problem is not None:
                 errors.append(ConfigError(problem, file=cfg.file))
             summary["pack_warnings"] = pack_warnings
-            summary["pack_regions"] = {country for p in obj.packs for country in p.regions}
+            pack_regions = {country for p in obj.packs for country in p.regions}
     try:
         from .records.store import store_file
         from .runtime import authorization_book, open_store
@@ -222,7 +223,8 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
         check_serving(cfg)
     except ConfigErrors as exc:
         errors.extend(exc.errors)
-    summary["warnings"] = unused_settings(cfg.serve) + summary.pop("pack_warnings", []) + _region_warnings(summary)
+    summary["warnings"] = (unused_settings(cfg.serve) + summary.pop("pack_warnings", [])
+                           + _region_warnings(summary.get("geo"), pack_regions))
     for f in auth_files:
         try:
             summary.setdefault("authorization_files", {})[f] = len(load_authorization_file(f))
@@ -256,11 +258,9 @@ def check(ctx: click.Context, auth_files: tuple[str, ...], as_json: bool) -> Non
     click.echo("ok")
 
 
-def _region_warnings(summary: dict[str, Any]) -> list[str]:
-    """Packs that restrict regions, and geolocation data that gives none: every client in those countries is an
-    unknown location (policy.PolicyPack.match)."""
-    geo, packs = summary.get("geo"), summary.get("pack_regions")
-    summary.pop("pack_regions", None)
+def _region_warnings(geo: dict[str, Any] | None, packs: set[str]) -> list[str]:
+    """Packs that restrict regions of ``packs`` (countries), and geolocation data that gives none: every client in
+    those countries is an unknown location (policy.PolicyPack.match)."""
     kind = str((geo or {}).get("database_type") or "").lower()
     if not geo or not packs or "city" in kind or "enterprise" in kind:
         return []
