@@ -24,12 +24,15 @@ reader that must not cross a fork); a running worker follows the store's authori
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .config import GateConfig
+from .errors import ConfigError
+from .policy import coverage
 from .runtime import DecisionFiles, load_decision_files
 
 log = logging.getLogger("exportgate.serve")
@@ -112,7 +115,6 @@ def reload(load_config: Callable[[], GateConfig]) -> str | None:
 
 
 def _file_bytes(path: str | None) -> bytes | None:
-    from .errors import ConfigError
     from .yamlfile import read_file
 
     if path is None:
@@ -125,10 +127,6 @@ def _file_bytes(path: str | None) -> bytes | None:
 
 def _load(config: GateConfig) -> DecisionFiles:
     """The files of ``config``, once everything a worker builds from it would build (errors raise, with file:line)."""
-    import datetime as dt
-
-    from .errors import ConfigError
-    from .policy import coverage
     from .web.serving import check_serving
 
     files = load_decision_files(config)
